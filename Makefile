@@ -1,0 +1,48 @@
+# qubes-borg: build, test, install (DESTDIR-aware, as Qubes components do).
+CARGO      ?= cargo
+DESTDIR    ?=
+BINDIR     ?= /usr/bin
+LIBEXECDIR ?= /usr/libexec/qubes-borg
+UNITDIR    ?= /usr/lib/systemd/system
+RELEASE    := target/release
+
+# Programs installed in the templates of sys-backup-mnt, sys-backup and ssh-backup.
+VM_BINS      := qubes-relay qubes-ssh-client
+VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter
+
+.PHONY: all build test lint demo bench install-vm install-dom0 clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	tests/lint-shell
+
+# The single entry point for every test.
+test: build lint
+	$(CARGO) test --release --locked
+	tests/e2e/run
+
+demo: build
+	tests/sim/demo
+
+bench: build
+	tests/bench/run
+
+install-vm: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
+	install -m 0755 $(addprefix $(RELEASE)/,$(VM_BINS)) $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(addprefix $(RELEASE)/,$(VM_LIBEXEC)) $(DESTDIR)$(LIBEXECDIR)/
+	install -d $(DESTDIR)/etc/qubes-rpc
+	install -m 0755 qubes-rpc/qubes.Ssh qubes-rpc/qubes.SshAgent $(DESTDIR)/etc/qubes-rpc/
+
+install-dom0:
+	install -d $(DESTDIR)/etc/qubes/policy.d
+	install -m 0664 policy/*.policy $(DESTDIR)/etc/qubes/policy.d/
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,5 @@
+//! qubes-borg: BorgBackup for Qubes OS over qrexec.
+//!
+//! One library with small modules; the programs in `src/bin/` are thin
+//! wrappers around it. See `docs/ARCHITECTURE.md` for the map.
+#![forbid(unsafe_code)]
