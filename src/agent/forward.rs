@@ -1,0 +1,1 @@
+//! Per-connection agent socket in sys-backup (in progress).
