@@ -278,3 +278,89 @@ fn bad_service_argument_or_missing_key_fails_before_any_agent_contact() {
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("qubes-borg-keygen"));
 }
+
+#[test]
+fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged() {
+    let v = Vault::new("agent-sshd");
+    let Some(sshd) = Sshd::start(v.dir.path(), &v.backup_key.with_extension("pub")) else {
+        return;
+    };
+    // A stand-in notify-send that records its arguments.
+    let bin = v.dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let notes = v.dir.path().join("notifications");
+    fs::write(
+        bin.join("notify-send"),
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{}'\n",
+            notes.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        bin.join("notify-send"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let front = Front::start(
+        &v,
+        "sys-backup",
+        &[("QUBES_BORG_NOTIFY", "1"), ("PATH", &path)],
+    );
+
+    let out = run(&mut sshd.ssh_cmd(&front.path, "echo qubes-borg-login-ok"));
+    assert!(
+        out.status.success(),
+        "ssh failed: {out:?}\nsshd log:\n{}",
+        sshd.log.lock().unwrap()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "qubes-borg-login-ok\n"
+    );
+
+    let logs = front.logs();
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let want = format!(
+        "qubes-agent-filter: sys-backup: key set default: signed an SSH login as user '{user}' to server host key {}",
+        sshd.host_fingerprint()
+    );
+    assert!(logs.contains(&want), "want {want:?} in:\n{logs}");
+    let backup_fp = {
+        let o = run(Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(v.backup_key.with_extension("pub")));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        logs.contains(&format!("with backup key {backup_fp}")),
+        "{logs}"
+    );
+    wait_for(|| notes.exists(), "the notification");
+    let n = fs::read_to_string(&notes).unwrap();
+    assert!(
+        n.contains("sys-backup used backup key set 'default'"),
+        "{n}"
+    );
+
+    // Control: without the backup key in the agent, the same ssh fails.
+    let rm = run(Command::new("ssh-add")
+        .arg("-d")
+        .arg(v.backup_key.with_extension("pub"))
+        .env("SSH_AUTH_SOCK", &v.agent_sock));
+    assert!(rm.status.success());
+    let out = run(&mut sshd.ssh_cmd(&front.path, "true"));
+    assert!(
+        !out.status.success(),
+        "login must fail without the key: {out:?}"
+    );
+}

@@ -290,3 +290,181 @@ pub fn sign_request(blob: &[u8], data: &[u8]) -> Vec<u8> {
     m.extend_from_slice(&0u32.to_be_bytes());
     m
 }
+
+/// A real OpenSSH sshd on 127.0.0.1 (random free port) with its own host
+/// key and config, accepting only `authorized` public keys. `None` (with a
+/// message on stderr) when sshd cannot start here.
+pub struct Sshd {
+    pub child: Child,
+    pub port: u16,
+    pub known_hosts: PathBuf,
+    pub host_key_pub: PathBuf,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Sshd {
+    pub fn start(dir: &Path, authorized: &Path) -> Option<Sshd> {
+        let sshd_bin = Path::new("/usr/sbin/sshd");
+        if !sshd_bin.exists() {
+            eprintln!("SKIP: /usr/sbin/sshd is not installed");
+            return None;
+        }
+        if nix::unistd::geteuid().is_root() && !Path::new("/run/sshd").exists() {
+            // sshd's privilege separation directory (Debian's unit creates it).
+            let _ = fs::create_dir("/run/sshd");
+        }
+        let d = dir.join("sshd");
+        fs::create_dir_all(&d).unwrap();
+        let host_key = d.join("host_ed25519");
+        if !host_key.exists() {
+            keygen(&host_key, "test-host");
+        }
+        fs::copy(authorized, d.join("authorized_keys")).unwrap();
+        for _attempt in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let cfg = d.join("sshd_config");
+            fs::write(
+                &cfg,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile none\n\
+                     AuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nAuthenticationMethods publickey\n\
+                     PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                    hk = host_key.display(),
+                    ak = d.join("authorized_keys").display()
+                ),
+            )
+            .unwrap();
+            let mut child = match Command::new(sshd_bin)
+                .args(["-D", "-e", "-f"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("SKIP: cannot start sshd: {e}");
+                    return None;
+                }
+            };
+            let log = Arc::new(Mutex::new(String::new()));
+            let mut err = child.stderr.take().unwrap();
+            let log2 = log.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log2.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            let start = Instant::now();
+            loop {
+                if log
+                    .lock()
+                    .unwrap()
+                    .contains("Server listening on 127.0.0.1")
+                {
+                    let known_hosts = d.join("known_hosts");
+                    let hk_pub = fs::read_to_string(host_key.with_extension("pub")).unwrap();
+                    let mut it = hk_pub.split_whitespace();
+                    fs::write(
+                        &known_hosts,
+                        format!(
+                            "[127.0.0.1]:{port} {} {}\n",
+                            it.next().unwrap(),
+                            it.next().unwrap()
+                        ),
+                    )
+                    .unwrap();
+                    return Some(Sshd {
+                        child,
+                        port,
+                        known_hosts,
+                        host_key_pub: host_key.with_extension("pub"),
+                        log,
+                    });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let text = log.lock().unwrap().clone();
+            if !text.contains("Address already in use") {
+                eprintln!("SKIP: sshd did not start:\n{text}");
+                return None;
+            }
+        }
+        eprintln!("SKIP: sshd could not get a free port");
+        None
+    }
+
+    /// `ssh` to this sshd as the current user, with the agent at `agent`
+    /// as the only source of keys, running `remote_cmd`.
+    pub fn ssh_cmd(&self, agent: &Path, remote_cmd: &str) -> Command {
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+            .arg("-o")
+            .arg(format!("IdentityAgent={}", agent.display()))
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args([
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "PreferredAuthentications=publickey",
+                "-o",
+                "ConnectTimeout=10",
+                "-l",
+                &user,
+                "127.0.0.1",
+                remote_cmd,
+            ])
+            .env_remove("SSH_AUTH_SOCK");
+        c
+    }
+
+    /// `ssh-keygen -l` fingerprint of the host key.
+    pub fn host_fingerprint(&self) -> String {
+        let out = run(Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&self.host_key_pub));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
