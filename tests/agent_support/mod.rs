@@ -418,34 +418,7 @@ impl Sshd {
     /// `ssh` to this sshd as the current user, with the agent at `agent`
     /// as the only source of keys, running `remote_cmd`.
     pub fn ssh_cmd(&self, agent: &Path, remote_cmd: &str) -> Command {
-        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .unwrap()
-            .unwrap()
-            .name;
-        let mut c = Command::new("ssh");
-        c.args(["-F", "/dev/null", "-p", &self.port.to_string()])
-            .arg("-o")
-            .arg(format!("IdentityAgent={}", agent.display()))
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args([
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "PreferredAuthentications=publickey",
-                "-o",
-                "ConnectTimeout=10",
-                "-l",
-                &user,
-                "127.0.0.1",
-                remote_cmd,
-            ])
-            .env_remove("SSH_AUTH_SOCK");
-        c
+        ssh_cmd(self.port, &self.known_hosts, agent, remote_cmd)
     }
 
     /// `ssh-keygen -l` fingerprint of the host key.
@@ -467,4 +440,40 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `ssh` to 127.0.0.1:`port` as the current user, the agent at `agent` as
+/// the only source of keys (given as qubes-ssh-service will: SSH_AUTH_SOCK
+/// plus IdentityAgent=SSH_AUTH_SOCK), running `remote_cmd`.
+pub fn ssh_cmd(port: u16, known_hosts: &Path, agent: &Path, remote_cmd: &str) -> Command {
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-p", &port.to_string()])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-o",
+            "IdentityAgent=SSH_AUTH_SOCK",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ForwardAgent=no",
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "ConnectTimeout=10",
+            "-l",
+            &user,
+            "127.0.0.1",
+            remote_cmd,
+        ])
+        .env("SSH_AUTH_SOCK", agent);
+    c
 }
