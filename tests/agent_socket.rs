@@ -30,51 +30,72 @@ struct Side {
     vault: Vault,
     runtime: PathBuf,
     qrexec_log: PathBuf,
+    journal: PathBuf,
     opts: AgentSocketOptions,
 }
 
-fn side(tag: &str) -> Side {
+/// The sys-backup side, with the project's qrexec simulation (flat mode,
+/// tests/sim/README.md) between it and ssh-backup: the project's dom0
+/// policy decides, and qubes.SshAgent in the simulated ssh-backup runs
+/// qubes-agent-filter with qrexec's argv, QREXEC_* environment and
+/// socketpairs. `caller` is the qube the calls come from.
+fn side(tag: &str, caller: &str) -> Side {
     let vault = Vault::new(tag);
-    let runtime = vault.dir.path().join("rt");
+    let d = vault.dir.path();
+    let runtime = d.join("rt");
     fs::create_dir(&runtime).unwrap();
     fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
-    let qrexec_log = vault.dir.path().join("qrexec.log");
-    let fake = vault.dir.path().join("qrexec-client-vm");
-    // Stand-in for qrexec-client-vm: records its argv, then runs the
-    // ssh-backup service on this connection as qrexec would.
-    fs::write(
-        &fake,
-        format!(
-            r#"#!/bin/sh
-printf '%s\n' "$*" >> '{log}'
-[ "$#" -eq 2 ] && [ "$1" = "@default" ] || exit 126
-case "$2" in qubes.SshAgent+*) ;; *) exit 126 ;; esac
-arg="${{2#qubes.SshAgent+}}"
-QREXEC_REMOTE_DOMAIN=sys-backup QREXEC_SERVICE_ARGUMENT="$arg"
-QUBES_BORG_KEY_DIR='{keys}' QUBES_BORG_AGENT_RUNDIR='{run}' QUBES_BORG_NOTIFY=0
-export QREXEC_REMOTE_DOMAIN QREXEC_SERVICE_ARGUMENT QUBES_BORG_KEY_DIR QUBES_BORG_AGENT_RUNDIR QUBES_BORG_NOTIFY
-exec '{filter}' "$arg" 2>>'{log}.filter'
-"#,
-            log = qrexec_log.display(),
-            keys = vault.key_dir.display(),
-            run = vault.run_dir.display(),
-            filter = FILTER,
+    let qubes = d.join("qubes");
+    for q in ["sys-backup", "sys-backup-mnt", "ssh-backup/etc/qubes-rpc"] {
+        fs::create_dir_all(qubes.join(q)).unwrap();
+    }
+    let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes.SshAgent");
+    // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
+    // here the same exec, of the built binary, with the vault's paths.
+    write_script(
+        &service,
+        &format!(
+            "#!/bin/sh\n\
+             QUBES_BORG_KEY_DIR='{}' QUBES_BORG_AGENT_RUNDIR='{}' QUBES_BORG_NOTIFY=0\n\
+             export QUBES_BORG_KEY_DIR QUBES_BORG_AGENT_RUNDIR QUBES_BORG_NOTIFY\n\
+             exec '{}' \"$@\"\n",
+            vault.key_dir.display(),
+            vault.run_dir.display(),
+            FILTER
         ),
-    )
-    .unwrap();
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    );
+    let qrexec_log = d.join("qrexec.log");
+    let client = d.join("qrexec-client-vm");
+    let sim = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sim/qrexec-client-vm");
+    write_script(
+        &client,
+        &format!(
+            "#!/bin/sh\n\
+             printf '%s\\n' \"$*\" >> '{}'\n\
+             QREXEC_SIM_QUBES='{}' QREXEC_SIM_SOURCE='{caller}' exec '{}' \"$@\"\n",
+            qrexec_log.display(),
+            qubes.display(),
+            sim.display()
+        ),
+    );
     let opts = AgentSocketOptions {
         runtime_dir: Some(runtime.clone()),
-        qrexec_client: fake,
+        qrexec_client: client,
         relay: relay(),
         ..Default::default()
     };
     Side {
+        journal: qubes.join("ssh-backup/var/log/qubes/qrexec-services.log"),
         vault,
         runtime,
         qrexec_log,
         opts,
     }
+}
+
+fn write_script(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -109,7 +130,7 @@ fn gone(pid: u32) -> bool {
 
 #[test]
 fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key() {
-    let s = side("agent-sock");
+    let s = side("agent-sock", "sys-backup");
     assert!(entries(&s.runtime).is_empty(), "absent before");
     let sock = AgentSocket::start("default", &s.opts).unwrap();
     assert_private(sock.path());
@@ -133,6 +154,13 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
         calls, "@default qubes.SshAgent+default\n@default qubes.SshAgent+default\n",
         "one qrexec call per connection"
     );
+    let journal = fs::read_to_string(&s.journal).unwrap();
+    assert!(
+        journal.contains(
+            "qubes-agent-filter: sys-backup: key set default: refused: removing all keys"
+        ),
+        "{journal}"
+    );
 
     sock.close().unwrap();
     assert!(
@@ -144,8 +172,30 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
 }
 
 #[test]
+fn agent_socket_in_a_qube_the_policy_does_not_allow_gives_no_keys() {
+    let s = side("agent-sock-denied", "sys-backup-mnt");
+    let sock = AgentSocket::start("default", &s.opts).unwrap();
+    let out = run(Command::new("ssh-add")
+        .arg("-L")
+        .env("SSH_AUTH_SOCK", sock.path()));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        fs::read_to_string(&s.qrexec_log).unwrap(),
+        "@default qubes.SshAgent+default\n"
+    );
+    let journal = fs::read_to_string(&s.journal).unwrap_or_default();
+    assert!(
+        !journal.contains("qubes-agent-filter"),
+        "the filter never ran: {journal}"
+    );
+    sock.close().unwrap();
+    assert!(entries(&s.runtime).is_empty());
+}
+
+#[test]
 fn agent_socket_start_failures_leave_nothing_behind() {
-    let s = side("agent-sock-fail");
+    let s = side("agent-sock-fail", "sys-backup");
     let bad = AgentSocketOptions {
         relay: PathBuf::from("/nonexistent/qubes-relay"),
         ..s.opts.clone()
@@ -192,13 +242,16 @@ fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Ite
     (child, lines)
 }
 
-fn read_until(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
+/// Read the helper's output up to the line with `@@tag `; return the rest of
+/// that line. (libtest prints its own text on the same line first.)
+fn read_until(lines: &mut impl Iterator<Item = String>, tag: &str) -> String {
+    let marker = format!("@@{tag}");
     for l in lines.by_ref() {
-        if let Some(rest) = l.strip_prefix(prefix) {
-            return rest.to_string();
+        if let Some(at) = l.find(&marker) {
+            return l[at + marker.len()..].to_string();
         }
     }
-    panic!("owner helper ended before printing {prefix:?}");
+    panic!("owner helper ended before printing {marker:?}");
 }
 
 #[test]
@@ -214,23 +267,23 @@ fn owner_helper() {
         ..Default::default()
     };
     let sock = AgentSocket::start("default", &opts).unwrap();
-    println!("SOCKET {}", sock.path().display());
-    println!("LISTENER {}", sock.listener_pid().unwrap());
+    println!("@@SOCKET {}", sock.path().display());
+    println!("@@LISTENER {}", sock.listener_pid().unwrap());
     let port: u16 = std::env::var("QB_OWNER_PORT").unwrap().parse().unwrap();
     let kh = PathBuf::from(std::env::var_os("QB_OWNER_KNOWN_HOSTS").unwrap());
-    let mut ssh = ssh_cmd(port, &kh, sock.path(), "echo LOGGED-IN; exec sleep 60")
+    let mut ssh = ssh_cmd(port, &kh, sock.path(), "echo @@LOGGED-IN; exec sleep 60")
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    println!("SSH {}", ssh.id());
+    println!("@@SSH {}", ssh.id());
     let status = ssh.wait().unwrap();
-    println!("SSH-EXITED {status}");
+    println!("@@SSH-EXITED {status}");
     drop(sock);
 }
 
 #[test]
 fn agent_socket_is_removed_when_ssh_is_killed() {
-    let s = side("agent-sock-sshkill");
+    let s = side("agent-sock-sshkill", "sys-backup");
     let Some(sshd) = Sshd::start(
         s.vault.dir.path(),
         &s.vault.backup_key.with_extension("pub"),
@@ -249,6 +302,12 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
         .unwrap()
         .contains("@default qubes.SshAgent+default"));
 
+    let journal = fs::read_to_string(&s.journal).unwrap();
+    assert!(
+        journal.contains("sys-backup: key set default: signed an SSH login"),
+        "{journal}"
+    );
+
     kill(Pid::from_raw(ssh as i32), Signal::SIGKILL).unwrap();
     read_until(&mut lines, "SSH-EXITED ");
     assert!(owner.wait().unwrap().success());
@@ -259,7 +318,7 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
 
 #[test]
 fn agent_socket_is_removed_when_its_owner_is_killed() {
-    let s = side("agent-sock-ownerkill");
+    let s = side("agent-sock-ownerkill", "sys-backup");
     let Some(sshd) = Sshd::start(
         s.vault.dir.path(),
         &s.vault.backup_key.with_extension("pub"),
