@@ -271,10 +271,18 @@ fn owner_helper() {
     println!("@@LISTENER {}", sock.listener_pid().unwrap());
     let port: u16 = std::env::var("QB_OWNER_PORT").unwrap().parse().unwrap();
     let kh = PathBuf::from(std::env::var_os("QB_OWNER_KNOWN_HOSTS").unwrap());
-    let mut ssh = ssh_cmd(port, &kh, sock.path(), "echo @@LOGGED-IN; exec sleep 60")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    // The remote command lives until the connection is gone (cat sees EOF
+    // when sshd drops the session), so nothing outlives the test.
+    let mut ssh = ssh_cmd(
+        port,
+        &kh,
+        sock.path(),
+        "echo @@LOGGED-IN; exec cat >/dev/null",
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let _keep_stdin_open = ssh.stdin.take();
     println!("@@SSH {}", ssh.id());
     let status = ssh.wait().unwrap();
     println!("@@SSH-EXITED {status}");
