@@ -239,12 +239,20 @@ impl AgentSocket {
                 err: io::Error::from(io::ErrorKind::NotFound),
             });
         }
-        sweep_stale(&runtime);
         let dir = runtime.join(format!(
             "{DIR_PREFIX}{}.{}",
             std::process::id(),
             random_hex()
         ));
+        let path = dir.join(SOCKET_NAME);
+        // sun_path holds 108 bytes including the terminating NUL.
+        if path.as_os_str().len() > 107 {
+            return Err(AgentError::Unsafe {
+                path,
+                why: "longer than a UNIX socket path may be (107 bytes); set QUBES_BORG_RUNTIME_DIR to a shorter directory",
+            });
+        }
+        sweep_stale(&runtime);
         // mkdir fails if the name exists (no symlink games in a shared /tmp).
         fs::DirBuilder::new()
             .mode(0o700)
@@ -254,7 +262,7 @@ impl AgentSocket {
                 err,
             })?;
         let mut me = AgentSocket {
-            path: dir.join(SOCKET_NAME),
+            path,
             dir,
             listener: None,
         };
@@ -418,5 +426,20 @@ mod tests {
             AgentSocket::start("default", &opts),
             Err(AgentError::Dir { .. })
         ));
+        let long = std::env::temp_dir().join(format!(
+            "qb-agent-{}-{}",
+            std::process::id(),
+            "x".repeat(90)
+        ));
+        let opts = AgentSocketOptions {
+            runtime_dir: Some(long.clone()),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&long).unwrap();
+        let r = AgentSocket::start("default", &opts);
+        let left = std::fs::read_dir(&long).unwrap().count();
+        std::fs::remove_dir(&long).unwrap();
+        assert!(matches!(r, Err(AgentError::Unsafe { .. })), "{r:?}");
+        assert_eq!(left, 0, "nothing created");
     }
 }
