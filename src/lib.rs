@@ -5,3 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod child;
+pub mod relay;
