@@ -4,5 +4,6 @@
 //! wrappers around it. See `docs/ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod child;
 pub mod relay;
