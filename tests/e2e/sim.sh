@@ -58,12 +58,14 @@ test_each_qube_has_its_own_filesystem_view() {
 
 test_qrexec_runs_the_service_in_the_target_qube() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'hostname; ip -o link show | grep -c eth0; echo "$QREXEC_REMOTE_DOMAIN ${1-} $QREXEC_SERVICE_FULL_NAME"; pwd'
+    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'hostname; ip -o link show | grep -c eth0; echo "$QREXEC_REMOTE_DOMAIN ${1-} $QREXEC_SERVICE_FULL_NAME"; pwd; id -un; echo "$HOME $XDG_RUNTIME_DIR"'
     expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+borgbase
     assert_eq "sys-backup
 1
 sys-backup-mnt borgbase qubes.Ssh+borgbase
-/root" "$out" "service output"
+/home/user
+user
+/home/user /run/user/$(in_qube sys-backup id -u user)" "$out" "service output"
 }
 
 test_qrexec_source_comes_from_the_socket_not_the_caller() {
