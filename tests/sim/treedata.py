@@ -7,6 +7,8 @@
                                          sparse file, user xattrs (when the filesystem has them),
                                          an empty dir and file, odd names
   treedata.py change DIR [SEED]          modify a few files, add one, delete one (incremental)
+  treedata.py add DIR SUBDIR MIB [SEED]  add a new directory of about MIB MiB (half text, half
+                                         random; a reversible "small change" for benchmarks)
   treedata.py compare A B                exit 0 if B restores A exactly: type, content, mode,
                                          owner, mtime (ns), symlink target, hard-link groups,
                                          holes of sparse files, xattrs; else list differences
@@ -143,6 +145,19 @@ def change(top, seed=2):
     write(os.path.join(top, "new-after-first-backup.txt"), text_blob(rng, 50_000))
 
 
+def add(top, sub, mib, seed=3):
+    rng = random.Random(seed)
+    d = os.path.join(top, sub)
+    os.makedirs(d, exist_ok=True)
+    left, i = mib * MIB, 0
+    while left > 0:
+        size = min(left, 512 * 1024)
+        data = text_blob(rng, size) if i % 2 else rng.randbytes(size)
+        write(os.path.join(d, "new-%04d" % i), data)
+        left -= size
+        i += 1
+
+
 def holes(path):
     """Data extents of a file as (start, end) pairs (SEEK_DATA/SEEK_HOLE)."""
     out = []
@@ -237,6 +252,9 @@ def main(argv):
         return 0
     if len(argv) >= 3 and argv[1] == "change":
         change(argv[2], int(argv[3]) if len(argv) > 3 else 2)
+        return 0
+    if len(argv) >= 5 and argv[1] == "add":
+        add(argv[2], argv[3], int(argv[4]), int(argv[5]) if len(argv) > 5 else 3)
         return 0
     if len(argv) == 4 and argv[1] == "compare":
         return compare(argv[2], argv[3])
