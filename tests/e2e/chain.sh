@@ -27,15 +27,7 @@ repo_manifest() {
 }
 
 # Pids of processes named COMM living in QUBE (by mount namespace identity).
-qube_pids() { # QUBE COMM
-    local ns p
-    ns=$(readlink "/proc/$(sim_pid "$QUBES_SIM_STATE" "$1")/ns/mnt")
-    for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
-        [ "$(cat "$p/comm" 2>/dev/null)" = "$2" ] && echo "${p#/proc/}"
-    done
-    return 0
-}
+qube_pids() { "$SIM_DIR/qube-pids" "$QUBES_SIM_STATE" "$@"; }
 
 suite_setup() {
     "$SIM_DIR/chain-setup" "$QUBES_SIM_STATE"
@@ -128,17 +120,18 @@ test_wrong_pinned_host_key_fails_with_a_clear_message() {
 # Start a backup that takes a while (new random data, upload rate-limited), kill one process of
 # the chain by pid once data flows, then: borg failed, `borg check` passes, the next run works.
 fault_kill() { # QUBE COMM [EXCLUDE-PID-FILE]
-    local qube=$1 comm=$2 exclude=${3:-} pids p bpid rc=0 i
+    local qube=$1 comm=$2 exclude=${3:-} pids p bpid rc=0
     in_qube sys-backup-mnt sh -c 'rm -rf /root/fault && mkdir /root/fault && head -c 40M /dev/urandom > /root/fault/blob'
     mnt_borg create --upload-ratelimit 2048 "$REPO_URL::fault-$comm" /root/fault \
         > "$QUBES_SIM_STATE/fault.out" 2>&1 &
     bpid=$!
-    # wait until the chain is up and data flows (the process exists and borg has been running)
-    for i in $(seq 1 100); do
+    # wait until the chain is up and data has flowed for a while (upload is rate-limited)
+    local start=$SECONDS
+    while [ $((SECONDS - start)) -lt 20 ]; do
         pids=$(qube_pids "$qube" "$comm")
         if [ -n "$exclude" ]; then pids=$(grep -vxF "$(cat "$exclude")" <<<"$pids" || true); fi
-        [ -n "$pids" ] && [ "$i" -gt 20 ] && break
-        sleep 0.1
+        [ -n "$pids" ] && [ $((SECONDS - start)) -ge 3 ] && break
+        sleep 0.2
     done
     [ -n "$pids" ] || fail "no $comm process in $qube during the backup"
     for p in $pids; do kill -KILL "$p"; done
@@ -153,8 +146,7 @@ fault_kill() { # QUBE COMM [EXCLUDE-PID-FILE]
 
 test_fault_killing_ssh_mid_backup() { fault_kill sys-backup ssh; }
 
-# (comm is cut to 15 characters by the kernel)
-test_fault_killing_the_qubes_ssh_service_mid_backup() { fault_kill sys-backup qubes-ssh-servi; }
+test_fault_killing_the_qubes_ssh_service_mid_backup() { fault_kill sys-backup qubes-ssh-service; }
 
 test_fault_killing_sshd_mid_backup() {
     # the per-connection sshd processes, not the listener (the next run needs the server)

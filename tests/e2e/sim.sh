@@ -195,8 +195,10 @@ test_teardown_removes_every_process_and_file() {
     "$SIM_DIR/qube-exec" -s "$st" sys-backup sh -c 'sleep 600 </dev/null >/dev/null 2>&1 &'
     "$SIM_DIR/down" "$st"
     [ ! -e "$st" ] || fail "state directory left: $st"
-    pids=$(for p in /proc/[0-9]*; do
-        if [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ]; then echo "${p#/proc/}"; fi
-    done)
+    pids=$(python3 -c 'import os, sys
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.readlink("/proc/%s/ns/mnt" % p) == sys.argv[1]: print(p)
+    except OSError: pass' "$ns")
     assert_eq "" "$pids" "processes left in the qube's namespace"
 }

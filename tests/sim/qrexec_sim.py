@@ -717,6 +717,7 @@ class Daemon:
                 path.unlink()
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.bind(str(path))
+            os.chmod(path, 0o666)        # any user of the qube may call qrexec-client-vm
             s.listen(64)
             socks.append((q, s))
         for q, s in socks:
