@@ -31,13 +31,18 @@ impl Drop for TempDir {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn is_socket(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).map(|m| m.file_type().is_socket()).unwrap_or(false)
+    std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
 }
 
 /// Kills the listener if a test fails before it ends it.
@@ -67,7 +72,10 @@ fn listen(path: &Path, extra: &[&str], cmd: &[&str]) -> Guard {
 }
 
 fn signal(c: &Guard, sig: &str) {
-    let st = Command::new("kill").args(["-s", sig, &c.0.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-s", sig, &c.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -122,15 +130,21 @@ fn command_per_connection_sees_eof_and_answers_after_it() {
 fn socket_mode_follows_the_umask() {
     let dir = TempDir::new("listen-umask");
     let path = dir.0.join("s");
-    let mut l = Guard(Command::new("sh")
-        .arg("-c")
-        .arg("umask 077; exec \"$0\" --listen \"$1\" -- cat")
-        .arg(relay_bin())
-        .arg(&path)
-        .spawn()
-        .unwrap());
+    let mut l = Guard(
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 077; exec \"$0\" --listen \"$1\" -- cat")
+            .arg(relay_bin())
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
     wait_until("the socket", || is_socket(&path));
-    let mode = std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700);
     signal(&l, "TERM");
     assert_eq!(l.0.wait().unwrap().code(), Some(0));
@@ -181,13 +195,21 @@ fn die_with_parent_removes_the_socket_when_the_parent_exits() {
         .spawn()
         .unwrap();
     assert!(sh.wait().unwrap().success());
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
     wait_until("the socket to go", || !path.exists());
     wait_until("the listener to exit", || {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
             // Reparented; exited but not reaped by our init: a zombie.
-            Ok(s) => s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
         }
     });
 }
