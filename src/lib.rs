@@ -3,3 +3,10 @@
 //! One library with small modules; the programs in `src/bin/` are thin
 //! wrappers around it. See `docs/ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
+
+pub mod borg_argv;
+pub mod destination;
+pub mod header;
+pub mod ssh_command;
+pub mod status;
+pub mod validate;
