@@ -42,7 +42,7 @@ pub enum HeaderError {
     /// The peer closed its side after `got` bytes, before the LF.
     Eof { got: usize },
     /// No complete header within the time limit.
-    Timeout { secs: u64 },
+    Timeout { ms: u128 },
     /// Reading failed.
     Io(Errno),
     /// A byte that is not printable ASCII (control character, NUL, non-ASCII) at `offset`.
@@ -60,8 +60,8 @@ impl fmt::Display for HeaderError {
             HeaderError::Eof { got } => {
                 write!(f, "client closed the connection after {got} bytes, before the end of the request header")
             }
-            HeaderError::Timeout { secs } => {
-                write!(f, "no complete request header within {secs} s")
+            HeaderError::Timeout { ms } => {
+                write!(f, "no complete request header within {} s", *ms as f64 / 1000.0)
             }
             HeaderError::Io(e) => write!(f, "reading the request header: {e}"),
             HeaderError::BadByte { offset, byte } => write!(
@@ -116,7 +116,7 @@ pub fn read_line(fd: BorrowedFd<'_>, timeout: Duration) -> Result<Vec<u8>, Heade
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HeaderError::Timeout {
-                secs: timeout.as_secs(),
+                ms: timeout.as_millis(),
             });
         }
         let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128))

@@ -179,6 +179,24 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// Lines of the service log containing `pat`, waiting up to 10 s for at least `n` of them
+    /// (the stand-in writes the service's stderr to the log asynchronously, as the journal is).
+    pub fn log_lines(&self, pat: &str, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let v: Vec<String> = self
+                .service_log()
+                .lines()
+                .filter(|l| l.contains(pat))
+                .map(String::from)
+                .collect();
+            if v.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn assert_no_ssh(&self, what: &str) {
         assert!(
             self.ssh_calls().is_empty(),
