@@ -235,3 +235,38 @@ fn legitimate_borg_argv_reaches_borg_serve_with_the_vetted_options() {
         assert_eq!(w.serve_calls()[i], serve, "{args:?}");
     }
 }
+
+#[test]
+fn request_response_round_trips_flow_before_upstream_eof() {
+    // borg's pattern: a request, wait for its reply, the next request, with stdin still open.
+    use std::io::{Read, Write};
+    let w = World::new("pingpong");
+    w.plan("echo");
+    let mut child = w
+        .client(&["nas", "borg", "serve"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = child.stdin.take().unwrap();
+    let mut from = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 0..50u32 {
+            let msg = format!("request {i}\n");
+            to.write_all(msg.as_bytes()).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            from.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg.as_bytes());
+        }
+        drop(to);
+        let mut rest = Vec::new();
+        from.read_to_end(&mut rest).unwrap();
+        tx.send(rest).unwrap();
+    });
+    let rest = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("round trips did not complete: a relay holds bytes back");
+    assert!(rest.is_empty());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

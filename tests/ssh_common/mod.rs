@@ -276,6 +276,7 @@ pub fn run(cmd: &mut Command, input: &[u8], limit: Duration) -> Out {
 }
 
 pub const LIMIT: Duration = Duration::from_secs(60);
+pub const SHORT: Duration = Duration::from_secs(20);
 
 /// The deterministic test stream (same definition as tests/ssh_doubles/borg_doubles.py).
 pub fn stream(seed: u32, len: usize) -> Vec<u8> {

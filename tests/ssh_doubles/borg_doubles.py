@@ -8,6 +8,7 @@
         stream IN OUT EXIT   read stdin to EOF and check it is the first IN bytes of
                              stream(1), while writing OUT bytes of stream(2) to stdout; write
                              "in=N ok" or "in=N mismatch@K" to STATE/serve-result; exit EXIT.
+        echo                 copy stdin to stdout as it arrives; exit 0 at EOF.
         proxy                run the real `borg ARGS...` and relay both ways, recording every
                              byte to STATE/serve-up.bin and STATE/serve-down.bin; exit with
                              borg's status.
@@ -144,6 +145,12 @@ def main(argv):
             plan = f.read().split()
         if plan[0] == "stream":
             return serve_stream(state, int(plan[1]), int(plan[2]), int(plan[3]))
+        if plan[0] == "echo":
+            while True:
+                data = os.read(0, 1 << 16)
+                if not data:
+                    return 0
+                write_all(1, data)
         if plan[0] == "proxy":
             return relay_record(
                 ["borg"] + args,
