@@ -73,7 +73,15 @@ fn borg_init_create_list_extract_through_qubes_ssh() {
         "repository created in sys-backup's cwd"
     );
 
-    let out = borg(&w, &["create", &format!("{repo}::a1"), "data"]);
+    let out = borg(
+        &w,
+        &[
+            "create",
+            "--compression=none",
+            &format!("{repo}::a1"),
+            "data",
+        ],
+    );
     assert_eq!(out.code, Some(0), "create: {}", out.stderr);
     assert_byte_exact(&w, "create");
     let up = std::fs::metadata(w.path("state/client-up.bin"))
