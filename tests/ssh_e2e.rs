@@ -105,10 +105,12 @@ fn service_refusals_reach_the_client_with_their_exit_code() {
         .stderr
         .contains("port 2200 is not the configured port of 'nas'"));
     w.destination("keyed", "agent = work\n");
-    let out = run(&mut w.client(&["keyed", "borg", "serve"]), b"", LIMIT);
+    let mut c = w.client(&["keyed", "borg", "serve"]);
+    c.env("QUBES_BORG_RELAY", w.path("bin/no-such-relay"));
+    let out = run(&mut c, b"", LIMIT);
     assert_eq!(out.code, Some(69), "{}", out.stderr);
     assert!(
-        out.stderr.contains("split-SSH key set 'work'"),
+        out.stderr.starts_with("qubes-ssh-client: keyed: split-SSH key set 'work' unavailable in sys-backup: cannot start the agent socket listener"),
         "{}",
         out.stderr
     );
@@ -269,4 +271,41 @@ fn request_response_round_trips_flow_before_upstream_eof() {
         .expect("round trips did not complete: a relay holds bytes back");
     assert!(rest.is_empty());
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn split_ssh_agent_socket_exists_only_during_the_connection() {
+    let w = World::new("agent");
+    w.destination("keyed", "agent = work\n");
+    w.ssh_mode("agent-list");
+    w.plan("stream 10 10 0");
+    let out = run(
+        &mut w.client(&["keyed", "borg", "serve"]),
+        &stream(1, 10),
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let ssh = &w.ssh_calls()[0];
+    let agent = ssh
+        .iter()
+        .find_map(|a| a.strip_prefix("-oIdentityAgent="))
+        .expect("IdentityAgent option");
+    assert!(
+        agent.starts_with(&format!("{}/qubes-borg-agent.", w.path("run").display()))
+            && agent.ends_with("/agent.sock"),
+        "{agent}"
+    );
+    let seen = std::fs::read_to_string(w.path("state/agent-socket.0")).unwrap();
+    assert_eq!(
+        seen.trim(),
+        "socket",
+        "the agent socket existed while ssh ran"
+    );
+    // ssh's agent request became one qrexec call qubes.SshAgent+work from sys-backup.
+    let called = std::fs::read_to_string(w.path("state/agent-called")).unwrap_or_default();
+    assert_eq!(called, "work from sys-backup\n");
+    // and the socket is gone afterwards
+    let left: Vec<_> = std::fs::read_dir(w.path("run")).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(w.serve_result(), "in=10 ok");
 }

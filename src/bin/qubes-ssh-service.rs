@@ -5,6 +5,7 @@
 //! configuration, runs OpenSSH with a fixed safe option set, sends the status line and relays
 //! borg's stream. Protocol and threat model: docs/PROTOCOL.md.
 
+use qubes_borg::agent::forward::{AgentSocket, AgentSocketOptions};
 use qubes_borg::destination::{self, ConfigError, Destination};
 use qubes_borg::header::{self, HeaderError};
 use qubes_borg::relay::{self, Fd, Flow};
@@ -48,29 +49,6 @@ Exit codes (also sent to the caller in the status line):
   request header; 77 request not allowed (option, remote path, port, user); 78 destination
   configuration missing parts, malformed or unsafe.
 ";
-
-/// Where the split-SSH agent socket comes from (`qubes_borg::agent::forward::AgentSocket`,
-/// built by the agent work; see docs/PROTOCOL.md). Until it is wired in, a destination that
-/// names a key set is refused with a clear error.
-mod agent_seam {
-    use std::path::Path;
-
-    pub struct Agent {
-        path: std::path::PathBuf,
-    }
-
-    impl Agent {
-        pub fn path(&self) -> &Path {
-            &self.path
-        }
-    }
-
-    pub fn start(key_set: &str, _dir: &Path) -> Result<Agent, String> {
-        Err(format!(
-            "split-SSH key set '{key_set}' cannot be used: this build has no agent forwarding yet"
-        ))
-    }
-}
 
 /// A private directory for this connection's known_hosts (and agent socket), removed on drop.
 struct TempDir(PathBuf);
@@ -323,10 +301,19 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
             format!("cannot write {}: {e}", known_hosts.display()),
         ));
     }
+    // Split SSH: a private agent socket for this connection only, forwarding to
+    // qubes.SshAgent+KEYSET (dom0 policy picks the vault). Dropped (socket removed) when this
+    // function returns, after ssh has exited.
     let agent = match &dest.agent {
-        Some(set) => match agent_seam::start(set, &tmp.0) {
+        Some(set) => match AgentSocket::start(set, &AgentSocketOptions::default()) {
             Ok(a) => Some(a),
-            Err(m) => return refused(fail(exit::AGENT, ErrClass::Agent, m)),
+            Err(e) => {
+                return refused(fail(
+                    exit::AGENT,
+                    ErrClass::Agent,
+                    format!("split-SSH key set '{set}' unavailable in sys-backup: {e}"),
+                ))
+            }
         },
         None => None,
     };

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_qubes-ssh-client");
 pub const SERVICE: &str = env!("CARGO_BIN_EXE_qubes-ssh-service");
+pub const RELAY: &str = env!("CARGO_BIN_EXE_qubes-relay");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A real ed25519 public key (its private half was thrown away).
 pub const HOST_KEY: &str =
@@ -53,6 +54,7 @@ impl World {
         for d in [
             "qubes/sys-backup-mnt",
             "qubes/sys-backup/etc/qubes-rpc",
+            "qubes/ssh-backup/etc/qubes-rpc",
             "policy",
             "conf",
             "bin",
@@ -70,9 +72,18 @@ impl World {
         std::fs::write(
             dir.join("policy/50-test.policy"),
             "qubes.Ssh * sys-backup-mnt @default allow target=sys-backup\n\
-             qubes.Ssh * @anyvm @anyvm deny\n",
+             qubes.Ssh * @anyvm @anyvm deny\n\
+             qubes.SshAgent * sys-backup @default allow target=ssh-backup\n",
         )
         .unwrap();
+        // A stand-in vault service: notes the key set asked for, answers nothing.
+        write_exec(
+            &dir.join("qubes/ssh-backup/etc/qubes-rpc/qubes.SshAgent"),
+            &format!(
+                "#!/bin/sh\necho \"$1 from $QREXEC_REMOTE_DOMAIN\" >>{}\n",
+                dir.join("state/agent-called").display()
+            ),
+        );
         symlink(
             Path::new(REPO).join("tests/ssh_doubles/ssh"),
             dir.join("bin/ssh"),
@@ -129,6 +140,9 @@ impl World {
             .env("QUBES_SSH_SERVICE_SSH", self.path("bin/ssh"))
             .env("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "3000")
             .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env("QUBES_BORG_QREXEC_CLIENT_VM", qrexec_client_vm())
+            .env("QUBES_BORG_RELAY", RELAY)
+            .env_remove("QUBES_BORG_RUNTIME_DIR")
             .env("HOME", self.path("home"))
             .env_remove("QUBES_SSH_CLIENT_TARGET")
             .env_remove("BORG_RSH")
@@ -232,7 +246,10 @@ fn numbered(dir: &Path, stem: &str) -> Vec<Vec<String>> {
 
 /// Run `cmd` with `input` on stdin (then EOF), collect stdout/stderr, kill after `limit`.
 pub fn run(cmd: &mut Command, input: &[u8], limit: Duration) -> Out {
+    use std::os::unix::process::CommandExt;
+    // Own process group, so a hang is cleaned up whole (qrexec stand-in, service, ssh double).
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,6 +278,8 @@ pub fn run(cmd: &mut Command, input: &[u8], limit: Duration) -> Out {
             break st;
         }
         if start.elapsed() > limit {
+            let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             panic!("{cmd:?} did not finish within {limit:?}");
