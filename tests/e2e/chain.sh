@@ -68,7 +68,8 @@ test_incremental_backup_is_mostly_deduplicated_and_restores_exactly() {
     dedup=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["archive"]["stats"]["deduplicated_size"])' <<<"$j")
     echo "incremental: original $orig bytes, deduplicated $dedup bytes"
     [ "$dedup" -gt 0 ] || fail "nothing new stored, but files changed"
-    [ $((dedup * 100)) -lt $((orig * 2)) ] || fail "incremental stored $dedup of $orig bytes (>2%)"
+    # "mostly deduplicated": a changed file costs its changed chunks (about 2 MiB each in borg 1.2)
+    [ $((dedup * 100)) -lt $((orig * 10)) ] || fail "incremental stored $dedup of $orig bytes (>10%)"
     in_qube sys-backup-mnt sh -c 'rm -rf /root/restore-incr && mkdir /root/restore-incr'
     in_qube sys-backup-mnt sh -c 'cd /root/restore-incr && exec env BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$1" borg extract --sparse "$2::incr"' sh "$PASS" "$REPO_URL"
     python3 "$TREEDATA" compare "$MNT_ROOT/data" "$MNT_ROOT/restore-incr/root/data"
