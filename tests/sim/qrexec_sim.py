@@ -45,6 +45,8 @@ POLICYSUFFIX = ".policy"
 QUBE_SIM_DIR = "/run/qubes-sim"           # holds qrexec.sock (this qube's "vchan") and name
 QUBE_SIM_LIB = "/usr/lib/qubes-sim"       # this file and the client launcher, in every qube
 SERVICE_PATH = "/usr/local/bin:/usr/bin:/bin"
+PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_WAIT = 2.0
 # The qube's default_user: qrexec services run as this user unless the policy says user=.
 DEFAULT_USER = "user"
 MAX_REQUEST_LINE = 70000
@@ -365,14 +367,37 @@ def agent_exec(desc, source, user):
         os.chdir(pw.pw_dir)                          # qrexec-agent.c: chdir(pw->pw_dir)
     except OSError:
         os.chdir("/")
-    reset_signals()
-    try:
-        os.execve(path, service_argv(path, desc), env)
-    except FileNotFoundError:
-        os._exit(EXIT_SERVICE_NOT_FOUND)
-    except OSError as err:
-        print(f"qrexec-agent: execve {path}: {err.strerror}", file=sys.stderr)
-        os._exit(EXIT_PROBLEM)
+    # Like qrexec-agent, stay the parent of the service (not exec it ourselves), and be the
+    # subreaper of its process tree, so processes it leaves behind are reaped here and their
+    # CPU time is part of what the daemon's wait4() sees (benchmarks). Their lifetime is not
+    # tied to the call: we wait for them at most ORPHAN_WAIT seconds after the service exits.
+    import ctypes                                    # pylint: disable=import-outside-toplevel
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    pid = os.fork()
+    if pid == 0:
+        reset_signals()
+        try:
+            os.execve(path, service_argv(path, desc), env)
+        except FileNotFoundError:
+            os._exit(EXIT_SERVICE_NOT_FOUND)
+        except OSError as err:
+            print(f"qrexec-agent: execve {path}: {err.strerror}", file=sys.stderr)
+            os._exit(EXIT_PROBLEM)
+    # our copies of the service's stdio must not keep its sockets or stderr pipe open
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _pid, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + ORPHAN_WAIT
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.02)
+        except ChildProcessError:
+            break
+    os._exit(wait_code(status))
 
 
 def wait_code(status):
