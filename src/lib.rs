@@ -4,5 +4,12 @@
 //! wrappers around it. See `docs/ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod borg_argv;
 pub mod child;
+pub mod destination;
+pub mod header;
 pub mod relay;
+pub mod ssh_command;
+pub mod status;
+pub mod validate;
