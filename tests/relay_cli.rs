@@ -262,6 +262,9 @@ fn connect_mode_with_our_reader_gone_exits_cleanly_not_by_sigpipe() {
     drop(from_relay);
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(0), "{st:?}");
-    assert!(server.join().unwrap(), "server was not told that nobody reads");
+    assert!(
+        server.join().unwrap(),
+        "server was not told that nobody reads"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
