@@ -4,6 +4,7 @@ DESTDIR    ?=
 BINDIR     ?= /usr/bin
 LIBEXECDIR ?= /usr/libexec/qubes-borg
 UNITDIR    ?= /usr/lib/systemd/system
+PRESETDIR  ?= /usr/lib/systemd/system-preset
 RELEASE    := target/release
 FORMULADIR ?= /srv/formulas/base/qubes-borg-formula
 PILLARDIR  ?= /srv/pillar/base/qubes-borg
@@ -42,6 +43,11 @@ install-vm: build
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_LIBEXEC)) $(DESTDIR)$(LIBEXECDIR)/
 	install -d $(DESTDIR)/etc/qubes-rpc
 	install -m 0755 qubes-rpc/qubes.Ssh qubes-rpc/qubes.SshAgent $(DESTDIR)/etc/qubes-rpc/
+	# ssh-backup: backup key tool and its dedicated ssh-agent (docs/SPLIT-SSH.md)
+	install -m 0755 scripts/qubes-borg-keygen $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR)
+	install -m 0644 systemd/qubes-borg-agent@.service $(DESTDIR)$(UNITDIR)/
+	install -m 0644 systemd/75-qubes-borg-agent.preset $(DESTDIR)$(PRESETDIR)/
 
 install-dom0:
 	install -d $(DESTDIR)/etc/qubes/policy.d

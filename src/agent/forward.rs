@@ -1,0 +1,445 @@
+//! The sys-backup side of split SSH: an agent socket that exists only while
+//! one `qubes.Ssh` connection runs.
+//!
+//! [`AgentSocket::start`] makes a private directory (0700) under a runtime
+//! directory, and starts `qubes-relay --listen DIR/agent.sock
+//! --die-with-parent -- qrexec-client-vm @default qubes.SshAgent+NAME`
+//! (the relay core's drop-in for `socat UNIX-LISTEN:...,fork EXEC:...`), so
+//! each connection on the socket becomes one qrexec call to the filtering
+//! agent service in ssh-backup. The socket is made 0600 before `start`
+//! returns. Dropping the [`AgentSocket`] (or [`AgentSocket::close`]) stops
+//! the listener (SIGTERM: it removes its socket and cuts open connections)
+//! and removes the directory. If the owning process dies without dropping
+//! it, the listener gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and
+//! removes the socket; the empty directory left behind is swept by the next
+//! `start` in the same runtime directory.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{geteuid, Pid};
+
+use super::{validate_key_set_name, NameError};
+
+/// Prefix of the private directories made under the runtime directory.
+pub const DIR_PREFIX: &str = "qubes-borg-agent.";
+/// Name of the socket inside the private directory.
+pub const SOCKET_NAME: &str = "agent.sock";
+/// The qrexec service called for each connection (`+NAME` appended).
+pub const SERVICE: &str = "qubes.SshAgent";
+
+/// Settings of [`AgentSocket::start`]. `Default` reads the documented
+/// environment overrides.
+#[derive(Debug, Clone)]
+pub struct AgentSocketOptions {
+    /// Where the private directory is made. Default: `$QUBES_BORG_RUNTIME_DIR`,
+    /// else `$XDG_RUNTIME_DIR`, else `/run/user/UID` if it exists, else the
+    /// system temp dir (`$TMPDIR` or `/tmp`).
+    pub runtime_dir: Option<PathBuf>,
+    /// `qrexec-client-vm` to run per connection. Default:
+    /// `$QUBES_BORG_QREXEC_CLIENT_VM`, else `/usr/bin/qrexec-client-vm`.
+    pub qrexec_client: PathBuf,
+    /// qrexec target. Default `@default` (dom0 policy picks ssh-backup).
+    pub target: String,
+    /// The relay binary. Default: `$QUBES_BORG_RELAY`, else `/usr/bin/qubes-relay`.
+    pub relay: PathBuf,
+    /// How long to wait for the listener's socket to appear.
+    pub ready_timeout: Duration,
+}
+
+impl Default for AgentSocketOptions {
+    fn default() -> Self {
+        let env_path = |k: &str, d: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(d))
+        };
+        AgentSocketOptions {
+            runtime_dir: None,
+            qrexec_client: env_path("QUBES_BORG_QREXEC_CLIENT_VM", "/usr/bin/qrexec-client-vm"),
+            target: "@default".into(),
+            relay: env_path("QUBES_BORG_RELAY", "/usr/bin/qubes-relay"),
+            ready_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the agent socket could not be set up or removed.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The key set name is not valid.
+    Name(NameError),
+    /// No usable runtime directory, or the private directory could not be made.
+    Dir { path: PathBuf, err: io::Error },
+    /// A directory or socket we made has the wrong type, owner or mode.
+    Unsafe { path: PathBuf, why: &'static str },
+    /// The relay could not be started.
+    Spawn { program: PathBuf, err: io::Error },
+    /// The relay exited before its socket appeared (it printed why).
+    ListenerExited { status: String },
+    /// The socket did not appear in time.
+    NotReady { path: PathBuf, waited: Duration },
+    /// Removing the socket or directory failed.
+    Cleanup { path: PathBuf, err: io::Error },
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::Name(e) => write!(f, "agent key set: {e}"),
+            AgentError::Dir { path, err } => write!(
+                f,
+                "cannot make a private agent directory in {}: {err} (set QUBES_BORG_RUNTIME_DIR to a directory you own)",
+                path.display()
+            ),
+            AgentError::Unsafe { path, why } => {
+                write!(f, "refusing agent socket path {}: {why}", path.display())
+            }
+            AgentError::Spawn { program, err } => write!(
+                f,
+                "cannot start the agent socket listener {}: {err} (is qubes-borg installed? QUBES_BORG_RELAY overrides the path)",
+                program.display()
+            ),
+            AgentError::ListenerExited { status } => write!(
+                f,
+                "the agent socket listener (qubes-relay --listen) exited at start ({status}); see its message above"
+            ),
+            AgentError::NotReady { path, waited } => write!(
+                f,
+                "the agent socket {} did not appear within {:?}",
+                path.display(),
+                waited
+            ),
+            AgentError::Cleanup { path, err } => {
+                write!(f, "cannot remove agent socket path {}: {err}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// A per-connection agent socket; see the module documentation.
+#[derive(Debug)]
+pub struct AgentSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: Option<Child>,
+}
+
+fn is_dir_usable(p: &Path) -> bool {
+    fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false)
+}
+
+fn default_runtime_dir() -> PathBuf {
+    for var in ["QUBES_BORG_RUNTIME_DIR", "XDG_RUNTIME_DIR"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(v);
+        }
+    }
+    let run_user = PathBuf::from(format!("/run/user/{}", geteuid()));
+    if is_dir_usable(&run_user) {
+        return run_user;
+    }
+    std::env::temp_dir()
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    // getrandom failing is not recoverable in any useful way; the pid in
+    // the name still keeps names apart between processes.
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Check that `p` is a real directory (not a symlink) owned by us with no
+/// access for group or others.
+fn check_private_dir(p: &Path) -> Result<(), AgentError> {
+    let m = fs::symlink_metadata(p).map_err(|err| AgentError::Dir {
+        path: p.to_path_buf(),
+        err,
+    })?;
+    let unsafe_ = |why| AgentError::Unsafe {
+        path: p.to_path_buf(),
+        why,
+    };
+    if !m.file_type().is_dir() {
+        return Err(unsafe_("not a directory"));
+    }
+    if m.uid() != geteuid().as_raw() {
+        return Err(unsafe_("owned by another user"));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(unsafe_("accessible to group or others"));
+    }
+    Ok(())
+}
+
+/// Remove private directories left by owners that died without cleaning
+/// up (their pid is in the name and no longer runs). Only our own
+/// directories of the exact form, holding at most a socket, are touched.
+fn sweep_stale(runtime: &Path) {
+    let Ok(entries) = fs::read_dir(runtime) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some((pid, hex)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid <= 0 || hex.len() != 16 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        if kill(Pid::from_raw(pid), None) != Err(Errno::ESRCH) {
+            continue; // still running (or not ours to probe)
+        }
+        let dir = e.path();
+        if check_private_dir(&dir).is_err() {
+            continue;
+        }
+        let sock = dir.join(SOCKET_NAME);
+        if let Ok(m) = fs::symlink_metadata(&sock) {
+            if m.file_type().is_socket() {
+                let _ = fs::remove_file(&sock);
+            }
+        }
+        let _ = fs::remove_dir(&dir); // fails (and is left) if anything else is inside
+    }
+}
+
+impl AgentSocket {
+    /// Create the private directory and socket for key set `key_set` and
+    /// start forwarding its connections to `qubes.SshAgent+key_set`.
+    /// Returns once the socket exists with mode 0600.
+    ///
+    /// Call it from the thread that lives as long as the socket should
+    /// (normally the main thread): the listener's parent-death signal fires
+    /// when the *thread* that spawned it exits.
+    pub fn start(key_set: &str, opts: &AgentSocketOptions) -> Result<AgentSocket, AgentError> {
+        let key_set = validate_key_set_name(key_set).map_err(AgentError::Name)?;
+        let runtime = opts.runtime_dir.clone().unwrap_or_else(default_runtime_dir);
+        if !is_dir_usable(&runtime) {
+            return Err(AgentError::Dir {
+                path: runtime,
+                err: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        let dir = runtime.join(format!(
+            "{DIR_PREFIX}{}.{}",
+            std::process::id(),
+            random_hex()
+        ));
+        let path = dir.join(SOCKET_NAME);
+        // sun_path holds 108 bytes including the terminating NUL.
+        if path.as_os_str().len() > 107 {
+            return Err(AgentError::Unsafe {
+                path,
+                why: "longer than a UNIX socket path may be (107 bytes); set QUBES_BORG_RUNTIME_DIR to a shorter directory",
+            });
+        }
+        sweep_stale(&runtime);
+        // mkdir fails if the name exists (no symlink games in a shared /tmp).
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|err| AgentError::Dir {
+                path: runtime.clone(),
+                err,
+            })?;
+        let mut me = AgentSocket {
+            path,
+            dir,
+            listener: None,
+        };
+        check_private_dir(&me.dir)?;
+
+        let mut service = OsString::from(SERVICE);
+        service.push("+");
+        service.push(key_set);
+        let child = Command::new(&opts.relay)
+            .arg("--listen")
+            .arg(&me.path)
+            .arg("--die-with-parent")
+            .arg("--")
+            .arg(&opts.qrexec_client)
+            .arg(&opts.target)
+            .arg(service)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|err| AgentError::Spawn {
+                program: opts.relay.clone(),
+                err,
+            })?;
+        me.listener = Some(child);
+        me.wait_ready(opts.ready_timeout)?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        let start = Instant::now();
+        loop {
+            if let Ok(m) = fs::symlink_metadata(&self.path) {
+                if !m.file_type().is_socket() {
+                    return Err(AgentError::Unsafe {
+                        path: self.path.clone(),
+                        why: "not a socket",
+                    });
+                }
+                if m.uid() != geteuid().as_raw() {
+                    return Err(AgentError::Unsafe {
+                        path: self.path.clone(),
+                        why: "owned by another user",
+                    });
+                }
+                // The directory is 0700, so nobody else could reach the
+                // socket before this chmod either.
+                fs::set_permissions(&self.path, fs::Permissions::from_mode(0o600)).map_err(
+                    |err| AgentError::Dir {
+                        path: self.path.clone(),
+                        err,
+                    },
+                )?;
+                return Ok(());
+            }
+            if let Some(child) = self.listener.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.listener = None;
+                    return Err(AgentError::ListenerExited {
+                        status: status.to_string(),
+                    });
+                }
+            }
+            if start.elapsed() >= timeout {
+                return Err(AgentError::NotReady {
+                    path: self.path.clone(),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The socket to give ssh (`-o IdentityAgent=PATH` or `SSH_AUTH_SOCK`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The private directory holding the socket.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Process id of the listener (`qubes-relay --listen`), while it runs.
+    pub fn listener_pid(&self) -> Option<u32> {
+        self.listener.as_ref().map(Child::id)
+    }
+
+    /// Stop forwarding and remove the socket and its directory, reporting
+    /// the first failure. Drop does the same, silently.
+    pub fn close(mut self) -> Result<(), AgentError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), AgentError> {
+        if let Some(mut child) = self.listener.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let start = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if start.elapsed() > Duration::from_secs(2) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        let mut first_err = None;
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if let Err(err) = fs::remove_file(&self.path) {
+                    first_err.get_or_insert(AgentError::Cleanup {
+                        path: self.path.clone(),
+                        err,
+                    });
+                }
+            }
+            _ => {}
+        }
+        match fs::remove_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                first_err.get_or_insert(AgentError::Cleanup {
+                    path: self.dir.clone(),
+                    err,
+                });
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for AgentSocket {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_refuses_bad_names_before_touching_anything() {
+        let opts = AgentSocketOptions {
+            runtime_dir: Some(PathBuf::from("/nonexistent-qubes-borg")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AgentSocket::start("../x", &opts),
+            Err(AgentError::Name(_))
+        ));
+        assert!(matches!(
+            AgentSocket::start("default", &opts),
+            Err(AgentError::Dir { .. })
+        ));
+        let long = std::env::temp_dir().join(format!(
+            "qb-agent-{}-{}",
+            std::process::id(),
+            "x".repeat(90)
+        ));
+        let opts = AgentSocketOptions {
+            runtime_dir: Some(long.clone()),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&long).unwrap();
+        let r = AgentSocket::start("default", &opts);
+        let left = std::fs::read_dir(&long).unwrap().count();
+        std::fs::remove_dir(&long).unwrap();
+        assert!(matches!(r, Err(AgentError::Unsafe { .. })), "{r:?}");
+        assert_eq!(left, 0, "nothing created");
+    }
+}

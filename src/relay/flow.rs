@@ -1,0 +1,364 @@
+//! One direction of the relay: the per-direction state machine. `step` moves
+//! bytes until something would block and says what to wait for; it never
+//! blocks and never allocates.
+
+use std::os::fd::BorrowedFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{splice, SpliceFFlags};
+use nix::sys::socket::Shutdown;
+use nix::unistd::read;
+
+use super::fd::{kind_of, shut, Fd, FlagTable, Kind};
+use super::pipe::Pipe;
+use super::{Dir, FirstLine, Flow, FlowEnd, LineVerdict, Op, RelayError};
+
+/// Bytes asked of one splice when no pipe of ours bounds it.
+const CHUNK: usize = 1 << 20;
+/// The read/write buffer (fallback mode and the preamble stage).
+pub(crate) const BUF: usize = 64 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One end is a pipe: splice src -> dst directly.
+    Direct,
+    /// Neither end is a pipe: splice src -> our pipe -> dst.
+    Piped,
+    /// splice refused (tty, O_APPEND file, ...): read(2)/write(2).
+    Copy,
+}
+
+/// What a blocked flow waits for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Want {
+    pub(crate) src_in: bool,
+    pub(crate) dst_out: bool,
+}
+
+pub(crate) enum Step {
+    Blocked(Want),
+    Done,
+    StopRelay,
+}
+
+pub(crate) struct FlowState<'a> {
+    pub(crate) dir: Dir,
+    pub(crate) src: Option<Fd<'a>>,
+    pub(crate) dst: Option<Fd<'a>>,
+    pub(crate) src_slot: usize,
+    pub(crate) dst_slot: usize,
+    src_kind: Kind,
+    dst_kind: Kind,
+    pub(crate) mode: Mode,
+    pub(crate) pipe: Option<Pipe>,
+    pub(crate) buf: Box<[u8]>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) preamble: &'a [u8],
+    pub(crate) pre_off: usize,
+    first_line: Option<FirstLine<'a>>,
+    line: Vec<u8>,
+    eof_to_dst: bool,
+    pub(crate) eof: bool,
+    pub(crate) ended: Option<FlowEnd>,
+    pub(crate) bytes: u64,
+    /// Readiness poll(2) reported before this step (for splice's EAGAIN).
+    pub(crate) src_ready: bool,
+    pub(crate) dst_ready: bool,
+}
+
+pub(crate) type StepResult = Result<Option<Step>, RelayError>;
+
+pub(crate) fn blocked(src_in: bool, dst_out: bool) -> StepResult {
+    Ok(Some(Step::Blocked(Want { src_in, dst_out })))
+}
+
+/// errno values on a write/splice that mean "nobody reads dst any more".
+pub(crate) fn dst_gone_errno(e: Errno) -> bool {
+    matches!(e, Errno::EPIPE | Errno::ECONNRESET)
+}
+
+impl<'a> FlowState<'a> {
+    pub(crate) fn new(dir: Dir, flow: Flow<'a>, table: &mut FlagTable) -> Result<Self, RelayError> {
+        let setup = |e| RelayError::Io {
+            dir,
+            op: Op::Setup,
+            errno: e,
+        };
+        let src_kind = kind_of(flow.src.as_fd());
+        let dst_kind = kind_of(flow.dst.as_fd());
+        let mode = if src_kind == Kind::Other || dst_kind == Kind::Other {
+            Mode::Copy
+        } else if src_kind == Kind::Pipe || dst_kind == Kind::Pipe {
+            Mode::Direct
+        } else {
+            Mode::Piped
+        };
+        let pipe = match mode {
+            Mode::Piped => Some(Pipe::new().map_err(setup)?),
+            _ => None,
+        };
+        let line = match &flow.first_line {
+            Some(fl) => Vec::with_capacity(fl.max),
+            None => Vec::new(),
+        };
+        let src_slot = table.acquire(flow.src.as_fd()).map_err(setup)?;
+        let dst_slot = match table.acquire(flow.dst.as_fd()) {
+            Ok(s) => s,
+            Err(e) => {
+                table.release(src_slot, flow.src.as_fd());
+                return Err(setup(e));
+            }
+        };
+        Ok(FlowState {
+            dir,
+            src: Some(flow.src),
+            dst: Some(flow.dst),
+            src_slot,
+            dst_slot,
+            src_kind,
+            dst_kind,
+            mode,
+            pipe,
+            // vec![0; n] is calloc: pages never touched stay out of the RSS.
+            buf: vec![0u8; BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            preamble: flow.preamble,
+            pre_off: 0,
+            first_line: flow.first_line,
+            line,
+            eof_to_dst: flow.eof_to_dst,
+            eof: false,
+            ended: None,
+            bytes: 0,
+            src_ready: false,
+            dst_ready: false,
+        })
+    }
+
+    pub(crate) fn src_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.src.as_ref().map(Fd::as_fd)
+    }
+
+    pub(crate) fn dst_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.dst.as_ref().map(Fd::as_fd)
+    }
+
+    pub(crate) fn err(&self, op: Op, errno: Errno) -> RelayError {
+        RelayError::Io {
+            dir: self.dir,
+            op,
+            errno,
+        }
+    }
+
+    /// Move bytes until blocked or done.
+    pub(crate) fn step(&mut self, t: &mut FlagTable) -> Result<Step, RelayError> {
+        if self.ended.is_some() {
+            return Ok(Step::Done);
+        }
+        if self.first_line.is_some() {
+            if let Some(s) = self.read_first_line()? {
+                return Ok(s);
+            }
+        }
+        loop {
+            let staging = self.pre_off < self.preamble.len() || self.start < self.end;
+            let r = if staging {
+                self.copy_once(t)?
+            } else {
+                match self.mode {
+                    Mode::Copy => self.copy_once(t)?,
+                    Mode::Piped => self.piped_once(t)?,
+                    Mode::Direct => self.direct_once(t)?,
+                }
+            };
+            if let Some(s) = r {
+                self.src_ready = false;
+                self.dst_ready = false;
+                return Ok(s);
+            }
+        }
+    }
+
+    /// Read the first line one byte at a time, so that not one byte past the
+    /// newline leaves src. None: line accepted, go on forwarding.
+    fn read_first_line(&mut self) -> StepResult {
+        let max = self.first_line.as_ref().map_or(0, |f| f.max);
+        loop {
+            if self.line.len() >= max {
+                return Err(RelayError::LineTooLong { dir: self.dir, max });
+            }
+            let mut b = [0u8; 1];
+            let Some(src) = self.src_fd() else {
+                return Ok(Some(Step::Done));
+            };
+            match read(src, &mut b) {
+                Ok(0) => {
+                    return Err(RelayError::LineEof {
+                        dir: self.dir,
+                        got: self.line.len(),
+                    })
+                }
+                Ok(_) => {
+                    self.line.push(b[0]);
+                    if b[0] == b'\n' {
+                        let fl = self.first_line.take().expect("first line stage");
+                        return match (fl.on_line)(&self.line) {
+                            LineVerdict::Forward => Ok(None),
+                            LineVerdict::Stop => {
+                                self.ended = Some(FlowEnd::Stopped);
+                                Ok(Some(Step::StopRelay))
+                            }
+                        };
+                    }
+                }
+                Err(Errno::EAGAIN) => return blocked(true, false),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(self.err(Op::ReadSrc, e)),
+            }
+        }
+    }
+
+    /// Splice through our intermediate pipe: drain it first, then refill.
+    fn piped_once(&mut self, t: &mut FlagTable) -> StepResult {
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK;
+        let (held, cap) = match &self.pipe {
+            Some(p) => (p.held, p.cap),
+            None => return Err(self.err(Op::Setup, Errno::EINVAL)),
+        };
+        if held > 0 {
+            let (Some(p), Some(dst)) = (self.pipe.as_ref(), self.dst_fd()) else {
+                return Ok(Some(Step::Done));
+            };
+            match splice(&p.r, None, dst, None, held, flags) {
+                Ok(0) => return Err(self.err(Op::WriteDst, Errno::EIO)),
+                Ok(n) => {
+                    if let Some(p) = self.pipe.as_mut() {
+                        p.held -= n;
+                    }
+                    self.bytes += n as u64;
+                }
+                // The pipe holds bytes, so EAGAIN can only mean dst is full.
+                Err(Errno::EAGAIN) => return blocked(false, true),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL) => self.mode = Mode::Copy,
+                Err(e) if dst_gone_errno(e) => return Ok(Some(self.dst_gone(t))),
+                Err(e) => return Err(self.err(Op::WriteDst, e)),
+            }
+            return Ok(None);
+        }
+        if self.eof {
+            return Ok(Some(self.finish_eof(t)));
+        }
+        let (Some(p), Some(src)) = (self.pipe.as_ref(), self.src_fd()) else {
+            return Ok(Some(Step::Done));
+        };
+        match splice(src, None, &p.w, None, cap, flags) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                if let Some(p) = self.pipe.as_mut() {
+                    p.held += n;
+                }
+            }
+            // The pipe is empty, so EAGAIN can only mean src is empty.
+            Err(Errno::EAGAIN) => return blocked(true, false),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL) => self.mode = Mode::Copy,
+            Err(e) => return Err(self.err(Op::ReadSrc, e)),
+        }
+        Ok(None)
+    }
+
+    /// Splice src -> dst (one of them a pipe).
+    fn direct_once(&mut self, t: &mut FlagTable) -> StepResult {
+        if self.eof {
+            return Ok(Some(self.finish_eof(t)));
+        }
+        let (Some(src), Some(dst)) = (self.src_fd(), self.dst_fd()) else {
+            return Ok(Some(Step::Done));
+        };
+        match splice(src, None, dst, None, CHUNK, SpliceFFlags::SPLICE_F_NONBLOCK) {
+            Ok(0) => self.eof = true,
+            Ok(n) => self.bytes += n as u64,
+            Err(Errno::EAGAIN) => {
+                // EAGAIN does not say which side blocked. Blame the side poll
+                // did not vouch for; when poll vouched for neither, wait for
+                // both (the next EAGAIN then resolves it); when it vouched
+                // for both (not seen in practice), wait for dst.
+                let (s, d) = (self.src_ready, self.dst_ready);
+                return match (s, d) {
+                    (true, _) => blocked(false, true),
+                    (false, true) => blocked(true, false),
+                    (false, false) => blocked(true, true),
+                };
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL) => self.mode = Mode::Copy,
+            Err(e) if dst_gone_errno(e) => return Ok(Some(self.dst_gone(t))),
+            Err(e) => return Err(self.err(Op::Splice, e)),
+        }
+        Ok(None)
+    }
+
+    /// src reached EOF and every byte reached dst.
+    pub(crate) fn finish_eof(&mut self, t: &mut FlagTable) -> Step {
+        if self.eof_to_dst {
+            if let Some(dst) = self.dst_fd() {
+                if self.dst_kind == Kind::Socket {
+                    shut(dst, Shutdown::Write);
+                }
+            }
+            self.close_dst(t);
+        }
+        self.close_src(t);
+        self.pipe = None;
+        self.ended = Some(FlowEnd::Eof);
+        Step::Done
+    }
+
+    /// Nobody reads dst any more: stop reading src and tell its writer.
+    pub(crate) fn dst_gone(&mut self, t: &mut FlagTable) -> Step {
+        if let Some(src) = self.src_fd() {
+            if self.src_kind == Kind::Socket {
+                shut(src, Shutdown::Read);
+            }
+        }
+        self.close_src(t);
+        self.close_dst(t);
+        self.pipe = None;
+        self.start = 0;
+        self.end = 0;
+        self.ended = Some(FlowEnd::DstGone);
+        Step::Done
+    }
+
+    /// Close src now if we own it (a borrowed fd stays open until the caller
+    /// drops it); its flags are restored first.
+    fn close_src(&mut self, t: &mut FlagTable) {
+        if matches!(self.src, Some(Fd::Owned(_))) {
+            if let Some(fd) = self.src.take() {
+                t.release(self.src_slot, fd.as_fd());
+            }
+        }
+    }
+
+    fn close_dst(&mut self, t: &mut FlagTable) {
+        if matches!(self.dst, Some(Fd::Owned(_))) {
+            if let Some(fd) = self.dst.take() {
+                t.release(self.dst_slot, fd.as_fd());
+            }
+        }
+    }
+
+    /// Release (and drop) whatever the flow still holds.
+    pub(crate) fn release_all(&mut self, t: &mut FlagTable) {
+        if let Some(fd) = self.dst.take() {
+            t.release(self.dst_slot, fd.as_fd());
+        }
+        if let Some(fd) = self.src.take() {
+            t.release(self.src_slot, fd.as_fd());
+        }
+    }
+}
