@@ -6,8 +6,7 @@ specs from that tarball (with the prebuilt release binaries, `--with prebuilt`),
 the built packages, rpmlint, and Salt from PyPI (`salt-call --local`) rendering the formula as
 installed by `make install-dom0`. What is not: the qvm.* states (they exist only in dom0, so
 the tests render states without running them) and Fedora's systemd scriptlet macros (Debian's
-rpm has no systemd-rpm-macros; a ~/.rpmmacros for the build defines stand-ins that expand to the
-same systemctl calls, so the scriptlets can be checked).
+rpm has no systemd-rpm-macros, so the scriptlets come from the spec's fallback definitions).
 
 Environment: QUBES_BORG_TEST_CACHE (Salt venv and pip cache, default build/cache),
 QUBES_BORG_TEST_KEEP=1 (keep the work directory), QUBES_BORG_TEST_RPM_FROM_SOURCE=0 (skip the
@@ -37,13 +36,6 @@ RELEASE = os.path.join(REPO, "target", "release")
 FORMULA_DIR = "/srv/formulas/base/qubes-borg-formula"
 PILLAR_DIR = "/srv/pillar/base/qubes-borg"
 POLICY = os.path.join(REPO, "policy", "70-qubes-borg.policy")
-
-# Stand-ins for Fedora's systemd-rpm-macros (systemd.macros), used only for the build here.
-RPMMACROS = """\
-%systemd_post() if [ $1 -eq 1 ]; then systemctl --no-reload preset %{?*} || : ; fi
-%systemd_preun() if [ $1 -eq 0 ]; then systemctl --no-reload disable --now %{?*} || : ; fi
-%systemd_postun() if [ $1 -ge 1 ]; then systemctl daemon-reload || : ; fi
-"""
 
 # nodegroups and file_roots as qubes-mgmt-salt's etc/salt/minion.d/f_defaults.conf sets them
 # (reference: shared/reference/qubes-conventions.md section 1.5).
@@ -85,22 +77,8 @@ def timed(name, fn):
     Env.timings[name] = time.monotonic() - t
 
 
-def build_env():
-    env = dict(os.environ)
-    home = os.path.join(Env.work, "home")
-    os.makedirs(home, exist_ok=True)
-    with open(os.path.join(home, ".rpmmacros"), "w") as f:
-        f.write(RPMMACROS)
-    # rustup and cargo find their homes through $HOME unless told; keep the real ones.
-    real_home = os.environ.get("HOME", "/root")
-    env.setdefault("RUSTUP_HOME", os.path.join(real_home, ".rustup"))
-    env.setdefault("CARGO_HOME", os.path.join(real_home, ".cargo"))
-    env["HOME"] = home
-    return env
-
-
 def build_rpms(topdir, prebuilt):
-    env = build_env()
+    env = dict(os.environ)
     env["RPM_TOPDIR"] = topdir
     env["RPMBUILD_FLAGS"] = "--nodeps"  # the BuildRequires are Fedora packages, not installed here
     if prebuilt:
