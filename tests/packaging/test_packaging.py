@@ -138,7 +138,8 @@ def setUpModule():
     timed("salt venv", venv)
 
 
-def tearDownModule():
+def cleanup():
+    """Run by main() whatever happened (tearDownModule is skipped when setUpModule fails)."""
     if Env.work and not os.environ.get("QUBES_BORG_TEST_KEEP"):
         shutil.rmtree(Env.work, ignore_errors=True)
     elif Env.work:
@@ -706,7 +707,10 @@ def main():
     if len(sys.argv) > 1:
         suite = unittest.TestSuite(
             t for group in suite for t in group if any(a in t.id() for a in sys.argv[1:]))
-    result = unittest.TextTestRunner(verbosity=2, ).run(suite)
+    try:
+        result = unittest.TextTestRunner(verbosity=2).run(suite)
+    finally:
+        cleanup()
     for name, secs in Env.timings.items():
         print("  %s: %.1f s" % (name, secs))
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
