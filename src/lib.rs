@@ -5,5 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod borg_argv;
 pub mod child;
+pub mod destination;
+pub mod header;
 pub mod relay;
+pub mod ssh_command;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,434 @@
+//! qubes-ssh-service: the `qubes.Ssh` qrexec service in sys-backup (installed as
+//! /usr/libexec/qubes-borg/qubes-ssh-service, run by /etc/qubes-rpc/qubes.Ssh).
+//!
+//! Reads the request header from the caller, checks it against the root-owned destination
+//! configuration, runs OpenSSH with a fixed safe option set, sends the status line and relays
+//! borg's stream. Protocol and threat model: docs/PROTOCOL.md.
+
+use qubes_borg::agent::forward::{AgentSocket, AgentSocketOptions};
+use qubes_borg::destination::{self, ConfigError, Destination};
+use qubes_borg::header::{self, HeaderError};
+use qubes_borg::relay::{self, Fd, Flow};
+use qubes_borg::ssh_command;
+use qubes_borg::status::{exit, ErrClass, Status, OK_LINE};
+use qubes_borg::validate;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+const PROG: &str = "qubes-ssh-service";
+/// Default time the caller has to send the whole header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of ssh's stderr is kept to explain a failure.
+const STDERR_KEEP: usize = 16 * 1024;
+
+const HELP: &str = "\
+qubes-ssh-service: the qubes.Ssh qrexec service of qubes-borg (runs in sys-backup).
+
+Run by qrexec as /etc/qubes-rpc/qubes.Ssh with the destination NAME as its argument
+(qubes.Ssh+NAME). Reads one request header from stdin, looks NAME up in
+/etc/qubes-borg/destinations/NAME.conf, runs ssh to that destination only, and relays.
+See docs/PROTOCOL.md for the protocol, the configuration format and the threat model.
+
+Environment (set by qrexec, or by tests):
+  QREXEC_SERVICE_ARGUMENT   the destination NAME (also argv[1])
+  QREXEC_REMOTE_DOMAIN      the calling qube, for the log
+  QUBES_SSH_SERVICE_CONFIG_DIR   destination directory (tests; default /etc/qubes-borg/destinations)
+  QUBES_SSH_SERVICE_SSH          ssh program (tests; default /usr/bin/ssh)
+  QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS  header time limit (default 30000)
+
+Exit codes (also sent to the caller in the status line):
+  0-255  ssh's exit status once ssh ran (255: ssh failed; else the remote borg serve's)
+  64 not used here; 68 unknown destination; 69 split-SSH agent unavailable; 70 internal error;
+  71 cannot start ssh or create temporary files; 76 malformed, over-long, slow or cut-short
+  request header; 77 request not allowed (option, remote path, port, user); 78 destination
+  configuration missing parts, malformed or unsafe.
+";
+
+/// A private directory for this connection's known_hosts (and agent socket), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let base = match std::env::var("XDG_RUNTIME_DIR") {
+            Ok(d) if d.starts_with('/') && validate::path_word("dir", &d).is_ok() => d,
+            _ => "/tmp".to_string(),
+        };
+        let p = nix::unistd::mkdtemp(&PathBuf::from(base).join("qubes-ssh.XXXXXX"))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The outcome of one connection, for the status line, the log and the exit code.
+struct Failure {
+    code: u8,
+    class: ErrClass,
+    message: String,
+}
+
+fn fail(code: u8, class: ErrClass, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        class,
+        message: message.into(),
+    }
+}
+
+/// Write all of `bytes` to `fd`, waiting if the fd is non-blocking.
+fn write_all_fd(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> nix::Result<()> {
+    use nix::errno::Errno;
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let mut p = [PollFd::new(fd, PollFlags::POLLOUT)];
+                nix::poll::poll(&mut p, PollTimeout::from(10_000u16))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn env_str(key: &str) -> Option<String> {
+    std::env::var_os(key).and_then(|v| v.into_string().ok())
+}
+
+/// The destination name: argv[1] (qrexec's argument); QREXEC_SERVICE_ARGUMENT must agree.
+fn destination_name(args: &[OsString]) -> Result<String, Failure> {
+    let refuse = |m: &str| fail(exit::REFUSED, ErrClass::Refused, m);
+    let arg = match args {
+        [] => env_str("QREXEC_SERVICE_ARGUMENT").filter(|s| !s.is_empty()),
+        [a] => Some(
+            a.clone()
+                .into_string()
+                .map_err(|_| refuse("destination name is not valid UTF-8"))?,
+        ),
+        _ => return Err(refuse("more than one service argument")),
+    };
+    let Some(name) = arg else {
+        return Err(refuse(
+            "no destination name: call qubes.Ssh+NAME (repository ssh://NAME/./repo)",
+        ));
+    };
+    if let Some(env) = env_str("QREXEC_SERVICE_ARGUMENT") {
+        if env != name {
+            return Err(refuse("argv[1] and QREXEC_SERVICE_ARGUMENT differ"));
+        }
+    }
+    validate::name("destination name", &name).map_err(|e| {
+        fail(
+            exit::REFUSED,
+            ErrClass::Refused,
+            format!("{e} ('{}')", validate::printable(name.as_bytes(), 80)),
+        )
+    })?;
+    Ok(name)
+}
+
+/// Copy ssh's stderr to ours (the journal under qrexec), one prefixed printable line at a
+/// time, and keep its first `STDERR_KEEP` bytes to explain a failure.
+fn drain_stderr(mut src: std::process::ChildStderr, name: String) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut err = std::io::stderr();
+    let mut emit = |line: &mut Vec<u8>| {
+        let _ = writeln!(
+            err,
+            "{PROG}: {name}: ssh: {}",
+            validate::printable(line, 1000)
+        );
+        line.clear();
+    };
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = STDERR_KEEP.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        for &b in &buf[..n] {
+            match b {
+                b'\n' => emit(&mut line),
+                b'\r' => {}
+                _ if line.len() < 1000 => line.push(b),
+                _ => {}
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+    kept
+}
+
+struct Outcome {
+    code: u8,
+    up: u64,
+    down: u64,
+    /// `None`: OK status sent; `Some`: what was sent instead.
+    failure: Option<Failure>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let source = validate::printable(
+        env_str("QREXEC_REMOTE_DOMAIN")
+            .unwrap_or_default()
+            .as_bytes(),
+        64,
+    );
+    let (stdin, stdout) = match relay::take_stdio() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{PROG}: source={source} outcome=internal: cannot take stdin/stdout: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    let mut name_for_log = String::from("-");
+    let outcome = run(&args, stdin, &stdout, &mut name_for_log);
+    let (result, detail) = match &outcome.failure {
+        None => ("ok".to_string(), String::new()),
+        Some(f) => (f.class.as_str().to_string(), format!(": {}", f.message)),
+    };
+    if let Some(f) = &outcome.failure {
+        // Best effort: the caller may be gone (early close, timeout).
+        let _ = write_all_fd(
+            stdout.as_fd(),
+            &Status::err(f.code, f.class, &f.message).encode(),
+        );
+    }
+    drop(stdout);
+    eprintln!(
+        "{PROG}: source={source} destination={name_for_log} outcome={result} exit={} up={} down={}{detail}",
+        outcome.code, outcome.up, outcome.down
+    );
+    ExitCode::from(outcome.code)
+}
+
+fn refused(f: Failure) -> Outcome {
+    Outcome {
+        code: f.code,
+        up: 0,
+        down: 0,
+        failure: Some(f),
+    }
+}
+
+fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut String) -> Outcome {
+    let name = match destination_name(args) {
+        Ok(n) => n,
+        Err(f) => return refused(f),
+    };
+    *log_name = name.clone();
+
+    // 1. The header: bounded, timed, not one byte past its LF.
+    let timeout = env_str("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(HEADER_TIMEOUT);
+    let request = match header::read_line(stdin.as_fd(), timeout).and_then(|l| header::decode(&l)) {
+        Ok(r) => r,
+        Err(e @ HeaderError::Argv(_)) => {
+            return refused(fail(exit::REFUSED, ErrClass::Refused, e.to_string()))
+        }
+        Err(e) => return refused(fail(exit::PROTOCOL, ErrClass::Header, e.to_string())),
+    };
+
+    // 2. The destination, from root-owned configuration only.
+    let config_override = std::env::var_os("QUBES_SSH_SERVICE_CONFIG_DIR");
+    let dir = config_override
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(destination::DEFAULT_DIR));
+    let mut owners = vec![0];
+    if config_override.is_some() {
+        owners.push(nix::unistd::geteuid().as_raw());
+    }
+    let dest = match destination::load_owned_by(&dir, &name, &owners) {
+        Ok(d) => d,
+        Err(e @ ConfigError::NotFound { .. }) => {
+            return refused(fail(
+                exit::UNKNOWN_DESTINATION,
+                ErrClass::UnknownDestination,
+                e.to_string(),
+            ))
+        }
+        Err(e) => return refused(fail(exit::CONFIG, ErrClass::Config, e.to_string())),
+    };
+    let config_path = destination::path_for(&dir, &name);
+    let remote_command = match dest.remote_command(&request) {
+        Ok(c) => c,
+        Err(r) => return refused(fail(exit::REFUSED, ErrClass::Refused, r.0)),
+    };
+
+    // 3. Private known_hosts (and agent socket) for this connection.
+    let tmp = match TempDir::new() {
+        Ok(t) => t,
+        Err(e) => {
+            return refused(fail(
+                exit::OSERR,
+                ErrClass::Internal,
+                format!("cannot create a temporary directory: {e}"),
+            ))
+        }
+    };
+    let known_hosts = tmp.0.join("known_hosts");
+    if let Err(e) = write_private(&known_hosts, dest.known_hosts(&dest.name).as_bytes()) {
+        return refused(fail(
+            exit::OSERR,
+            ErrClass::Internal,
+            format!("cannot write {}: {e}", known_hosts.display()),
+        ));
+    }
+    // Split SSH: a private agent socket for this connection only, forwarding to
+    // qubes.SshAgent+KEYSET (dom0 policy picks the vault). Dropped (socket removed) when this
+    // function returns, after ssh has exited.
+    let agent = match &dest.agent {
+        Some(set) => match AgentSocket::start(set, &AgentSocketOptions::default()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                return refused(fail(
+                    exit::AGENT,
+                    ErrClass::Agent,
+                    format!("split-SSH key set '{set}' unavailable in sys-backup: {e}"),
+                ))
+            }
+        },
+        None => None,
+    };
+
+    // 4. ssh, without a shell, fixed options.
+    let ssh = std::env::var_os("QUBES_SSH_SERVICE_SSH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh"));
+    let Some(argv) = ssh_command::argv(
+        &ssh,
+        &dest,
+        &known_hosts,
+        agent.as_ref().map(|a| a.path()),
+        &remote_command,
+    ) else {
+        return refused(fail(
+            exit::SOFTWARE,
+            ErrClass::Internal,
+            "temporary path is not usable in an ssh option",
+        ));
+    };
+    run_ssh(&argv, &dest, &config_path, stdin, stdout)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+fn run_ssh(
+    argv: &[OsString],
+    dest: &Destination,
+    config_path: &Path,
+    stdin: OwnedFd,
+    stdout: &OwnedFd,
+) -> Outcome {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for key in ["HOME", "USER", "LOGNAME"] {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return refused(fail(
+                exit::OSERR,
+                ErrClass::Internal,
+                format!("cannot run {}: {e}", Path::new(&argv[0]).display()),
+            ))
+        }
+    };
+    let (cin, cout, cerr) = (
+        child.stdin.take().expect("piped"),
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let name = dest.name.clone();
+    let stderr_thread = std::thread::spawn(move || drain_stderr(cerr, name));
+
+    let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
+    let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout.as_fd());
+    down.preamble = OK_LINE;
+    down.eof_to_dst = false; // an ERR line may still have to go out
+    let stats = relay::relay(up, down);
+
+    let code = match child.wait() {
+        Ok(st) => st
+            .code()
+            .map(|c| c as u8)
+            .or_else(|| st.signal().map(|s| 128u8.wrapping_add(s as u8)))
+            .unwrap_or(exit::SOFTWARE),
+        Err(_) => exit::SOFTWARE,
+    };
+    let kept = stderr_thread.join().unwrap_or_default();
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome {
+                code: exit::SOFTWARE,
+                up: 0,
+                down: 0,
+                failure: Some(fail(
+                    exit::SOFTWARE,
+                    ErrClass::Internal,
+                    format!("relay: {e}"),
+                )),
+            }
+        }
+    };
+    let mut outcome = Outcome {
+        code,
+        up: stats.up_bytes,
+        down: stats.down_bytes,
+        failure: None,
+    };
+    if stats.down_bytes == 0 {
+        // ssh wrote nothing, so no status line went out yet.
+        if code == 0 {
+            let _ = write_all_fd(stdout.as_fd(), OK_LINE);
+        } else {
+            let (class, message) = ssh_command::classify(code, &kept, dest, config_path);
+            outcome.failure = Some(fail(code, class, message));
+        }
+    }
+    outcome
+}

@@ -1,0 +1,196 @@
+//! Small allowlist helpers shared by the qubes.Ssh modules (`borg_argv`, `header`, `status`,
+//! `destination`, `ssh_command`).
+//!
+//! Every check here is an allowlist with a length bound: a value is accepted only if every byte
+//! is in the listed set, it is not empty, and it is not longer than the bound. Nothing is
+//! "cleaned up": a value that does not pass is refused.
+
+use std::fmt;
+
+/// Longest destination name (the qrexec service argument of `qubes.Ssh+NAME`).
+/// qrexec finds `service+arg` files only up to NAME_MAX (255) bytes; 64 is plenty for a name.
+pub const MAX_NAME: usize = 64;
+
+/// Why a value was refused. `what` names the value for the message ("destination name", ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub what: &'static str,
+    pub why: &'static str,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.what, self.why)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(what: &'static str, why: &'static str) -> Invalid {
+    Invalid { what, why }
+}
+
+/// `[A-Za-z0-9_.-]`: the characters of a destination or key-set name.
+pub fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'
+}
+
+/// Generic allowlist check: non-empty, at most `max` bytes, every byte accepted by `ok`,
+/// and not starting with `-` (so it can never be read as an option by any program).
+pub fn check_word(
+    what: &'static str,
+    s: &str,
+    max: usize,
+    ok: impl Fn(u8) -> bool,
+) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return Err(invalid(what, "is empty"));
+    }
+    if s.len() > max {
+        return Err(invalid(what, "is too long"));
+    }
+    if !s.bytes().all(ok) {
+        return Err(invalid(what, "contains a character that is not allowed"));
+    }
+    if s.starts_with('-') {
+        return Err(invalid(what, "starts with '-'"));
+    }
+    Ok(())
+}
+
+/// A destination or key-set name: `[A-Za-z0-9_.-]`, 1..=64 bytes, not starting with `-` or
+/// `.` (so never `.`, `..` or a hidden file name when used as a file name).
+pub fn name(what: &'static str, s: &str) -> Result<(), Invalid> {
+    check_word(what, s, MAX_NAME, is_name_byte)?;
+    if s.starts_with('.') {
+        return Err(invalid(what, "starts with '.'"));
+    }
+    Ok(())
+}
+
+/// A remote user name: `[A-Za-z0-9_.-]`, 1..=32 bytes, not starting with `-`.
+pub fn user(s: &str) -> Result<(), Invalid> {
+    check_word("user", s, 32, is_name_byte)
+}
+
+/// A host name or IP address literal: `[A-Za-z0-9.:-]`, 1..=253 bytes, not starting with `-`.
+/// (IPv6 literals are written bare, e.g. `fd00::1`; no brackets, no `%zone`.)
+pub fn host(s: &str) -> Result<(), Invalid> {
+    check_word("host", s, 253, |b| {
+        b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':'
+    })
+}
+
+/// A TCP port: decimal digits only, 1..=65535, no sign, no leading zero.
+pub fn port(s: &str) -> Result<u16, Invalid> {
+    const WHAT: &str = "port";
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(WHAT, "is not a number from 1 to 65535"));
+    }
+    if s.starts_with('0') {
+        return Err(invalid(WHAT, "has a leading zero"));
+    }
+    match s.parse::<u32>() {
+        Ok(n @ 1..=65535) => Ok(n as u16),
+        _ => Err(invalid(WHAT, "is not a number from 1 to 65535")),
+    }
+}
+
+/// A path word that is safe as a word of a remote shell command and as an absolute or relative
+/// program path: `[A-Za-z0-9_./+-]`, 1..=255 bytes, not starting with `-`, no `..` component.
+pub fn path_word(what: &'static str, s: &str) -> Result<(), Invalid> {
+    check_word(what, s, 255, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'+' | b'-')
+    })?;
+    if s.split('/').any(|c| c == "..") {
+        return Err(invalid(what, "contains a '..' component"));
+    }
+    Ok(())
+}
+
+/// Replace every byte that is not printable ASCII (0x20..=0x7e) with `?` and cut to `max`
+/// bytes: for echoing untrusted text in a one-line message.
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    let mut out: String = bytes
+        .iter()
+        .take(max)
+        .map(|&b| {
+            if (0x20..=0x7e).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if bytes.len() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_accept_the_allowlist_and_refuse_everything_else() {
+        for ok in ["borgbase", "a", "my-server_2.example", &"x".repeat(64)] {
+            assert!(name("n", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-oProxyCommand",
+            "a/b",
+            "a b",
+            "a\nb",
+            "a\0b",
+            "caf\u{e9}",
+            "a;b",
+            "a$b",
+            "a+b",
+            &"x".repeat(65),
+        ] {
+            assert!(name("n", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ports_are_plain_decimal_1_to_65535() {
+        assert_eq!(port("22"), Ok(22));
+        assert_eq!(port("65535"), Ok(65535));
+        for bad in [
+            "",
+            "0",
+            "022",
+            "65536",
+            "-1",
+            "+22",
+            "2 2",
+            "99999999999",
+            "0x16",
+        ] {
+            assert!(port(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn path_words_refuse_dotdot_shell_and_option_forms() {
+        assert!(path_word("p", "borg").is_ok());
+        assert!(path_word("p", "/usr/local/bin/borg-1.4").is_ok());
+        assert!(path_word("p", "./venv/bin/borg").is_ok());
+        for bad in [
+            "../borg", "/a/../b", "borg;id", "$(id)", "-x", "a b", "`id`", "",
+        ] {
+            assert!(path_word("p", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn printable_replaces_control_bytes_and_bounds_length() {
+        assert_eq!(printable(b"a\x1b[31mb\n", 100), "a?[31mb?");
+        assert_eq!(printable(b"abcdef", 3), "abc...");
+    }
+}
