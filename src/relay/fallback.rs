@@ -69,6 +69,9 @@ impl FlowState<'_> {
                 self.end = n;
             }
             Err(Errno::EAGAIN) if held == 0 => return blocked(true, false),
+            // A terminal whose other side hung up: read(2) says EIO; that is
+            // the end of its input, as for any program reading a tty.
+            Err(Errno::EIO) if held == 0 && self.src_is_tty() => self.eof = true,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(self.err(Op::ReadSrc, e)),
         }

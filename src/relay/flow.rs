@@ -145,6 +145,13 @@ impl<'a> FlowState<'a> {
         self.dst.as_ref().map(Fd::as_fd)
     }
 
+    pub(crate) fn src_is_tty(&self) -> bool {
+        self.src_kind == Kind::Other
+            && self
+                .src_fd()
+                .is_some_and(|fd| nix::unistd::isatty(fd).unwrap_or(false))
+    }
+
     pub(crate) fn err(&self, op: Op, errno: Errno) -> RelayError {
         RelayError::Io {
             dir: self.dir,

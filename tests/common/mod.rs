@@ -138,3 +138,28 @@ pub fn pump(to: UnixStream, from: UnixStream, seed: u64, len: u64, chunk: usize)
     let got = recv_sum(&from).unwrap();
     (w.join().unwrap(), got)
 }
+
+/// A pty pair, both ends close-on-exec from birth (openpty(3)'s are not,
+/// and a command spawned by a parallel test would keep the pty alive).
+pub struct Pty {
+    pub master: std::os::fd::OwnedFd,
+    pub slave: std::os::fd::OwnedFd,
+}
+
+pub fn open_pty() -> Pty {
+    use nix::fcntl::OFlag;
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+    nix::pty::grantpt(&m).unwrap();
+    nix::pty::unlockpt(&m).unwrap();
+    let name = nix::pty::ptsname_r(&m).unwrap();
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    Pty {
+        master: m.into(),
+        slave,
+    }
+}
