@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Suite "chain": real borg in sys-backup-mnt backs up through the project's whole chain:
+#   borg (BORG_RSH=qubes-ssh-client) -> qrexec stand-in -> qubes.Ssh in sys-backup -> ssh, key
+#   from ssh-backup over the filtering qubes.SshAgent -> sshd -> borg serve (restricted)
+# Run by tests/e2e/run as root after tests/sim/up (project installed); suite_setup runs first,
+# then the test_* functions in file order, each in its own process. Later tests use the archives
+# of earlier ones where that is the point (incremental), and make what they need otherwise.
+# Commands are single-quoted on purpose where they expand inside a qube.
+# shellcheck disable=SC2016
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [ -n "${QUBES_SIM_STATE:-}" ] && [ -f "$QUBES_SIM_STATE/chain.env" ]; then
+    # shellcheck disable=SC1091
+    . "$QUBES_SIM_STATE/chain.env"
+fi
+MNT_ROOT=${QUBES_SIM_STATE:-}/roots/sys-backup-mnt/root     # /root of sys-backup-mnt, host view
+PASS=e2e-passphrase-not-secret
+TREEDATA=$SIM_DIR/treedata.py
+
+# borg in sys-backup-mnt through the chain
+mnt_borg() { in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE=$PASS borg "$@"; }
+
+# What the server's repository holds: every file with its checksum (host-side view, read-only).
+repo_manifest() {
+    in_qube internet sh -c 'cd /home/borg/repo && find . -type f ! -name "lock*" -exec sha256sum {} + | sort -k2'
+}
+
+# Pids of processes named COMM living in QUBE (by mount namespace identity).
+qube_pids() { "$SIM_DIR/qube-pids" "$QUBES_SIM_STATE" "$@"; }
+
+suite_setup() {
+    "$SIM_DIR/chain-setup" "$QUBES_SIM_STATE"
+    # shellcheck disable=SC1091
+    . "$QUBES_SIM_STATE/chain.env"
+    python3 "$TREEDATA" make "$MNT_ROOT/data" "${E2E_DATA_MIB:-48}"
+    mnt_borg init --encryption=repokey-blake2 "$REPO_URL"
+}
+
+test_full_backup_through_the_chain_restores_exactly() {
+    mnt_borg create --json "$REPO_URL::full" /root/data > "$QUBES_SIM_STATE/full.json"
+    in_qube sys-backup-mnt sh -c 'rm -rf /root/restore-full && mkdir /root/restore-full'
+    in_qube sys-backup-mnt sh -c 'cd /root/restore-full && exec env BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$1" borg extract --sparse "$2::full"' sh "$PASS" "$REPO_URL"
+    python3 "$TREEDATA" compare "$MNT_ROOT/data" "$MNT_ROOT/restore-full/root/data"
+}
+
+test_every_hop_was_used() {
+    # dom0 allowed exactly the two calls the chain makes; ssh-backup signed a login for it;
+    # sshd accepted the backup key for borg.
+    local dom0 vault sshd
+    dom0=$(cat "$QUBES_SIM_STATE/dom0.log")
+    assert_contains "$dom0" "qubes.Ssh+$DEST from sys-backup-mnt to sys-backup" "dom0 log"
+    assert_contains "$dom0" "qubes.SshAgent+default from sys-backup to ssh-backup" "dom0 log"
+    vault=$(qube_log ssh-backup)
+    assert_contains "$vault" "signed an SSH login as user 'borg'" "ssh-backup log"
+    sshd=$(in_qube internet cat /var/tmp/sshd.log)
+    assert_contains "$sshd" "Accepted publickey for borg from $SIM_NET_SYSBACKUP" "sshd log"
+    # and the key never left the vault: sys-backup holds no private key file
+    ! in_qube sys-backup sh -c 'grep -rl "PRIVATE KEY" /root /home /etc/qubes-borg /tmp /run 2>/dev/null' ||
+        fail "a private key is in sys-backup"
+}
+
+test_incremental_backup_is_mostly_deduplicated_and_restores_exactly() {
+    python3 "$TREEDATA" change "$MNT_ROOT/data"
+    local j orig dedup
+    j=$(mnt_borg create --json "$REPO_URL::incr" /root/data)
+    orig=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["archive"]["stats"]["original_size"])' <<<"$j")
+    dedup=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["archive"]["stats"]["deduplicated_size"])' <<<"$j")
+    echo "incremental: original $orig bytes, deduplicated $dedup bytes"
+    [ "$dedup" -gt 0 ] || fail "nothing new stored, but files changed"
+    # "mostly deduplicated": a changed file costs its changed chunks (about 2 MiB each in borg 1.2)
+    [ $((dedup * 100)) -lt $((orig * 10)) ] || fail "incremental stored $dedup of $orig bytes (>10%)"
+    in_qube sys-backup-mnt sh -c 'rm -rf /root/restore-incr && mkdir /root/restore-incr'
+    in_qube sys-backup-mnt sh -c 'cd /root/restore-incr && exec env BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$1" borg extract --sparse "$2::incr"' sh "$PASS" "$REPO_URL"
+    python3 "$TREEDATA" compare "$MNT_ROOT/data" "$MNT_ROOT/restore-incr/root/data"
+    mnt_borg list --short "$REPO_URL" | sort | tr '\n' ' ' | grep -qx 'full incr ' ||
+        fail "archives: $(mnt_borg list --short "$REPO_URL")"
+}
+
+test_no_tcp_from_sys_backup_mnt_and_ssh_backup() {
+    local q
+    for q in sys-backup-mnt ssh-backup; do
+        expect_code 1 in_qube "$q" timeout 5 bash -c "exec 3<>/dev/tcp/$SIM_NET_SSHD/22"
+        expect_code 255 in_qube "$q" timeout 10 ssh -F none -o BatchMode=yes -o ConnectTimeout=3 "borg@$SIM_NET_SSHD" true
+    done
+}
+
+test_qube_not_allowed_by_policy_gets_126_and_repo_is_unchanged() {
+    local before after
+    before=$(repo_manifest)
+    # ssh-backup (the vault) has the same programs but the policy does not let it use qubes.Ssh
+    expect_code 126 in_qube ssh-backup qrexec-client-vm @default "qubes.Ssh+$DEST"
+    expect_code 2 in_qube ssh-backup BORG_RSH=qubes-ssh-client BORG_PASSPHRASE=$PASS \
+        borg create "$REPO_URL::from-vault" /etc/hostname
+    assert_contains "$out" "refused" "borg's stderr in ssh-backup"
+    # sys-backup-mnt may not talk to the vault directly
+    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes.SshAgent+default
+    after=$(repo_manifest)
+    assert_eq "$before" "$after" "repository after refused runs"
+    mnt_borg check "$REPO_URL"
+}
+
+test_wrong_pinned_host_key_fails_with_a_clear_message() {
+    local conf=/etc/qubes-borg/destinations/$DEST.conf before after wrong
+    before=$(repo_manifest)
+    in_qube sys-backup cp "$conf" /root/dest.conf.orig
+    ssh-keygen -q -t ed25519 -N '' -C wrong -f "$QUBES_SIM_STATE/wrong-host-key" </dev/null >/dev/null
+    wrong=$(cut -d' ' -f1,2 "$QUBES_SIM_STATE/wrong-host-key.pub")
+    in_qube sys-backup sed -i "s|^host-key = .*|host-key = $wrong|" "$conf"
+    local rc=0
+    out=$(mnt_borg create "$REPO_URL::wrong-key" /root/data 2>&1) || rc=$?
+    in_qube sys-backup cp /root/dest.conf.orig "$conf"
+    [ "$rc" != 0 ] || fail "backup succeeded against an unpinned host key"
+    echo "borg exit $rc, stderr: $out"
+    assert_contains "$(tr '[:upper:]' '[:lower:]' <<<"$out")" "host key" "borg's stderr"
+    after=$(repo_manifest)
+    assert_eq "$before" "$after" "repository after the refused run"
+    mnt_borg check "$REPO_URL"
+}
+
+# Start a backup that takes a while (new random data, upload rate-limited), kill one process of
+# the chain by pid once data flows, then: borg failed, `borg check` passes, the next run works.
+fault_kill() { # QUBE COMM [EXCLUDE-PID-FILE]
+    local qube=$1 comm=$2 exclude=${3:-} pids p bpid rc=0
+    in_qube sys-backup-mnt sh -c 'rm -rf /root/fault && mkdir /root/fault && head -c 40M /dev/urandom > /root/fault/blob'
+    mnt_borg create --upload-ratelimit 2048 "$REPO_URL::fault-$comm" /root/fault \
+        > "$QUBES_SIM_STATE/fault.out" 2>&1 &
+    bpid=$!
+    # wait until the chain is up and data has flowed for a while (upload is rate-limited)
+    local start=$SECONDS
+    while [ $((SECONDS - start)) -lt 20 ]; do
+        pids=$(qube_pids "$qube" "$comm")
+        if [ -n "$exclude" ]; then pids=$(grep -vxF "$(cat "$exclude")" <<<"$pids" || true); fi
+        [ -n "$pids" ] && [ $((SECONDS - start)) -ge 3 ] && break
+        sleep 0.2
+    done
+    [ -n "$pids" ] || fail "no $comm process in $qube during the backup"
+    for p in $pids; do kill -KILL "$p"; done
+    wait "$bpid" || rc=$?
+    echo "borg exit after killing $comm: $rc; output:"
+    cat "$QUBES_SIM_STATE/fault.out"
+    [ "$rc" != 0 ] || fail "borg reported success although $comm was killed"
+    mnt_borg check "$REPO_URL"
+    mnt_borg create "$REPO_URL::after-fault-$comm" /root/fault
+    mnt_borg list --short "$REPO_URL" | grep -qx "after-fault-$comm" || fail "next run did not store its archive"
+}
+
+test_fault_killing_ssh_mid_backup() { fault_kill sys-backup ssh; }
+
+test_fault_killing_the_qubes_ssh_service_mid_backup() { fault_kill sys-backup qubes-ssh-service; }
+
+test_fault_killing_sshd_mid_backup() {
+    # the per-connection sshd processes, not the listener (the next run needs the server)
+    fault_kill internet sshd "$QUBES_SIM_STATE/internet/sshd.pid"
+}
+
+test_repository_consistent_at_the_end() {
+    mnt_borg check --verify-data "$REPO_URL"
+}
