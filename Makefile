@@ -6,12 +6,14 @@ LIBEXECDIR ?= /usr/libexec/qubes-borg
 UNITDIR    ?= /usr/lib/systemd/system
 PRESETDIR  ?= /usr/lib/systemd/system-preset
 RELEASE    := target/release
+FORMULADIR ?= /srv/formulas/base/qubes-borg-formula
+PILLARDIR  ?= /srv/pillar/base/qubes-borg
 
 # Programs installed in the templates of sys-backup-mnt, sys-backup and ssh-backup.
 VM_BINS      := qubes-relay qubes-ssh-client
 VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter
 
-.PHONY: all build test lint demo bench install-vm install-dom0 clean
+.PHONY: all build test lint demo bench install-vm install-dom0 clean dist rpm
 
 all: build
 
@@ -27,6 +29,7 @@ lint:
 test: build lint
 	$(CARGO) test --release --locked
 	tests/e2e/run
+	tests/packaging/run
 
 demo: build
 	tests/sim/demo
@@ -52,6 +55,18 @@ install-vm: build
 install-dom0:
 	install -d $(DESTDIR)/etc/qubes/policy.d
 	install -m 0664 policy/*.policy $(DESTDIR)/etc/qubes/policy.d/
+	# Salt formula (layout: salt/FORMULA): states, the policy they render, pillar, file_roots
+	install -d $(DESTDIR)$(FORMULADIR)/qubes-borg/files $(DESTDIR)$(PILLARDIR) $(DESTDIR)/etc/salt/minion.d
+	install -m 0644 salt/qubes-borg/*.sls salt/qubes-borg/*.top salt/qubes-borg/*.jinja $(DESTDIR)$(FORMULADIR)/qubes-borg/
+	install -m 0644 policy/70-qubes-borg.policy $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
+	install -m 0644 salt/pillar/qubes-borg/init.sls salt/pillar/qubes-borg/init.top $(DESTDIR)$(PILLARDIR)/
+	install -m 0644 salt/minion.d/formula-qubes-borg.conf $(DESTDIR)/etc/salt/minion.d/
 
 clean:
 	$(CARGO) clean
+
+# Source tarball and RPMs in build/ (rpm/README.md). RPM_PREBUILT=1: package target/release.
+dist:
+	rpm/make-dist build
+rpm: dist $(if $(RPM_PREBUILT),build)
+	rpm/build-rpms build

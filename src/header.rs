@@ -110,10 +110,13 @@ pub fn decode(line: &[u8]) -> Result<BorgArgv, HeaderError> {
 /// consumed (the rest of the stream belongs to borg serve). Gives up after `MAX_HEADER` bytes
 /// without LF, at EOF, or when `timeout` passes.
 pub fn read_line(fd: BorrowedFd<'_>, timeout: Duration) -> Result<Vec<u8>, HeaderError> {
-    let deadline = Instant::now() + timeout;
+    // `Instant + Duration` panics on overflow; a timeout too long to represent never expires.
+    let deadline = Instant::now().checked_add(timeout);
     let mut line = Vec::with_capacity(128);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             return Err(HeaderError::Timeout {
                 ms: timeout.as_millis(),
@@ -195,6 +198,19 @@ mod tests {
         let mut rest = [0u8; 8];
         nix::unistd::read(b.as_fd(), &mut rest).unwrap();
         assert_eq!(&rest, b"BORGDATA");
+    }
+
+    #[test]
+    fn read_line_takes_any_timeout_without_panicking() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // What QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS=18446744073709551615 gives the service.
+        for t in [Duration::MAX, Duration::from_millis(u64::MAX)] {
+            (&a).write_all(b"qubes-ssh/1 nas borg serve\n").unwrap();
+            assert_eq!(
+                read_line(b.as_fd(), t).unwrap(),
+                b"qubes-ssh/1 nas borg serve\n"
+            );
+        }
     }
 
     #[test]

@@ -17,9 +17,9 @@
 //!   (`borgbackup/borg:docs/usage/serve.rst`).
 //! * `-T` (no tty), `-e none` (no escape character), `-p PORT`, `-l USER`, then `--`, the host
 //!   and the remote command words.
-//! * Key: `IdentityAgent=` the per-connection split-SSH socket when the destination names a key
-//!   set, else `IdentityAgent=none`; `IdentityFile=` + `IdentitiesOnly=yes` when it names a key
-//!   file.
+//! * Key: `IdentityAgent=` the per-connection split-SSH socket and `IdentityFile=none` (no
+//!   default `~/.ssh/id_*` files) when the destination names a key set, else
+//!   `IdentityAgent=none`; `IdentityFile=` + `IdentitiesOnly=yes` when it names a key file.
 
 use crate::destination::Destination;
 use crate::status::ErrClass;
@@ -72,7 +72,13 @@ pub fn argv(
     v.push(format!("-oUserKnownHostsFile={}", word(known_hosts)?).into());
     v.push(format!("-oHostKeyAlias={}", dest.name).into());
     match (agent_socket, &dest.identity_file) {
-        (Some(sock), _) => v.push(format!("-oIdentityAgent={}", word(sock)?).into()),
+        (Some(sock), _) => {
+            v.push(format!("-oIdentityAgent={}", word(sock)?).into());
+            // Without this, ssh also offers (and logs in with) the default key files of
+            // sys-backup's user (~/.ssh/id_rsa, id_ed25519, ...): keys in the networked qube,
+            // not the split-SSH key. `none` leaves only the agent's keys.
+            v.push("-oIdentityFile=none".into());
+        }
         (None, Some(file)) => {
             v.push("-oIdentityAgent=none".into());
             v.push(format!("-oIdentityFile={file}").into());
@@ -245,6 +251,69 @@ mod tests {
             &[]
         )
         .is_none());
+    }
+
+    /// What the installed OpenSSH makes of our argv (`ssh -G` prints the effective
+    /// configuration and exits without connecting). None when there is no /usr/bin/ssh.
+    fn ssh_g(dest: &Destination, agent: Option<&Path>) -> Option<String> {
+        let ssh = Path::new("/usr/bin/ssh");
+        if !ssh.exists() {
+            eprintln!("SKIP: no /usr/bin/ssh");
+            return None;
+        }
+        let mut v = argv(
+            ssh,
+            dest,
+            Path::new("/tmp/qubes-ssh.x/known_hosts"),
+            agent,
+            &["borg".into(), "serve".into()],
+        )
+        .unwrap();
+        v.insert(1, "-G".into());
+        let out = std::process::Command::new(&v[0])
+            .args(&v[1..])
+            .env_clear()
+            .env("HOME", "/nonexistent-home")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Some(String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn identity_files(g: &str) -> Vec<&str> {
+        g.lines()
+            .filter_map(|l| l.strip_prefix("identityfile "))
+            .collect()
+    }
+
+    #[test]
+    fn split_ssh_destinations_offer_no_key_files_of_sys_backup() {
+        let mut d = dest();
+        d.agent = Some("backup".into());
+        let Some(g) = ssh_g(&d, Some(Path::new("/tmp/qubes-borg-agent.1.x/agent.sock"))) else {
+            return;
+        };
+        assert_eq!(identity_files(&g), ["none"], "{g}");
+        assert!(g
+            .lines()
+            .any(|l| l == "identityagent /tmp/qubes-borg-agent.1.x/agent.sock"));
+        // The pinned keys only.
+        assert!(g.lines().any(|l| l == "globalknownhostsfile /dev/null"));
+        assert!(g
+            .lines()
+            .any(|l| l == "userknownhostsfile /tmp/qubes-ssh.x/known_hosts"));
+    }
+
+    #[test]
+    fn key_file_destinations_offer_that_file_only() {
+        let mut d = dest();
+        d.identity_file = Some("/home/user/.ssh/id_backup".into());
+        let Some(g) = ssh_g(&d, None) else {
+            return;
+        };
+        assert_eq!(identity_files(&g), ["/home/user/.ssh/id_backup"], "{g}");
+        assert!(g.lines().any(|l| l == "identitiesonly yes"));
+        assert!(g.lines().any(|l| l == "identityagent none"));
     }
 
     #[test]

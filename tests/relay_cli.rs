@@ -199,7 +199,6 @@ fn stream_sockets_on_both_fds_carry_a_reply_after_request_eof() {
     // The child answers only once its stdin ended: the relay must pass the
     // EOF on (shutdown) and keep the other direction open.
     let (mut child, to, from) = relay_on_sockets(&["--", "sh", "-c", "wc -c"]);
-    let (_sent, _got) = (0, 0);
     let w = thread::spawn(move || {
         send_gen(&to, 1, 123_457, 4096).unwrap();
         to.shutdown(std::net::Shutdown::Write).unwrap();
@@ -210,4 +209,62 @@ fn stream_sockets_on_both_fds_carry_a_reply_after_request_eof() {
     let _to: UnixStream = w.join().unwrap();
     assert_eq!(out.trim(), "123457");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn one_socket_on_both_stdin_and_stdout_is_half_closed_exactly() {
+    // inetd style: fd 0 and fd 1 are the same socket. EOF from the peer
+    // must close only the command's stdin; its later output still arrives,
+    // then the relay shuts the socket down for writing.
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let fd = std::os::fd::OwnedFd::from(ours);
+    let mut child = Command::new(relay_bin())
+        .args(["--", "sh", "-c", "wc -c; echo after-eof"])
+        .stdin(Stdio::from(fd.try_clone().unwrap()))
+        .stdout(Stdio::from(fd))
+        .spawn()
+        .unwrap();
+    (&peer).write_all(&pattern(4, 250_000)).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    (&peer).read_to_string(&mut out).unwrap();
+    assert_eq!(out, "250000\nafter-eof\n");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn connect_mode_with_our_reader_gone_exits_cleanly_not_by_sigpipe() {
+    let dir = std::env::temp_dir().join(format!("qb-relay-connect-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = thread::spawn(move || {
+        let (c, _) = listener.accept().unwrap();
+        // Talk until the relay stops reading us (EPIPE), then hang up.
+        let chunk = vec![b'x'; 65536];
+        for _ in 0..10_000 {
+            if (&c).write_all(&chunk).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let (from_relay, relay_out) = UnixStream::pair().unwrap();
+    let mut child = Command::new(relay_bin())
+        .arg("--connect")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(relay_out)))
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 1000];
+    (&from_relay).read_exact(&mut buf).unwrap();
+    drop(from_relay);
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(
+        server.join().unwrap(),
+        "server was not told that nobody reads"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

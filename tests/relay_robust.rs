@@ -193,3 +193,42 @@ fn refused_pipe_resize_is_tolerated() {
     assert_eq!(after, before);
     drop(r);
 }
+
+#[test]
+fn intermediate_pipe_mode_sleeps_while_both_ends_are_blocked() {
+    // --connect: socket to socket, so each direction goes through the
+    // relay's own pipe. The server neither reads nor writes for a while:
+    // the relay's pipe and the sockets fill up, and the relay must then
+    // sleep in poll (the pipe is non-empty, so it waits for dst only).
+    use std::os::unix::net::UnixListener;
+    let dir = std::env::temp_dir().join(format!("qb-relay-stall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (to, relay_in) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = Command::new(relay_bin())
+        .arg("--connect")
+        .arg(&path)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(relay_in)))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let len: u64 = 32 << 20;
+    let w = thread::spawn(move || {
+        let s = send_gen(&to, 41, len, 65536).unwrap();
+        to.shutdown(std::net::Shutdown::Write).unwrap();
+        s
+    });
+    thread::sleep(Duration::from_millis(400));
+    let pid = child.id();
+    let t0 = cpu_ticks(pid);
+    thread::sleep(Duration::from_millis(1000));
+    let stalled = cpu_ticks(pid) - t0;
+    let got = recv_sum(&server).unwrap();
+    assert_eq!(w.join().unwrap(), got);
+    drop(server);
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(stalled <= 3, "relay used {stalled} ticks while blocked");
+}

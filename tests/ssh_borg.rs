@@ -130,3 +130,27 @@ fn borg_init_create_list_extract_through_qubes_ssh() {
         );
     }
 }
+
+#[test]
+fn borg_shows_the_one_line_error_from_sys_backup() {
+    // borg reads ssh's stdout before its stderr when both are ready; the client keeps stdout
+    // open until borg has had the error line on its own, so borg prints it.
+    let w = World::new("borgerr");
+    let out = borg(&w, &["list", "ssh://ghost/./repo"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "Remote: qubes-ssh-client: ghost: unknown destination 'ghost': sys-backup has no "
+        ),
+        "{}",
+        out.stderr
+    );
+    w.ssh_mode("host-key");
+    let out = borg(&w, &["list", "ssh://nas/./repo"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Remote: qubes-ssh-client: nas: host key of destination 'nas' (nas.example) does not match the pinned host-key lines"),
+        "{}",
+        out.stderr
+    );
+}

@@ -31,7 +31,8 @@ stream.
         SIGINT or SIGHUP: remove PATH and exit 0.
         Replaces: socat UNIX-LISTEN:PATH,fork EXEC:'COMMAND ARGS'
     --die-with-parent   also exit (as on SIGTERM) when the parent process
-                        dies (prctl PR_SET_PDEATHSIG)
+                        dies (prctl PR_SET_PDEATHSIG; strictly: when the
+                        parent thread that started qubes-relay exits)
     --unlink-early      remove a stale socket at PATH first
   -h, --help            this text
   -V, --version         the version

@@ -9,7 +9,7 @@ use qubes_borg::status::{exit, Status, MAX_STATUS};
 use qubes_borg::validate;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -59,6 +59,32 @@ fn die(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "{PROG}: {msg}");
     ExitCode::from(code)
 }
+
+/// Report one line while borg's stdout pipe is still open, then give borg time to read it.
+///
+/// borg 1.x polls ssh's stdout and stderr together and, when both are readable at once,
+/// handles stdout's EOF first and stops ("Connection closed by remote host") without ever
+/// printing the stderr line (`borgbackup/borg:src/borg/remote.py`, `call_many`: the loop over
+/// `select()`'s readable fds, stdout before stderr). So the line must be readable on its own
+/// for a moment before stdout closes. Only when stderr is a pipe or socket (a program reads it).
+fn die_before_eof(stdout: OwnedFd, code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    let ret = die(code, msg);
+    let is_stream = nix::sys::stat::fstat(std::io::stderr().as_fd())
+        .map(|st| {
+            let fmt = st.st_mode & libc::S_IFMT;
+            fmt == libc::S_IFIFO || fmt == libc::S_IFSOCK
+        })
+        .unwrap_or(false);
+    if is_stream {
+        std::thread::sleep(std::time::Duration::from_millis(STDERR_GRACE_MS));
+    }
+    drop(stdout);
+    ret
+}
+
+/// How long an error line stays alone on stderr before stdout's EOF (see `die_before_eof`).
+/// borg's poll loop wakes as soon as stderr is readable, so this only has to cover scheduling.
+const STDERR_GRACE_MS: u64 = 500;
 
 /// The qrexec target: `@default`, `@dispvm`, `@dispvm:NAME` or a qube name.
 fn check_target(t: &str) -> Result<(), String> {
@@ -171,7 +197,7 @@ fn main() -> ExitCode {
         }
     };
     let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
-    let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), Fd::Owned(stdout));
+    let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout.as_fd());
     down.first_line = Some(FirstLine {
         max: MAX_STATUS,
         on_line: &mut on_line,
@@ -184,24 +210,34 @@ fn main() -> ExitCode {
             .map(|c| c as u8)
             .or_else(|| st.signal().map(|s| 128u8.wrapping_add(s as u8)))
             .unwrap_or(exit::SOFTWARE),
-        Err(e) => return die(exit::SOFTWARE, format!("waiting for qrexec-client-vm: {e}")),
+        Err(e) => {
+            return die_before_eof(
+                stdout,
+                exit::SOFTWARE,
+                format!("waiting for qrexec-client-vm: {e}"),
+            )
+        }
     };
 
     if let Some(m) = bad_line {
-        return die(exit::PROTOCOL, format!("{call}: {m}"));
+        return die_before_eof(stdout, exit::PROTOCOL, format!("{call}: {m}"));
     }
     match (result, status) {
         (Ok(_), Some(Status::Ok)) => ExitCode::from(code),
-        (_, Some(Status::Err { code, message, .. })) => die(code, format!("{name}: {message}")),
-        (Err(RelayError::LineEof { got: 0, .. }), None) => die(
+        (_, Some(Status::Err { code, message, .. })) => {
+            die_before_eof(stdout, code, format!("{name}: {message}"))
+        }
+        (Err(RelayError::LineEof { got: 0, .. }), None) => die_before_eof(
+            stdout,
             match code {
                 exit::QREXEC_REFUSED | exit::QREXEC_FAILED | exit::QREXEC_NOT_FOUND => code,
                 _ => exit::PROTOCOL,
             },
             qrexec_message(code, &cli.target, &call),
         ),
-        (Err(e), _) => die(exit::PROTOCOL, format!("{call}: {e}")),
-        (Ok(_), None) => die(
+        (Err(e), _) => die_before_eof(stdout, exit::PROTOCOL, format!("{call}: {e}")),
+        (Ok(_), None) => die_before_eof(
+            stdout,
             exit::PROTOCOL,
             format!("{call}: the service ended without a status line (exit {code})"),
         ),

@@ -182,8 +182,12 @@ struct Outcome {
     code: u8,
     up: u64,
     down: u64,
-    /// `None`: OK status sent; `Some`: what was sent instead.
+    /// `None`: OK status sent; `Some`: what went wrong (sent as the ERR line unless
+    /// `stream_may_have_started`).
     failure: Option<Failure>,
+    /// The relay failed after it may already have sent OK and data: an ERR line now would land
+    /// inside borg's stream, so the failure is only logged and the exit status carries it.
+    stream_may_have_started: bool,
 }
 
 fn main() -> ExitCode {
@@ -211,7 +215,11 @@ fn main() -> ExitCode {
         None => ("ok".to_string(), String::new()),
         Some(f) => (f.class.as_str().to_string(), format!(": {}", f.message)),
     };
-    if let Some(f) = &outcome.failure {
+    if let Some(f) = outcome
+        .failure
+        .as_ref()
+        .filter(|_| !outcome.stream_may_have_started)
+    {
         // Best effort: the caller may be gone (early close, timeout).
         let _ = write_all_fd(
             stdout.as_fd(),
@@ -232,6 +240,7 @@ fn refused(f: Failure) -> Outcome {
         up: 0,
         down: 0,
         failure: Some(f),
+        stream_may_have_started: false,
     }
 }
 
@@ -412,6 +421,7 @@ fn run_ssh(
                     ErrClass::Internal,
                     format!("relay: {e}"),
                 )),
+                stream_may_have_started: true,
             }
         }
     };
@@ -420,6 +430,7 @@ fn run_ssh(
         up: stats.up_bytes,
         down: stats.down_bytes,
         failure: None,
+        stream_may_have_started: false,
     };
     if stats.down_bytes == 0 {
         // ssh wrote nothing, so no status line went out yet.

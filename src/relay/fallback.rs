@@ -43,6 +43,9 @@ impl FlowState<'_> {
         if self.eof {
             return Ok(Some(self.finish_eof(t)));
         }
+        if std::mem::take(&mut self.short) {
+            return blocked(true, false);
+        }
         // Bytes left in our intermediate pipe (splice into dst was refused
         // after they got there) go first.
         let held = self.pipe.as_ref().map_or(0, |p| p.held);
@@ -64,6 +67,8 @@ impl FlowState<'_> {
             Ok(n) => {
                 if let Some(p) = self.pipe.as_mut().filter(|_| held > 0) {
                     p.held -= n;
+                } else {
+                    self.short = n < self.buf.len();
                 }
                 self.start = 0;
                 self.end = n;

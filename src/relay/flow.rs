@@ -60,6 +60,10 @@ pub(crate) struct FlowState<'a> {
     line: Vec<u8>,
     eof_to_dst: bool,
     pub(crate) eof: bool,
+    /// The last read from src returned less than asked: src is most likely
+    /// empty now, so wait for poll instead of asking again (saves an
+    /// EAGAIN syscall per message on interactive traffic).
+    pub(crate) short: bool,
     pub(crate) ended: Option<FlowEnd>,
     pub(crate) bytes: u64,
     /// Readiness poll(2) reported before this step (for splice's EAGAIN).
@@ -130,6 +134,7 @@ impl<'a> FlowState<'a> {
             line,
             eof_to_dst: flow.eof_to_dst,
             eof: false,
+            short: false,
             ended: None,
             bytes: 0,
             src_ready: false,
@@ -259,12 +264,16 @@ impl<'a> FlowState<'a> {
         if self.eof {
             return Ok(Some(self.finish_eof(t)));
         }
+        if std::mem::take(&mut self.short) {
+            return blocked(true, false);
+        }
         let (Some(p), Some(src)) = (self.pipe.as_ref(), self.src_fd()) else {
             return Ok(Some(Step::Done));
         };
         match splice(src, None, &p.w, None, cap, flags) {
             Ok(0) => self.eof = true,
             Ok(n) => {
+                self.short = n < cap;
                 if let Some(p) = self.pipe.as_mut() {
                     p.held += n;
                 }
@@ -288,7 +297,14 @@ impl<'a> FlowState<'a> {
         };
         match splice(src, None, dst, None, CHUNK, SpliceFFlags::SPLICE_F_NONBLOCK) {
             Ok(0) => self.eof = true,
-            Ok(n) => self.bytes += n as u64,
+            Ok(n) => {
+                self.bytes += n as u64;
+                // Short: src is probably empty (or dst nearly full); either
+                // way poll tells which, at no extra cost.
+                if n < CHUNK {
+                    return blocked(true, false);
+                }
+            }
             Err(Errno::EAGAIN) => {
                 // EAGAIN does not say which side blocked. Blame the side poll
                 // did not vouch for; when poll vouched for neither, wait for

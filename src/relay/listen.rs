@@ -26,6 +26,9 @@ use crate::child::{self, SpawnOptions};
 pub struct ListenOptions {
     /// Exit (as on SIGTERM: socket removed) when the parent process dies,
     /// via prctl(PR_SET_PDEATHSIG), so no listener outlives its owner.
+    /// Linux sends it when the *thread* that started us exits: start the
+    /// listener from a thread that lives as long as its owner (the main
+    /// thread, say).
     pub die_with_parent: bool,
     /// Remove a stale socket at PATH before binding (only a socket is
     /// removed; anything else at PATH is an error).
