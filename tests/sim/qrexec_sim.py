@@ -15,7 +15,6 @@ Three roles, as in real Qubes:
 Flat mode (no namespaces, no root) does all three in the client process: see README.
 """
 
-import errno
 import json
 import os
 import resource
