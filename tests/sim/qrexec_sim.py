@@ -596,9 +596,13 @@ def flat_call(target, service_desc, local_argv):
     svc_in.close()
     svc_out.close()
     os.close(err_w)
-    log_stderr(err_r, logfile, f"{desc}-{source}".encode())
-    return run_client_relay(our_in.detach(), our_out.detach(), local_argv,
+    logger = log_stderr(err_r, logfile, f"{desc}-{source}".encode())
+    code = run_client_relay(our_in.detach(), our_out.detach(), local_argv,
                             lambda: wait_code(os.waitpid(proc.pid, 0)[1]))
+    # the service has exited: let its last stderr lines reach the log before we exit (a
+    # process it left behind may hold the pipe open, so do not wait for that forever)
+    logger.join(timeout=2)
+    return code
 
 
 def qube_log(root):
@@ -811,11 +815,14 @@ class Daemon:
         svc_in.close()
         svc_out.close()
         os.close(err_w)
-        log_stderr(err_r, logfile, f"{desc}-{source}".encode())
+        logger = log_stderr(err_r, logfile, f"{desc}-{source}".encode())
         socket.send_fds(conn, [b'{"result": "ok"}\n'], [our_in.fileno(), our_out.fileno()])
         our_in.close()
         our_out.close()
         _pid, status, usage = os.wait4(proc.pid, 0)
+        # as qrexec-agent, send the exit code only after the service's stderr reached EOF
+        # (process_io.c waits for all fds); bounded, a leftover process may hold the pipe
+        logger.join(timeout=2)
         # CPU of the service and every descendant it waited for (benchmarks read this line)
         self._log(actual, f"qrexec: {desc} from {source} exit {wait_code(status)} "
                   f"cpu {usage.ru_utime:.3f}+{usage.ru_stime:.3f}")
