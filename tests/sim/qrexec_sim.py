@@ -15,7 +15,6 @@ Three roles, as in real Qubes:
 Flat mode (no namespaces, no root) does all three in the client process: see README.
 """
 
-import errno
 import json
 import os
 import resource
@@ -45,6 +44,8 @@ POLICYSUFFIX = ".policy"
 QUBE_SIM_DIR = "/run/qubes-sim"           # holds qrexec.sock (this qube's "vchan") and name
 QUBE_SIM_LIB = "/usr/lib/qubes-sim"       # this file and the client launcher, in every qube
 SERVICE_PATH = "/usr/local/bin:/usr/bin:/bin"
+PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_WAIT = 2.0
 # The qube's default_user: qrexec services run as this user unless the policy says user=.
 DEFAULT_USER = "user"
 MAX_REQUEST_LINE = 70000
@@ -365,14 +366,37 @@ def agent_exec(desc, source, user):
         os.chdir(pw.pw_dir)                          # qrexec-agent.c: chdir(pw->pw_dir)
     except OSError:
         os.chdir("/")
-    reset_signals()
-    try:
-        os.execve(path, service_argv(path, desc), env)
-    except FileNotFoundError:
-        os._exit(EXIT_SERVICE_NOT_FOUND)
-    except OSError as err:
-        print(f"qrexec-agent: execve {path}: {err.strerror}", file=sys.stderr)
-        os._exit(EXIT_PROBLEM)
+    # Like qrexec-agent, stay the parent of the service (not exec it ourselves), and be the
+    # subreaper of its process tree, so processes it leaves behind are reaped here and their
+    # CPU time is part of what the daemon's wait4() sees (benchmarks). Their lifetime is not
+    # tied to the call: we wait for them at most ORPHAN_WAIT seconds after the service exits.
+    import ctypes                                    # pylint: disable=import-outside-toplevel
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    pid = os.fork()
+    if pid == 0:
+        reset_signals()
+        try:
+            os.execve(path, service_argv(path, desc), env)
+        except FileNotFoundError:
+            os._exit(EXIT_SERVICE_NOT_FOUND)
+        except OSError as err:
+            print(f"qrexec-agent: execve {path}: {err.strerror}", file=sys.stderr)
+            os._exit(EXIT_PROBLEM)
+    # our copies of the service's stdio must not keep its sockets or stderr pipe open
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _pid, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + ORPHAN_WAIT
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.02)
+        except ChildProcessError:
+            break
+    os._exit(wait_code(status))
 
 
 def wait_code(status):
@@ -572,9 +596,13 @@ def flat_call(target, service_desc, local_argv):
     svc_in.close()
     svc_out.close()
     os.close(err_w)
-    log_stderr(err_r, logfile, f"{desc}-{source}".encode())
-    return run_client_relay(our_in.detach(), our_out.detach(), local_argv,
+    logger = log_stderr(err_r, logfile, f"{desc}-{source}".encode())
+    code = run_client_relay(our_in.detach(), our_out.detach(), local_argv,
                             lambda: wait_code(os.waitpid(proc.pid, 0)[1]))
+    # the service has exited: let its last stderr lines reach the log before we exit (a
+    # process it left behind may hold the pipe open, so do not wait for that forever)
+    logger.join(timeout=2)
+    return code
 
 
 def qube_log(root):
@@ -787,11 +815,14 @@ class Daemon:
         svc_in.close()
         svc_out.close()
         os.close(err_w)
-        log_stderr(err_r, logfile, f"{desc}-{source}".encode())
+        logger = log_stderr(err_r, logfile, f"{desc}-{source}".encode())
         socket.send_fds(conn, [b'{"result": "ok"}\n'], [our_in.fileno(), our_out.fileno()])
         our_in.close()
         our_out.close()
         _pid, status, usage = os.wait4(proc.pid, 0)
+        # as qrexec-agent, send the exit code only after the service's stderr reached EOF
+        # (process_io.c waits for all fds); bounded, a leftover process may hold the pipe
+        logger.join(timeout=2)
         # CPU of the service and every descendant it waited for (benchmarks read this line)
         self._log(actual, f"qrexec: {desc} from {source} exit {wait_code(status)} "
                   f"cpu {usage.ru_utime:.3f}+{usage.ru_stime:.3f}")
