@@ -31,7 +31,7 @@ test: build lint
 	tests/e2e/run
 	tests/packaging/run
 
-demo: build
+demo:
 	tests/sim/demo
 
 bench: build
