@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod borg_argv;
 pub mod child;
+pub mod codec;
 pub mod destination;
 pub mod header;
 pub mod relay;

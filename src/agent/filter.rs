@@ -19,8 +19,8 @@
 
 use std::fmt;
 
-use super::codec;
 use super::wire::{self, ParseError, Reader};
+use crate::codec;
 
 /// `string "ssh-ed25519"` + `string` of 32 bytes.
 const ED25519_BLOB_LEN: usize = 4 + 11 + 4 + 32;

@@ -8,7 +8,6 @@
 //!
 //! See docs/SPLIT-SSH.md.
 
-pub mod codec;
 pub mod filter;
 pub mod forward;
 pub mod service;

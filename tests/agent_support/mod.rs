@@ -266,7 +266,7 @@ pub fn call(s: &mut UnixStream, body: &[u8]) -> Vec<u8> {
 pub fn pub_blob(pubfile: &Path) -> Vec<u8> {
     let s = fs::read_to_string(pubfile).unwrap();
     let b64 = s.split_whitespace().nth(1).unwrap();
-    qubes_borg::agent::codec::base64_decode(b64.as_bytes()).unwrap()
+    qubes_borg::codec::base64_decode(b64.as_bytes()).unwrap()
 }
 
 /// A user-authentication request (RFC 4252 section 7) for `blob`.
