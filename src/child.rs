@@ -125,6 +125,15 @@ pub fn exit_code(status: WaitStatus) -> Option<u8> {
     }
 }
 
+/// The same for a `std::process::ExitStatus` (a program spawned with `std::process::Command`).
+pub fn status_code(status: std::process::ExitStatus) -> Option<u8> {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .map(|c| c as u8)
+        .or_else(|| status.signal().map(|s| 128u8.wrapping_add(s as u8)))
+}
+
 fn cstr(s: &OsStr, program: &OsStr) -> Result<CString, SpawnError> {
     CString::new(s.as_bytes()).map_err(|_| SpawnError::Other {
         program: program.to_os_string(),

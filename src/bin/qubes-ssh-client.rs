@@ -3,6 +3,7 @@
 //! service's status line first. Protocol: docs/PROTOCOL.md.
 
 use qubes_borg::borg_argv::{self, BorgArgv};
+use qubes_borg::child;
 use qubes_borg::header;
 use qubes_borg::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
 use qubes_borg::status::{exit, Status, MAX_STATUS};
@@ -10,7 +11,6 @@ use qubes_borg::validate;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
 
 const PROG: &str = "qubes-ssh-client";
@@ -205,11 +205,7 @@ fn main() -> ExitCode {
     let result = relay::relay(up, down);
 
     let code = match child.wait() {
-        Ok(st) => st
-            .code()
-            .map(|c| c as u8)
-            .or_else(|| st.signal().map(|s| 128u8.wrapping_add(s as u8)))
-            .unwrap_or(exit::SOFTWARE),
+        Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
         Err(e) => {
             return die_before_eof(
                 stdout,

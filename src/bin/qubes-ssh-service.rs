@@ -6,6 +6,7 @@
 //! borg's stream. Protocol and threat model: docs/PROTOCOL.md.
 
 use qubes_borg::agent::forward::{AgentSocket, AgentSocketOptions};
+use qubes_borg::child;
 use qubes_borg::destination::{self, ConfigError, Destination};
 use qubes_borg::header::{self, HeaderError};
 use qubes_borg::relay::{self, Fd, Flow};
@@ -16,7 +17,6 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -401,11 +401,7 @@ fn run_ssh(
     let stats = relay::relay(up, down);
 
     let code = match child.wait() {
-        Ok(st) => st
-            .code()
-            .map(|c| c as u8)
-            .or_else(|| st.signal().map(|s| 128u8.wrapping_add(s as u8)))
-            .unwrap_or(exit::SOFTWARE),
+        Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
         Err(_) => exit::SOFTWARE,
     };
     let kept = stderr_thread.join().unwrap_or_default();
