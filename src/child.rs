@@ -77,7 +77,8 @@ impl SpawnError {
     }
 }
 
-fn desc(err: &io::Error) -> String {
+/// An I/O error's text as errno's short description ("No such file or directory").
+pub(crate) fn desc(err: &io::Error) -> String {
     match err.raw_os_error() {
         Some(n) => Errno::from_raw(n).desc().to_string(),
         None => err.to_string(),

@@ -15,7 +15,7 @@ use nix::sys::stat::Mode;
 
 use super::signals::Signals;
 use super::{relay_with, Flow, Options, RelayError};
-use crate::child::{self, SpawnError, SpawnOptions};
+use crate::child::{self, desc, SpawnError, SpawnOptions};
 
 /// Errors of the high-level modes; `exit_code` is the documented exit code.
 #[derive(Debug)]
@@ -57,13 +57,6 @@ impl Error {
             Error::Signal(s) => 128 + *s as u8,
             _ => EXIT_RELAY_FAILED,
         }
-    }
-}
-
-fn desc(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(n) => Errno::from_raw(n).desc().to_string(),
-        None => err.to_string(),
     }
 }
 
