@@ -42,8 +42,8 @@ install-vm: build
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_BINS)) $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_LIBEXEC)) $(DESTDIR)$(LIBEXECDIR)/
 	install -d $(DESTDIR)/etc/qubes-rpc
-	install -m 0755 qubes-rpc/qubes.Ssh qubes-rpc/qubes.SshAgent $(DESTDIR)/etc/qubes-rpc/
-	# sys-backup: persistent /etc/qubes-borg for the qubes.Ssh destinations (docs/PROTOCOL.md)
+	install -m 0755 qubes-rpc/qubes-borg.Ssh qubes-rpc/qubes-borg.SshAgent $(DESTDIR)/etc/qubes-rpc/
+	# sys-backup: persistent /etc/qubes-borg for the qubes-borg.Ssh destinations (docs/PROTOCOL.md)
 	install -d $(DESTDIR)/etc/qubes-bind-dirs.d $(DESTDIR)/etc/qubes-borg/destinations
 	install -m 0644 qubes-bind-dirs/50_qubes-borg.conf $(DESTDIR)/etc/qubes-bind-dirs.d/
 	# ssh-backup: backup key tool and its dedicated ssh-agent (docs/SPLIT-SSH.md)

@@ -1,4 +1,4 @@
-//! Destination configuration of the `qubes.Ssh` service in sys-backup: where a destination
+//! Destination configuration of the `qubes-borg.Ssh` service in sys-backup: where a destination
 //! NAME goes, with which user, remote borg path, pinned host keys and key.
 //!
 //! One file per destination, `DIR/NAME.conf`, where DIR is `DEFAULT_DIR`
@@ -13,7 +13,7 @@
 //! port = 22                           optional, default 22
 //! remote-path = borg                  optional, default borg
 //! host-key = ssh-ed25519 AAAAC3...    required, one or more (ssh-keyscan output minus host)
-//! agent = borgbase                    optional: split-SSH key set (qubes.SshAgent+borgbase)
+//! agent = borgbase                    optional: split-SSH key set (qubes-borg.SshAgent+borgbase)
 //! identity-file = /home/user/.ssh/id  optional, instead of agent: a key file in sys-backup
 //! ```
 //!
@@ -64,7 +64,7 @@ pub struct Destination {
     pub user: String,
     pub remote_path: String,
     pub host_keys: Vec<HostKey>,
-    /// Split-SSH key set name (argument of `qubes.SshAgent`).
+    /// Split-SSH key set name (argument of `qubes-borg.SshAgent`).
     pub agent: Option<String>,
     /// A private key file in sys-backup (absolute path).
     pub identity_file: Option<String>,

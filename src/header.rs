@@ -1,4 +1,4 @@
-//! The request header that `qubes-ssh-client` sends to the `qubes.Ssh` service (client ->
+//! The request header that `qubes-ssh-client` sends to the `qubes-borg.Ssh` service (client ->
 //! service), once, before borg's own bytes. See docs/PROTOCOL.md.
 //!
 //! ```text

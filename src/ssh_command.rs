@@ -1,4 +1,4 @@
-//! The OpenSSH command line that the `qubes.Ssh` service runs, and the classification of ssh's
+//! The OpenSSH command line that the `qubes-borg.Ssh` service runs, and the classification of ssh's
 //! failures into one readable line.
 //!
 //! Nothing in the command line comes from the caller except the vetted `borg serve` options

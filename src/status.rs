@@ -1,4 +1,4 @@
-//! The status line that the `qubes.Ssh` service sends to `qubes-ssh-client` (service ->
+//! The status line that the `qubes-borg.Ssh` service sends to `qubes-ssh-client` (service ->
 //! client), once, as the first bytes of its stdout. See docs/PROTOCOL.md.
 //!
 //! ```text
@@ -19,7 +19,7 @@ pub const MAX_STATUS: usize = 512;
 /// The line the service sends when ssh is up.
 pub const OK_LINE: &[u8] = b"OK\n";
 
-/// Exit codes used by `qubes-ssh-client` and the `qubes.Ssh` service (sysexits.h values, so
+/// Exit codes used by `qubes-ssh-client` and the `qubes-borg.Ssh` service (sysexits.h values, so
 /// they are recognisable; 125/126/127 are qrexec-client-vm's, 255 is ssh's).
 pub mod exit {
     /// The command line is not one borg builds (refused before any qrexec call).

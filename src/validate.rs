@@ -1,4 +1,4 @@
-//! Small allowlist helpers shared by the qubes.Ssh modules (`borg_argv`, `header`, `status`,
+//! Small allowlist helpers shared by the qubes-borg.Ssh modules (`borg_argv`, `header`, `status`,
 //! `destination`, `ssh_command`).
 //!
 //! Every check here is an allowlist with a length bound: a value is accepted only if every byte
@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-/// Longest destination name (the qrexec service argument of `qubes.Ssh+NAME`).
+/// Longest destination name (the qrexec service argument of `qubes-borg.Ssh+NAME`).
 /// qrexec finds `service+arg` files only up to NAME_MAX (255) bytes; 64 is plenty for a name.
 pub const MAX_NAME: usize = 64;
 

@@ -33,7 +33,7 @@ struct Side {
 
 /// The sys-backup side, with the project's qrexec simulation (flat mode,
 /// tests/sim/README.md) between it and ssh-backup: the project's dom0
-/// policy decides, and qubes.SshAgent in the simulated ssh-backup runs
+/// policy decides, and qubes-borg.SshAgent in the simulated ssh-backup runs
 /// qubes-agent-filter with qrexec's argv, QREXEC_* environment and
 /// socketpairs. `caller` is the qube the calls come from.
 fn side(tag: &str, caller: &str) -> Side {
@@ -46,7 +46,7 @@ fn side(tag: &str, caller: &str) -> Side {
     for q in ["sys-backup", "sys-backup-mnt", "ssh-backup/etc/qubes-rpc"] {
         fs::create_dir_all(qubes.join(q)).unwrap();
     }
-    let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes.SshAgent");
+    let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent");
     // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
     // here the same exec, of the built binary, with the vault's paths.
     write_script(
@@ -148,7 +148,7 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
     assert_eq!(s.vault.direct_list().lines().count(), 2, "agent unchanged");
     let calls = fs::read_to_string(&s.qrexec_log).unwrap();
     assert_eq!(
-        calls, "@default qubes.SshAgent+default\n@default qubes.SshAgent+default\n",
+        calls, "@default qubes-borg.SshAgent+default\n@default qubes-borg.SshAgent+default\n",
         "one qrexec call per connection"
     );
     let journal = fs::read_to_string(&s.journal).unwrap();
@@ -179,7 +179,7 @@ fn agent_socket_in_a_qube_the_policy_does_not_allow_gives_no_keys() {
     assert!(out.stdout.is_empty());
     assert_eq!(
         fs::read_to_string(&s.qrexec_log).unwrap(),
-        "@default qubes.SshAgent+default\n"
+        "@default qubes-borg.SshAgent+default\n"
     );
     let journal = fs::read_to_string(&s.journal).unwrap_or_default();
     assert!(
@@ -305,7 +305,7 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
     assert_private(&path);
     assert!(fs::read_to_string(&s.qrexec_log)
         .unwrap()
-        .contains("@default qubes.SshAgent+default"));
+        .contains("@default qubes-borg.SshAgent+default"));
 
     let journal = fs::read_to_string(&s.journal).unwrap();
     assert!(

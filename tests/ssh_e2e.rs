@@ -123,13 +123,13 @@ fn qrexec_exit_codes_become_clear_messages() {
     // 126: policy refuses this destination
     std::fs::write(
         w.path("policy/40-deny.policy"),
-        "qubes.Ssh +blocked sys-backup-mnt @anyvm deny\n",
+        "qubes-borg.Ssh +blocked sys-backup-mnt @anyvm deny\n",
     )
     .unwrap();
     let out = run(&mut w.client(&["blocked", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(126));
     assert!(
-        out.stderr.contains("qubes-ssh-client: qrexec policy refused qubes.Ssh+blocked from this qube (target @default)"),
+        out.stderr.contains("qubes-ssh-client: qrexec policy refused qubes-borg.Ssh+blocked from this qube (target @default)"),
         "{}",
         out.stderr
     );
@@ -140,7 +140,7 @@ fn qrexec_exit_codes_become_clear_messages() {
     assert_eq!(out.code, Some(125));
     assert!(
         out.stderr
-            .contains("qubes-ssh-client: qrexec could not run qubes.Ssh+nas (target @default)"),
+            .contains("qubes-ssh-client: qrexec could not run qubes-borg.Ssh+nas (target @default)"),
         "{}",
         out.stderr
     );
@@ -157,12 +157,12 @@ fn qrexec_exit_codes_become_clear_messages() {
         out.stderr
     );
     // 127: the service is not installed in the target
-    std::fs::remove_file(w.path("qubes/sys-backup/etc/qubes-rpc/qubes.Ssh")).unwrap();
+    std::fs::remove_file(w.path("qubes/sys-backup/etc/qubes-rpc/qubes-borg.Ssh")).unwrap();
     let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(127));
     assert!(
         out.stderr
-            .contains("qubes-ssh-client: the target qube has no qubes.Ssh service"),
+            .contains("qubes-ssh-client: the target qube has no qubes-borg.Ssh service"),
         "{}",
         out.stderr
     );
@@ -301,7 +301,7 @@ fn split_ssh_agent_socket_exists_only_during_the_connection() {
         "socket",
         "the agent socket existed while ssh ran"
     );
-    // ssh's agent request became one qrexec call qubes.SshAgent+work from sys-backup.
+    // ssh's agent request became one qrexec call qubes-borg.SshAgent+work from sys-backup.
     let called = std::fs::read_to_string(w.path("state/agent-called")).unwrap_or_default();
     assert_eq!(called, "work from sys-backup\n");
     // and the socket is gone afterwards

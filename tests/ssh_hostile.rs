@@ -1,4 +1,4 @@
-//! Hostile input against qubes-ssh-client (argv from borg) and against the qubes.Ssh service
+//! Hostile input against qubes-ssh-client (argv from borg) and against the qubes-borg.Ssh service
 //! (raw requests over the qrexec stand-in, as a compromised sys-backup-mnt could send them).
 //! Every case asserts that no ssh was started, and the exit code and the message.
 
@@ -140,7 +140,7 @@ fn client_refuses_non_utf8_argv() {
     assert!(w.service_log().is_empty());
 }
 
-/// Raw requests a compromised caller can send to qubes.Ssh+nas directly, with the status line
+/// Raw requests a compromised caller can send to qubes-borg.Ssh+nas directly, with the status line
 /// (prefix) and exit code the service must answer with.
 const SERVICE_REFUSED: &[(&[u8], u8, &str)] = &[
     (

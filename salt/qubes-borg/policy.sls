@@ -12,7 +12,7 @@
 # With the default names it writes the packaged file unchanged; with other names the file
 # differs from the package's copy (rpm -V shows it; an upgrade keeps it and saves the new
 # version as .rpmnew, as for any edited %config(noreplace) file: rerun this state then).
-# The default deny (90-qubes-borg.policy) comes from the package only.
+# The default deny (80-qubes-borg.policy) comes from the package only.
 #
 # Pillar: qubes-borg:<role>:name
 # Execute:

@@ -1,9 +1,9 @@
 //! The sys-backup side of split SSH: an agent socket that exists only while
-//! one `qubes.Ssh` connection runs.
+//! one `qubes-borg.Ssh` connection runs.
 //!
 //! [`AgentSocket::start`] makes a private directory (0700) under a runtime
 //! directory, and starts `qubes-relay --listen DIR/agent.sock
-//! --die-with-parent -- qrexec-client-vm @default qubes.SshAgent+NAME`
+//! --die-with-parent -- qrexec-client-vm @default qubes-borg.SshAgent+NAME`
 //! (the relay core's drop-in for `socat UNIX-LISTEN:...,fork EXEC:...`), so
 //! each connection on the socket becomes one qrexec call to the filtering
 //! agent service in ssh-backup. The socket is made 0600 before `start`
@@ -34,7 +34,7 @@ pub const DIR_PREFIX: &str = "qubes-borg-agent.";
 /// Name of the socket inside the private directory.
 pub const SOCKET_NAME: &str = "agent.sock";
 /// The qrexec service called for each connection (`+NAME` appended).
-pub const SERVICE: &str = "qubes.SshAgent";
+pub const SERVICE: &str = "qubes-borg.SshAgent";
 
 /// Settings of [`AgentSocket::start`]. `Default` reads the documented
 /// environment overrides.
@@ -224,7 +224,7 @@ fn sweep_stale(runtime: &Path) {
 
 impl AgentSocket {
     /// Create the private directory and socket for key set `key_set` and
-    /// start forwarding its connections to `qubes.SshAgent+key_set`.
+    /// start forwarding its connections to `qubes-borg.SshAgent+key_set`.
     /// Returns once the socket exists with mode 0600.
     ///
     /// Call it from the thread that lives as long as the socket should

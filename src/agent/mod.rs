@@ -2,7 +2,7 @@
 //!
 //! - [`wire`]: agent protocol framing and fields, with hard bounds.
 //! - [`filter`]: the policy (which requests may reach the agent).
-//! - [`service`]: the `qubes.SshAgent` service in ssh-backup, one client
+//! - [`service`]: the `qubes-borg.SshAgent` service in ssh-backup, one client
 //!   connection in front of the dedicated ssh-agent.
 //! - [`forward`]: the per-connection agent socket in sys-backup.
 //!
@@ -15,7 +15,7 @@ pub mod wire;
 
 use std::fmt;
 
-/// Longest key set name (the `NAME` of `qubes.SshAgent+NAME`).
+/// Longest key set name (the `NAME` of `qubes-borg.SshAgent+NAME`).
 pub const MAX_KEY_SET_NAME: usize = 64;
 
 /// Why a key set name was refused.
@@ -33,7 +33,7 @@ impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NameError::Empty => f.write_str(
-                "no key set name: call the service as qubes.SshAgent+NAME (e.g. qubes.SshAgent+default)",
+                "no key set name: call the service as qubes-borg.SshAgent+NAME (e.g. qubes-borg.SshAgent+default)",
             ),
             NameError::TooLong(n) => write!(
                 f,
@@ -50,7 +50,7 @@ impl fmt::Display for NameError {
 
 /// Validate an untrusted key set name: 1 to 64 bytes of `[A-Za-z0-9_.-]`,
 /// starting with a letter or digit. Returns it unchanged when valid.
-/// (Same idiom as QubesOS/qubes-app-linux-split-ssh:qubes-rpc/qubes.SshAgent.)
+/// (Same idiom as QubesOS/qubes-app-linux-split-ssh:qubes-rpc/qubes-borg.SshAgent.)
 pub fn validate_key_set_name(untrusted: &str) -> Result<&str, NameError> {
     let b = untrusted.as_bytes();
     if b.is_empty() {

@@ -1,4 +1,4 @@
-//! The `qubes.SshAgent+NAME` service in ssh-backup: one client connection
+//! The `qubes-borg.SshAgent+NAME` service in ssh-backup: one client connection
 //! (qrexec gives us stdin/stdout socketpairs) served through the filter in
 //! front of the dedicated ssh-agent of key set NAME.
 
@@ -68,7 +68,7 @@ impl fmt::Display for FilterError {
             ),
             FilterError::Source(why) => write!(
                 f,
-                "QREXEC_REMOTE_DOMAIN {why}: this program is the qubes.SshAgent service and must be started by qrexec"
+                "QREXEC_REMOTE_DOMAIN {why}: this program is the qubes-borg.SshAgent service and must be started by qrexec"
             ),
             FilterError::NoHome => f.write_str(
                 "cannot find the home directory of the service user; set QUBES_BORG_KEY_DIR",

@@ -1,4 +1,4 @@
-//! qubes-agent-filter: the `qubes.SshAgent+NAME` service in ssh-backup.
+//! qubes-agent-filter: the `qubes-borg.SshAgent+NAME` service in ssh-backup.
 //! See `qubes_borg::agent::service` and docs/SPLIT-SSH.md.
 
 use std::ffi::OsString;
@@ -12,8 +12,8 @@ use qubes_borg::agent::service::{self, StderrEvents, PROG};
 
 const HELP: &str = "\
 Usage: qubes-agent-filter NAME
-The qubes.SshAgent+NAME qrexec service of ssh-backup (installed as
-/etc/qubes-rpc/qubes.SshAgent). Speaks the SSH agent protocol on stdin/stdout
+The qubes-borg.SshAgent+NAME qrexec service of ssh-backup (installed as
+/etc/qubes-rpc/qubes-borg.SshAgent). Speaks the SSH agent protocol on stdin/stdout
 and passes to the ssh-agent of key set NAME only: 'list keys' (answered with
 the backup key alone) and 'sign' for an SSH login with the backup key. Every
 other request is answered with SSH_AGENT_FAILURE without reaching the agent.

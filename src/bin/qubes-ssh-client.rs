@@ -1,5 +1,5 @@
 //! qubes-ssh-client: borg's `BORG_RSH` in sys-backup-mnt. Vets borg's command line, calls
-//! `qrexec-client-vm TARGET qubes.Ssh+NAME`, sends the request header and relays, reading the
+//! `qrexec-client-vm TARGET qubes-borg.Ssh+NAME`, sends the request header and relays, reading the
 //! service's status line first. Protocol: docs/PROTOCOL.md.
 
 use qubes_borg::borg_argv::{self, BorgArgv};
@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, ExitCode, Stdio};
 
 const PROG: &str = "qubes-ssh-client";
-const SERVICE: &str = "qubes.Ssh";
+const SERVICE: &str = "qubes-borg.Ssh";
 const DEFAULT_QREXEC: &str = "/usr/bin/qrexec-client-vm";
 const DEFAULT_TARGET: &str = "@default";
 
@@ -27,7 +27,7 @@ Usage (set by borg, not typed):
 borg then runs: qubes-ssh-client [-p PORT] [USER@]NAME REMOTE_PATH serve [OPTIONS]
 
 NAME is a destination configured in sys-backup (/etc/qubes-borg/destinations/NAME.conf). The
-call goes to qrexec-client-vm TARGET qubes.Ssh+NAME; the dom0 policy decides where it lands.
+call goes to qrexec-client-vm TARGET qubes-borg.Ssh+NAME; the dom0 policy decides where it lands.
 Host, user, port, remote borg path and keys come from sys-backup's configuration; a user, port
 or remote path in the repository URL must agree with it (better: leave them out).
 
@@ -50,8 +50,8 @@ Exit codes:
   77    sys-backup refused the request (option, remote path, port or user not allowed)
   78    sys-backup's configuration of NAME is missing parts, malformed or unsafe
   125   qrexec failed (target qube not running, ...)
-  126   the dom0 qrexec policy refused qubes.Ssh+NAME from this qube
-  127   the target qube has no qubes.Ssh service (qubes-borg not installed there)
+  126   the dom0 qrexec policy refused qubes-borg.Ssh+NAME from this qube
+  127   the target qube has no qubes-borg.Ssh service (qubes-borg not installed there)
 ";
 
 /// Report one line and return the exit code.

@@ -1,5 +1,5 @@
-//! qubes-ssh-service: the `qubes.Ssh` qrexec service in sys-backup (installed as
-//! /usr/libexec/qubes-borg/qubes-ssh-service, run by /etc/qubes-rpc/qubes.Ssh).
+//! qubes-ssh-service: the `qubes-borg.Ssh` qrexec service in sys-backup (installed as
+//! /usr/libexec/qubes-borg/qubes-ssh-service, run by /etc/qubes-rpc/qubes-borg.Ssh).
 //!
 //! Reads the request header from the caller, checks it against the root-owned destination
 //! configuration, runs OpenSSH with a fixed safe option set, sends the status line and relays
@@ -28,10 +28,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_KEEP: usize = 16 * 1024;
 
 const HELP: &str = "\
-qubes-ssh-service: the qubes.Ssh qrexec service of qubes-borg (runs in sys-backup).
+qubes-ssh-service: the qubes-borg.Ssh qrexec service of qubes-borg (runs in sys-backup).
 
-Run by qrexec as /etc/qubes-rpc/qubes.Ssh with the destination NAME as its argument
-(qubes.Ssh+NAME). Reads one request header from stdin, looks NAME up in
+Run by qrexec as /etc/qubes-rpc/qubes-borg.Ssh with the destination NAME as its argument
+(qubes-borg.Ssh+NAME). Reads one request header from stdin, looks NAME up in
 /etc/qubes-borg/destinations/NAME.conf, runs ssh to that destination only, and relays.
 See docs/PROTOCOL.md for the protocol, the configuration format and the threat model.
 
@@ -121,7 +121,7 @@ fn destination_name(args: &[OsString]) -> Result<String, Failure> {
     };
     let Some(name) = arg else {
         return Err(refuse(
-            "no destination name: call qubes.Ssh+NAME (repository ssh://NAME/./repo)",
+            "no destination name: call qubes-borg.Ssh+NAME (repository ssh://NAME/./repo)",
         ));
     };
     if let Some(env) = env_str("QREXEC_SERVICE_ARGUMENT") {
@@ -311,7 +311,7 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
         ));
     }
     // Split SSH: a private agent socket for this connection only, forwarding to
-    // qubes.SshAgent+KEYSET (dom0 policy picks the vault). Dropped (socket removed) when this
+    // qubes-borg.SshAgent+KEYSET (dom0 policy picks the vault). Dropped (socket removed) when this
     // function returns, after ssh has exited.
     let agent = match &dest.agent {
         Some(set) => match AgentSocket::start(set, &AgentSocketOptions::default()) {

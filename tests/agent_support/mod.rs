@@ -122,14 +122,14 @@ impl Vault {
     }
 
     /// A Command running the filter as qrexec would for
-    /// qubes.SshAgent+NAME called from `source`.
+    /// qubes-borg.SshAgent+NAME called from `source`.
     pub fn filter_cmd(&self, name: &str, source: &str) -> Command {
         let mut c = Command::new(FILTER);
         c.arg(name)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
             .env("QREXEC_SERVICE_ARGUMENT", name)
-            .env("QREXEC_SERVICE_FULL_NAME", format!("qubes.SshAgent+{name}"))
+            .env("QREXEC_SERVICE_FULL_NAME", format!("qubes-borg.SshAgent+{name}"))
             .env("QREXEC_REMOTE_DOMAIN", source)
             .env("QUBES_BORG_KEY_DIR", &self.key_dir)
             .env("QUBES_BORG_AGENT_RUNDIR", &self.run_dir)

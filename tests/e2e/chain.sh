@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Suite "chain": real borg in sys-backup-mnt backs up through the project's whole chain:
-#   borg (BORG_RSH=qubes-ssh-client) -> qrexec stand-in -> qubes.Ssh in sys-backup -> ssh, key
-#   from ssh-backup over the filtering qubes.SshAgent -> sshd -> borg serve (restricted)
+#   borg (BORG_RSH=qubes-ssh-client) -> qrexec stand-in -> qubes-borg.Ssh in sys-backup -> ssh, key
+#   from ssh-backup over the filtering qubes-borg.SshAgent -> sshd -> borg serve (restricted)
 # Run by tests/e2e/run as root after tests/sim/up (project installed); suite_setup runs first,
 # then the test_* functions in file order, each in its own process. Later tests use the archives
 # of earlier ones where that is the point (incremental), and make what they need otherwise.
@@ -49,8 +49,8 @@ test_every_hop_was_used() {
     # sshd accepted the backup key for borg.
     local dom0 vault sshd
     dom0=$(cat "$QUBES_SIM_STATE/dom0.log")
-    assert_contains "$dom0" "qubes.Ssh+$DEST from sys-backup-mnt to sys-backup" "dom0 log"
-    assert_contains "$dom0" "qubes.SshAgent+default from sys-backup to ssh-backup" "dom0 log"
+    assert_contains "$dom0" "qubes-borg.Ssh+$DEST from sys-backup-mnt to sys-backup" "dom0 log"
+    assert_contains "$dom0" "qubes-borg.SshAgent+default from sys-backup to ssh-backup" "dom0 log"
     vault=$(qube_log ssh-backup)
     assert_contains "$vault" "signed an SSH login as user 'borg'" "ssh-backup log"
     sshd=$(in_qube internet cat /var/tmp/sshd.log)
@@ -88,13 +88,13 @@ test_no_tcp_from_sys_backup_mnt_and_ssh_backup() {
 test_qube_not_allowed_by_policy_gets_126_and_repo_is_unchanged() {
     local before after
     before=$(repo_manifest)
-    # ssh-backup (the vault) has the same programs but the policy does not let it use qubes.Ssh
-    expect_code 126 in_qube ssh-backup qrexec-client-vm @default "qubes.Ssh+$DEST"
+    # ssh-backup (the vault) has the same programs but the policy does not let it use qubes-borg.Ssh
+    expect_code 126 in_qube ssh-backup qrexec-client-vm @default "qubes-borg.Ssh+$DEST"
     expect_code 2 in_qube ssh-backup BORG_RSH=qubes-ssh-client BORG_PASSPHRASE=$PASS \
         borg create "$REPO_URL::from-vault" /etc/hostname
     assert_contains "$out" "refused" "borg's stderr in ssh-backup"
     # sys-backup-mnt may not talk to the vault directly
-    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes.SshAgent+default
+    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.SshAgent+default
     after=$(repo_manifest)
     assert_eq "$before" "$after" "repository after refused runs"
     mnt_borg check "$REPO_URL"

@@ -53,16 +53,16 @@ test_each_qube_has_its_own_filesystem_view() {
     in_qube ssh-backup test -x /usr/bin/qrexec-client-vm || fail "stand-in not at /usr/bin"
     in_qube ssh-backup test -d /usr/libexec/qubes-borg || fail "root's /usr not visible"
     # dom0's policy is the project's, as installed by make install-dom0
-    cmp "$QUBES_SIM_STATE/dom0/etc/qubes/policy.d/90-qubes-borg.policy" "$REPO_DIR/policy/90-qubes-borg.policy"
+    cmp "$QUBES_SIM_STATE/dom0/etc/qubes/policy.d/80-qubes-borg.policy" "$REPO_DIR/policy/80-qubes-borg.policy"
 }
 
 test_qrexec_runs_the_service_in_the_target_qube() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'hostname; ip -o link show | grep -c eth0; echo "$QREXEC_REMOTE_DOMAIN ${1-} $QREXEC_SERVICE_FULL_NAME"; pwd; id -un; echo "$HOME $XDG_RUNTIME_DIR"'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+borgbase
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'hostname; ip -o link show | grep -c eth0; echo "$QREXEC_REMOTE_DOMAIN ${1-} $QREXEC_SERVICE_FULL_NAME"; pwd; id -un; echo "$HOME $XDG_RUNTIME_DIR"'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+borgbase
     assert_eq "sys-backup
 1
-sys-backup-mnt borgbase qubes.Ssh+borgbase
+sys-backup-mnt borgbase qubes-borg.Ssh+borgbase
 /home/user
 user
 /home/user /run/user/$(in_qube sys-backup id -u user)" "$out" "service output"
@@ -70,88 +70,88 @@ user
 
 test_qrexec_source_comes_from_the_socket_not_the_caller() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'echo "$QREXEC_REMOTE_DOMAIN"'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'echo "$QREXEC_REMOTE_DOMAIN"'
     # ssh-backup pretending to be sys-backup-mnt in every way it can still is ssh-backup: refused
     expect_code 126 in_qube ssh-backup QREXEC_REMOTE_DOMAIN=sys-backup-mnt \
-        QREXEC_SIM_SOURCE=sys-backup-mnt qrexec-client-vm @default qubes.Ssh+x
+        QREXEC_SIM_SOURCE=sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+x
     assert_eq "Request refused" "$out" "stderr of a refused call"
 }
 
 test_qrexec_policy_refusals_and_missing_service() {
     clean_services
-    put_service ssh-backup /etc/qubes-rpc/qubes.SshAgent 'touch /tmp/agent-ran'
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'touch /tmp/ssh-ran'
-    # sys-backup-mnt may not talk to the vault; ssh-backup may not use qubes.Ssh
-    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes.SshAgent+default
-    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm ssh-backup qubes.SshAgent+default
-    expect_code 126 in_qube ssh-backup qrexec-client-vm @default qubes.Ssh+x
+    put_service ssh-backup /etc/qubes-rpc/qubes-borg.SshAgent 'touch /tmp/agent-ran'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'touch /tmp/ssh-ran'
+    # sys-backup-mnt may not talk to the vault; ssh-backup may not use qubes-borg.Ssh
+    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.SshAgent+default
+    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm ssh-backup qubes-borg.SshAgent+default
+    expect_code 126 in_qube ssh-backup qrexec-client-vm @default qubes-borg.Ssh+x
     expect_code 126 in_qube sys-backup-mnt qrexec-client-vm sys-backup qubes.VMShell
     ! in_qube ssh-backup test -e /tmp/agent-ran || fail "refused service ran"
     ! in_qube sys-backup test -e /tmp/ssh-ran || fail "refused service ran"
     grep -q "refused call from ssh-backup" "$QUBES_SIM_STATE/dom0.log" || fail "dom0 log has no refusal"
     # allowed but absent
-    in_qube ssh-backup rm -f /etc/qubes-rpc/qubes.SshAgent
-    expect_code 127 in_qube sys-backup qrexec-client-vm @default qubes.SshAgent+default
-    assert_contains "$(qube_log ssh-backup)" "Service not found: qubes.SshAgent+default" "ssh-backup log"
+    in_qube ssh-backup rm -f /etc/qubes-rpc/qubes-borg.SshAgent
+    expect_code 127 in_qube sys-backup qrexec-client-vm @default qubes-borg.SshAgent+default
+    assert_contains "$(qube_log ssh-backup)" "Service not found: qubes-borg.SshAgent+default" "ssh-backup log"
 }
 
 test_qrexec_lookup_order_at_the_real_paths() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'echo etc'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+a
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'echo etc'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
     assert_eq etc "$out" "only /etc"
-    put_service sys-backup /usr/local/etc/qubes-rpc/qubes.Ssh 'echo usr-local'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+a
+    put_service sys-backup /usr/local/etc/qubes-rpc/qubes-borg.Ssh 'echo usr-local'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
     assert_eq usr-local "$out" "/usr/local/etc before /etc"
-    put_service sys-backup /run/qubes-rpc/qubes.Ssh 'echo run'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+a
+    put_service sys-backup /run/qubes-rpc/qubes-borg.Ssh 'echo run'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
     assert_eq run "$out" "/run before /usr/local/etc"
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh+a 'echo etc-plus-arg'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+a
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh+a 'echo etc-plus-arg'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
     assert_eq etc-plus-arg "$out" "service+arg in any directory before bare service"
 }
 
 test_qrexec_service_stderr_goes_to_the_target_log_only() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'echo "diag-$1" >&2; stat -L -c %F /proc/self/fd/0 /proc/self/fd/1; stat -L -c %F /proc/self/fd/2 >&2; exit 3'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'echo "diag-$1" >&2; stat -L -c %F /proc/self/fd/0 /proc/self/fd/1; stat -L -c %F /proc/self/fd/2 >&2; exit 3'
     local err
-    err=$(in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+zz 2>&1 >/dev/null) && fail "exit 0"
+    err=$(in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz 2>&1 >/dev/null) && fail "exit 0"
     assert_eq "" "$err" "caller's stderr"
-    expect_code 3 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+zz
+    expect_code 3 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz
     assert_eq "socket
 socket" "$out" "service stdin/stdout types"
-    assert_contains "$(qube_log sys-backup)" "qubes.Ssh+zz-sys-backup-mnt: diag-zz" "sys-backup log"
+    assert_contains "$(qube_log sys-backup)" "qubes-borg.Ssh+zz-sys-backup-mnt: diag-zz" "sys-backup log"
     assert_contains "$(qube_log sys-backup)" "fifo" "service stderr type"
     assert_not_contains "$(qube_log sys-backup-mnt)" "diag-zz" "caller's log"
 }
 
 test_qrexec_half_close_and_byte_exact_64mib() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'n=$(sha256sum | cut -c1-64); sleep 0.5; echo "$n"; echo written-after-eof; exit 5'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'n=$(sha256sum | cut -c1-64); sleep 0.5; echo "$n"; echo written-after-eof; exit 5'
     local want got
     want=$(head -c 64M /dev/urandom | tee "$QUBES_SIM_STATE/blob" | sha256sum | cut -c1-64)
     cp "$QUBES_SIM_STATE/blob" "$QUBES_SIM_STATE/roots/sys-backup-mnt/tmp/blob"
     rm -f "$QUBES_SIM_STATE/blob"
-    expect_code 5 in_qube sys-backup-mnt sh -c 'qrexec-client-vm @default qubes.Ssh+x < /tmp/blob'
+    expect_code 5 in_qube sys-backup-mnt sh -c 'qrexec-client-vm @default qubes-borg.Ssh+x < /tmp/blob'
     assert_eq "$want
 written-after-eof" "$out" "service saw every byte and EOF, wrote after it"
     # the other direction: 64 MiB out of the service, caller's stdin left open and unused
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'head -c 64M /dev/zero'
-    got=$(in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in2; exec 3<>/tmp/in2; qrexec-client-vm @default qubes.Ssh+x <&3 | sha256sum | cut -c1-64')
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'head -c 64M /dev/zero'
+    got=$(in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in2; exec 3<>/tmp/in2; qrexec-client-vm @default qubes-borg.Ssh+x <&3 | sha256sum | cut -c1-64')
     assert_eq "$(head -c 64M /dev/zero | sha256sum | cut -c1-64)" "$got" "download"
 }
 
 test_qrexec_service_killed_gives_128_plus_signal() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'kill -TERM $$; sleep 5'
-    expect_code 143 in_qube sys-backup-mnt qrexec-client-vm @default qubes.Ssh+x
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'kill -TERM $$; sleep 5'
+    expect_code 143 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+x
 }
 
 test_qrexec_caller_killed_service_sees_eof() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes.Ssh 'cat > /dev/null; echo "service saw EOF" >&2'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'cat > /dev/null; echo "service saw EOF" >&2'
     # the caller's stdin stays open (a FIFO we also hold), so only the kill can end the call
-    in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in; exec 3<>/tmp/in; qrexec-client-vm @default qubes.Ssh+x <&3 & p=$!; sleep 1; kill -KILL $p; wait $p' || true
+    in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in; exec 3<>/tmp/in; qrexec-client-vm @default qubes-borg.Ssh+x <&3 & p=$!; sleep 1; kill -KILL $p; wait $p' || true
     for _ in $(seq 1 50); do
         qube_log sys-backup | grep -q "service saw EOF" && return 0
         sleep 0.1

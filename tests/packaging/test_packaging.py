@@ -411,7 +411,7 @@ class FileLists(unittest.TestCase):
 class Metadata(unittest.TestCase):
     def test_dom0_policy_files_are_noreplace_config_0664_root_qubes(self):
         files = rpm_files(Env.dom0_rpm)
-        for name in ("70-qubes-borg.policy", "90-qubes-borg.policy"):
+        for name in ("70-qubes-borg.policy", "80-qubes-borg.policy"):
             mode, user, group, flags = files["/etc/qubes/policy.d/" + name]
             self.assertEqual((oct(stat.S_IMODE(mode)), user, group), ("0o664", "root", "qubes"), name)
             self.assertEqual(sorted(flags), ["c", "n"], name)
@@ -636,10 +636,10 @@ class SaltFormula(unittest.TestCase):
         policy = state_args(hs, "qubes-borg-policy")["args"]["contents"]
         rules = [l.split() for l in policy.splitlines() if l.strip() and not l.startswith("#")]
         self.assertEqual(rules, [
-            ["qubes.Ssh", "*", "backup-mnt", "@default", "allow", "target=backup-net"],
-            ["qubes.Ssh", "*", "backup-mnt", "backup-net", "allow"],
-            ["qubes.SshAgent", "*", "backup-net", "@default", "allow", "target=backup-vault"],
-            ["qubes.SshAgent", "*", "backup-net", "backup-vault", "allow"],
+            ["qubes-borg.Ssh", "*", "backup-mnt", "@default", "allow", "target=backup-net"],
+            ["qubes-borg.Ssh", "*", "backup-mnt", "backup-net", "allow"],
+            ["qubes-borg.SshAgent", "+default", "backup-net", "@default", "allow", "target=backup-vault"],
+            ["qubes-borg.SshAgent", "+default", "backup-net", "backup-vault", "allow"],
         ])
         # Comments are carried over unchanged.
         comments = lambda text: [l for l in text.splitlines() if l.startswith("#")]
@@ -657,14 +657,14 @@ class SaltFormula(unittest.TestCase):
         base = os.path.join(Env.work, "sim")
         pol = os.path.join(base, "policy")
         write(os.path.join(pol, "70-qubes-borg.policy"), policy)
-        shutil.copy(os.path.join(REPO, "policy", "90-qubes-borg.policy"), pol)
+        shutil.copy(os.path.join(REPO, "policy", "80-qubes-borg.policy"), pol)
         qubes = os.path.join(base, "qubes")
         echo = os.path.join(base, "echo-service")
         write(echo, "#!/bin/sh\nexec cat\n")  # the argument (argv[1]) is not a file to cat
         os.chmod(echo, 0o755)
         for q in ("backup-mnt", "backup-net", "backup-vault", "sys-backup-mnt", "sys-backup", "ssh-backup"):
             os.makedirs(os.path.join(qubes, q, "etc", "qubes-rpc"))
-            for svc in ("qubes.Ssh", "qubes.SshAgent"):
+            for svc in ("qubes-borg.Ssh", "qubes-borg.SshAgent"):
                 os.symlink(echo, os.path.join(qubes, q, "etc", "qubes-rpc", svc))
 
         def call(source, service):
@@ -673,11 +673,11 @@ class SaltFormula(unittest.TestCase):
                     check=False, env=env, input="ping\n")
             return p.returncode, p.stdout
 
-        self.assertEqual(call("backup-mnt", "qubes.Ssh+borgbase"), (0, "ping\n"))
-        self.assertEqual(call("backup-net", "qubes.SshAgent+default"), (0, "ping\n"))
-        self.assertEqual(call("sys-backup-mnt", "qubes.Ssh+borgbase")[0], 126)
-        self.assertEqual(call("sys-backup", "qubes.SshAgent+default")[0], 126)
-        self.assertEqual(call("backup-mnt", "qubes.SshAgent+default")[0], 126)
+        self.assertEqual(call("backup-mnt", "qubes-borg.Ssh+borgbase"), (0, "ping\n"))
+        self.assertEqual(call("backup-net", "qubes-borg.SshAgent+default"), (0, "ping\n"))
+        self.assertEqual(call("sys-backup-mnt", "qubes-borg.Ssh+borgbase")[0], 126)
+        self.assertEqual(call("sys-backup", "qubes-borg.SshAgent+default")[0], 126)
+        self.assertEqual(call("backup-mnt", "qubes-borg.SshAgent+default")[0], 126)
 
     def test_invalid_pillar_stops_the_render_with_a_message(self):
         cases = {

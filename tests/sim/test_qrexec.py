@@ -195,13 +195,40 @@ class PolicyTests(unittest.TestCase):
                 return pol.evaluate(s, a, src, t, system)[0]
             except qrexec_sim.Refused:
                 return "refused"
-        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes.Ssh+borgbase"), "sys-backup")
-        self.assertEqual(ev("sys-backup", "@default", "qubes.SshAgent+backup"), "ssh-backup")
-        self.assertEqual(ev("work", "@default", "qubes.Ssh+borgbase"), "refused")
-        self.assertEqual(ev("sys-backup-mnt", "ssh-backup", "qubes.Ssh+x"), "refused")
-        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes.SshAgent+backup"), "refused")
-        self.assertEqual(ev("ssh-backup", "@default", "qubes.Ssh+x"), "refused")
-        self.assertEqual(ev("work", "@default", "qubes.SshAgent"), "refused")
+        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes-borg.Ssh+borgbase"), "sys-backup")
+        self.assertEqual(ev("sys-backup", "@default", "qubes-borg.SshAgent+default"), "ssh-backup")
+        self.assertEqual(ev("work", "@default", "qubes-borg.Ssh+borgbase"), "refused")
+        self.assertEqual(ev("sys-backup-mnt", "ssh-backup", "qubes-borg.Ssh+x"), "refused")
+        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes-borg.SshAgent+default"), "refused")
+        self.assertEqual(ev("ssh-backup", "@default", "qubes-borg.Ssh+x"), "refused")
+        self.assertEqual(ev("work", "@default", "qubes-borg.SshAgent"), "refused")
+        self.assertEqual(ev("sys-backup", "@default", "qubes-borg.SshAgent+other"), "refused")
+
+    def test_project_policy_beside_a_split_ssh_users_rules(self):
+        # A typical split-SSH user's own rules (30-user.policy, read before the project's files)
+        # name qubes.SshAgent; the project's services have their own names, so neither set of
+        # rules reaches the other's calls.
+        user = self.sim.dir / "user-policy"
+        user.mkdir()
+        (user / "30-user.policy").write_text(
+            "qubes.SshAgent  *  work    vault    allow\n"
+            "qubes.SshAgent  *  @anyvm  @anyvm   ask default_target=vault\n"
+            "qubes.SshAgent  *  @anyvm  @anyvm   deny\n")
+        (self.sim.qubes / "vault").mkdir()
+        system = qrexec_sim.load_system(self.sim.qubes)
+        pol = qrexec_sim.Policy([str(user), str(REPO / "policy")])
+        self.assertIsNone(pol.error)
+
+        def ev(src, tgt, svc):
+            _d, s, a, t = qrexec_sim.parse_request(svc, tgt)
+            try:
+                return pol.evaluate(s, a, src, t, system)[0]
+            except qrexec_sim.Refused:
+                return "refused"
+        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes-borg.Ssh+borgbase"), "sys-backup")
+        self.assertEqual(ev("sys-backup", "@default", "qubes-borg.SshAgent+default"), "ssh-backup")
+        self.assertEqual(ev("work", "vault", "qubes.SshAgent+id"), "vault")
+        self.assertEqual(ev("work", "ssh-backup", "qubes-borg.SshAgent+default"), "refused")
 
 
 class ServiceTests(unittest.TestCase):

@@ -66,19 +66,19 @@ impl World {
         }
         std::fs::set_permissions(dir.join("conf"), std::fs::Permissions::from_mode(0o755)).unwrap();
         write_exec(
-            &dir.join("qubes/sys-backup/etc/qubes-rpc/qubes.Ssh"),
+            &dir.join("qubes/sys-backup/etc/qubes-rpc/qubes-borg.Ssh"),
             &format!("#!/bin/sh\nexec {SERVICE} \"$@\"\n"),
         );
         std::fs::write(
             dir.join("policy/50-test.policy"),
-            "qubes.Ssh * sys-backup-mnt @default allow target=sys-backup\n\
-             qubes.Ssh * @anyvm @anyvm deny\n\
-             qubes.SshAgent * sys-backup @default allow target=ssh-backup\n",
+            "qubes-borg.Ssh * sys-backup-mnt @default allow target=sys-backup\n\
+             qubes-borg.Ssh * @anyvm @anyvm deny\n\
+             qubes-borg.SshAgent * sys-backup @default allow target=ssh-backup\n",
         )
         .unwrap();
         // A stand-in vault service: notes the key set asked for, answers nothing.
         write_exec(
-            &dir.join("qubes/ssh-backup/etc/qubes-rpc/qubes.SshAgent"),
+            &dir.join("qubes/ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent"),
             &format!(
                 "#!/bin/sh\necho \"$1 from $QREXEC_REMOTE_DOMAIN\" >>{}\n",
                 dir.join("state/agent-called").display()
@@ -156,11 +156,11 @@ impl World {
         c
     }
 
-    /// qrexec-client-vm @default qubes.Ssh+ARG with nothing in front: what a compromised
+    /// qrexec-client-vm @default qubes-borg.Ssh+ARG with nothing in front: what a compromised
     /// sys-backup-mnt can do without qubes-ssh-client.
     pub fn qrexec(&self, arg: &str) -> Command {
         let mut c = Command::new(qrexec_client_vm());
-        c.arg("@default").arg(format!("qubes.Ssh+{arg}"));
+        c.arg("@default").arg(format!("qubes-borg.Ssh+{arg}"));
         self.env(&mut c);
         c
     }
