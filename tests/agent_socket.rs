@@ -295,6 +295,7 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
     ) else {
         return;
     };
+    s.vault.allow_sshd(&sshd, "");
     assert!(entries(&s.runtime).is_empty(), "absent before");
     let (mut owner, mut lines) = spawn_owner(&s, &sshd);
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
@@ -330,6 +331,7 @@ fn agent_socket_is_removed_when_its_owner_is_killed() {
     ) else {
         return;
     };
+    s.vault.allow_sshd(&sshd, "");
     let (mut owner, mut lines) = spawn_owner(&s, &sshd);
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
     let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();

@@ -258,13 +258,15 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<LoginPolicy, PolicyError> {
                     }
                 }
             }
-            _ => return Err(syntax(
-                n,
-                format!(
+            _ => {
+                return Err(syntax(
+                    n,
+                    format!(
                     "unknown key '{}' (known: user, host-key, plain-publickey, logins-per-hour)",
                     validate::printable(key.as_bytes(), 40)
                 ),
-            )),
+                ))
+            }
         }
     }
     let user = user.ok_or_else(|| syntax(0, "'user' is missing".into()))?;

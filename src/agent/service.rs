@@ -395,7 +395,7 @@ pub fn serve(
                             ));
                             if decision.notify {
                                 events.notify(&format!(
-                                    "{} used backup key set '{}' to log in to the backup server ({} logins this hour)",
+                                    "{} used backup key set '{}' to log in to the backup server (logins this hour: {})",
                                     cfg.source, cfg.key_set, decision.count
                                 ));
                             }
