@@ -52,7 +52,8 @@ test_every_hop_was_used() {
     assert_contains "$dom0" "qubes-borg.Ssh+$DEST from sys-backup-mnt to sys-backup" "dom0 log"
     assert_contains "$dom0" "qubes-borg.SshAgent+default from sys-backup to ssh-backup" "dom0 log"
     vault=$(qube_log ssh-backup)
-    assert_contains "$vault" "signed an SSH login as user 'borg'" "ssh-backup log"
+    assert_contains "$vault" "signed an SSH login (publickey-hostbound-v00@openssh.com) as user 'borg'" "ssh-backup log"
+    assert_contains "$vault" "in a session bound to server host key $(ssh-keygen -lf "$QUBES_SIM_STATE/internet/host_key.pub" | cut -d' ' -f2)" "ssh-backup log"
     sshd=$(in_qube internet cat /var/tmp/sshd.log)
     assert_contains "$sshd" "Accepted publickey for borg from $SIM_NET_SYSBACKUP" "sshd log"
     # and the key never left the vault: sys-backup holds no private key file
@@ -152,6 +153,22 @@ test_fault_killing_the_qubes_ssh_service_mid_backup() { fault_kill sys-backup qu
 test_fault_killing_sshd_mid_backup() {
     # the per-connection sshd processes, not the listener (the next run needs the server)
     fault_kill internet sshd "$QUBES_SIM_STATE/internet/sshd.pid"
+}
+
+test_a_delete_through_the_routine_key_set_is_not_permanent() {
+    # The routine key set is append-only at the server (chain-setup, qubes-borg-keygen
+    # --server-line): borg serve keeps a transaction log, and a delete plus compact through the
+    # chain (what a compromised sys-backup-mnt or sys-backup could do) removes no segment.
+    local before after gone
+    in_qube internet test -f /home/borg/repo/transactions || fail "no transaction log: borg serve is not append-only"
+    mnt_borg create "$REPO_URL::doomed" /etc/hostname
+    before=$(in_qube internet sh -c 'cd /home/borg/repo/data && find . -type f | sort')
+    mnt_borg delete "$REPO_URL::doomed"
+    mnt_borg compact "$REPO_URL"
+    after=$(in_qube internet sh -c 'cd /home/borg/repo/data && find . -type f | sort')
+    gone=$(comm -23 <(printf '%s\n' "$before") <(printf '%s\n' "$after"))
+    [ -z "$gone" ] || fail "segments removed through the append-only key: $gone"
+    ! mnt_borg list --short "$REPO_URL" | grep -qx doomed || fail "delete was not recorded"
 }
 
 test_repository_consistent_at_the_end() {
