@@ -97,9 +97,17 @@ fn keygen_load_puts_the_key_into_the_key_sets_agent() {
     assert!(run(keygen_cmd(d.path()).args(["--create", "default"]))
         .status
         .success());
-    let out = run(keygen_cmd(d.path())
+    // /run/qubes-borg-agent is fixed: bind the test's run directory there.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/qubes-borg-keygen");
+    let out = run(Command::new(IN_VAULT_NS)
+        .arg(d.path().join(".ssh/qubes-borg"))
+        .arg(&rundir)
+        .arg("--")
+        .arg(script)
         .args(["--load", "default"])
-        .env("QUBES_BORG_AGENT_RUNDIR", &rundir));
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("HOME", d.path()));
     let listed = run(Command::new("ssh-add")
         .arg("-L")
         .env("SSH_AUTH_SOCK", &sock));

@@ -48,14 +48,16 @@ fn side(tag: &str, caller: &str) -> Side {
     }
     let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent");
     // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
-    // here the same exec, of the built binary, with the vault's paths.
+    // here the same exec, of the built binary, with the vault's paths bound
+    // to the test's directories in a mount namespace.
     write_script(
         &service,
         &format!(
             "#!/bin/sh\n\
-             QUBES_BORG_KEY_DIR='{}' QUBES_BORG_AGENT_RUNDIR='{}' QUBES_BORG_NOTIFY=0\n\
-             export QUBES_BORG_KEY_DIR QUBES_BORG_AGENT_RUNDIR QUBES_BORG_NOTIFY\n\
-             exec '{}' \"$@\"\n",
+             QUBES_BORG_NOTIFY=0\n\
+             export QUBES_BORG_NOTIFY\n\
+             exec '{}' '{}' '{}' -- '{}' \"$@\"\n",
+            IN_VAULT_NS,
             vault.key_dir.display(),
             vault.run_dir.display(),
             FILTER

@@ -21,10 +21,10 @@ use super::{validate_key_set_name, NameError};
 pub const PROG: &str = "qubes-agent-filter";
 
 /// Default directory holding `NAME/agent.sock` (systemd RuntimeDirectory of
-/// `qubes-borg-agent@NAME.service`). Override: `QUBES_BORG_AGENT_RUNDIR`.
+/// `qubes-borg-agent@NAME.service`). No override: tests run the filter in a mount namespace.
 pub const DEFAULT_AGENT_RUNDIR: &str = "/run/qubes-borg-agent";
 /// Key directory below the service user's home: `NAME/id_ed25519{,.pub}`.
-/// Override: `QUBES_BORG_KEY_DIR`.
+/// No override (tests: a mount namespace).
 pub const KEY_SUBDIR: &str = ".ssh/qubes-borg";
 
 /// Most requests served on one connection (ssh needs 2-3 per login).
@@ -76,7 +76,7 @@ impl fmt::Display for FilterError {
                 "QREXEC_REMOTE_DOMAIN {why}: this program is the qubes-borg.SshAgent service and must be started by qrexec"
             ),
             FilterError::NoHome => f.write_str(
-                "cannot find the home directory of the service user; set QUBES_BORG_KEY_DIR",
+                "cannot find the home directory of the service user in the user database",
             ),
             FilterError::Key(p, e) => write!(
                 f,
@@ -163,13 +163,10 @@ pub fn config_from(
         .ok_or(FilterError::Source("is not a valid qube name"))?
         .to_string();
 
-    let rundir = env_get(env, "QUBES_BORG_AGENT_RUNDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_RUNDIR));
-    let keydir = match env_get(env, "QUBES_BORG_KEY_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => home.ok_or(FilterError::NoHome)?.join(KEY_SUBDIR),
-    };
+    // Paths are fixed: the environment sets none of them (qrexec builds it in the vault, but
+    // the installed program has no test-only switches either).
+    let rundir = PathBuf::from(DEFAULT_AGENT_RUNDIR);
+    let keydir = home.ok_or(FilterError::NoHome)?.join(KEY_SUBDIR);
     Ok(Config {
         agent_socket: rundir.join(&key_set).join("agent.sock"),
         public_key: keydir.join(&key_set).join("id_ed25519.pub"),
@@ -503,6 +500,21 @@ mod tests {
         );
         let c = config_from(&[], &e, Some("/h".into())).unwrap();
         assert_eq!(c.key_set, "work");
+        // Former test-only overrides in the environment change nothing.
+        let mut e2 = e.clone();
+        e2.extend(env(&[
+            ("QUBES_BORG_KEY_DIR", "/tmp/evil"),
+            ("QUBES_BORG_AGENT_RUNDIR", "/tmp/evil"),
+        ]));
+        let c2 = config_from(&os(&["work"]), &e2, Some("/home/user".into())).unwrap();
+        assert_eq!(
+            c2.public_key,
+            Path::new("/home/user/.ssh/qubes-borg/work/id_ed25519.pub")
+        );
+        assert_eq!(
+            c2.agent_socket,
+            Path::new("/run/qubes-borg-agent/work/agent.sock")
+        );
     }
 
     #[test]

@@ -27,10 +27,11 @@ NAME: 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit
 QREXEC_REMOTE_DOMAIN (set by qrexec).
 
 Files:
-  ~/.ssh/qubes-borg/NAME/id_ed25519.pub   the backup key (QUBES_BORG_KEY_DIR)
+  ~/.ssh/qubes-borg/NAME/id_ed25519.pub   the backup key
   ~/.ssh/qubes-borg/NAME/server.conf      user, host-key (1-16), plain-publickey,
                                           logins-per-hour (docs/SPLIT-SSH.md)
-  /run/qubes-borg-agent/NAME/agent.sock    its ssh-agent (QUBES_BORG_AGENT_RUNDIR)
+  /run/qubes-borg-agent/NAME/agent.sock    its ssh-agent
+  /run/qubes-borg-agent/NAME/logins        login count of the last hour
 Each signature is logged to stderr (the journal) with the calling qube and,
 if notify-send exists, shown as a desktop notification at most once a
 minute per key set (QUBES_BORG_NOTIFY=0 turns that off).

@@ -14,6 +14,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub const FILTER: &str = env!("CARGO_BIN_EXE_qubes-agent-filter");
+/// Runs a command with the vault's fixed paths bound to a test's directories
+/// (the filter has no path overrides).
+pub const IN_VAULT_NS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/agent_support/in-vault-ns"
+);
 
 /// A unique temp directory, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -174,8 +180,12 @@ impl Vault {
     /// A Command running the filter as qrexec would for
     /// qubes-borg.SshAgent+NAME called from `source`.
     pub fn filter_cmd(&self, name: &str, source: &str) -> Command {
-        let mut c = Command::new(FILTER);
-        c.arg(name)
+        let mut c = Command::new(IN_VAULT_NS);
+        c.arg(&self.key_dir)
+            .arg(&self.run_dir)
+            .arg("--")
+            .arg(FILTER)
+            .arg(name)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
             .env("QREXEC_SERVICE_ARGUMENT", name)
@@ -184,8 +194,6 @@ impl Vault {
                 format!("qubes-borg.SshAgent+{name}"),
             )
             .env("QREXEC_REMOTE_DOMAIN", source)
-            .env("QUBES_BORG_KEY_DIR", &self.key_dir)
-            .env("QUBES_BORG_AGENT_RUNDIR", &self.run_dir)
             .env("QUBES_BORG_NOTIFY", "0");
         c
     }
