@@ -260,15 +260,31 @@ fn truncated_oversized_and_garbage_frames_close_the_connection() {
 #[test]
 fn bad_service_argument_or_missing_key_fails_before_any_agent_contact() {
     let v = Vault::new("agent-args");
-    for bad in ["", "../default", "a/b", "-x", &"x".repeat(65), "a b"] {
+    // "--help" from a caller (qubes-borg.SshAgent+--help) is a bad name like any other: no
+    // help text goes back to the caller.
+    for bad in [
+        "",
+        "../default",
+        "a/b",
+        "-x",
+        &"x".repeat(65),
+        "a b",
+        "--help",
+        "-h",
+    ] {
         let out = run(v
             .filter_cmd(bad, "sys-backup")
             .env("QREXEC_SERVICE_ARGUMENT", bad));
         assert_eq!(out.status.code(), Some(64), "NAME {bad:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "NAME {bad:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("qubes-agent-filter: "), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+    // Outside qrexec, --help prints the help.
+    let out = run(Command::new(FILTER).arg("--help").env_clear());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: qubes-agent-filter NAME"));
     // No QREXEC_REMOTE_DOMAIN: not started by qrexec.
     let out = run(v
         .filter_cmd("default", "x")

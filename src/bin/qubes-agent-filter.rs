@@ -58,7 +58,10 @@ fn stdio() -> std::io::Result<(File, File)> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+    // Help only outside qrexec: under qrexec the caller chooses argv[1], and "--help" is
+    // refused and logged like any other bad key set name.
+    let under_qrexec = std::env::var_os("QREXEC_REMOTE_DOMAIN").is_some();
+    if !under_qrexec && args.len() == 1 && (args[0] == "--help" || args[0] == "-h") {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
