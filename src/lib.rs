@@ -11,6 +11,7 @@ pub mod codec;
 pub mod destination;
 pub mod header;
 pub mod relay;
+pub mod safe_path;
 pub mod ssh_command;
 pub mod status;
 pub mod tempdir;

@@ -12,8 +12,9 @@
 //!
 //! `user` and `host-key` lines have the same form as in sys-backup's destination file, so they
 //! can be copied from there. The file must be a regular file (not a symlink) owned by the
-//! service user or root, not writable by group or others, at most 64 KiB; so must its
-//! directory be. Everything else (unknown keys, repeats, bad values) is an error naming the
+//! service user or root, not writable by group or others, at most 64 KiB; its directory and
+//! every directory above it must be owned by them and not writable by others
+//! (`crate::safe_path`). Everything else (unknown keys, repeats, bad values) is an error naming the
 //! line: the filter then refuses to start (exit 78).
 
 use std::fmt;
@@ -126,20 +127,15 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata, owners: &[u32]) -> Result<(
 /// Load `dir/server.conf`, accepting files (and `dir`) owned by a uid in `owners`.
 pub fn load(dir: &Path, owners: &[u32]) -> Result<LoginPolicy, PolicyError> {
     let path = dir.join(FILE_NAME);
-    let dmeta = std::fs::symlink_metadata(dir).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => PolicyError::NotFound(path.clone()),
-        _ => PolicyError::Io {
-            path: dir.to_path_buf(),
-            err,
-        },
-    })?;
-    if !dmeta.file_type().is_dir() {
-        return Err(PolicyError::Unsafe {
-            path: dir.to_path_buf(),
-            why: "is not a directory (symlinks are not followed)".into(),
-        });
+    if !dir.exists() {
+        return Err(PolicyError::NotFound(path));
     }
-    check_meta(dir, &dmeta, owners)?;
+    // The directory and every one above it: owned by the service user or root, not writable
+    // by others (a sticky ancestor such as /tmp is fine).
+    crate::safe_path::check_dir_and_ancestors(dir, owners).map_err(|e| PolicyError::Unsafe {
+        path: e.path,
+        why: e.why,
+    })?;
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
