@@ -1,4 +1,4 @@
-//! Any qube: is a configuration directory safe to trust, including every directory above it?
+//! Every qube: is a configuration directory safe to trust, including every directory above it?
 //!
 //! A root-owned file in a root-owned directory is still not trustworthy if someone else can
 //! rename a directory above it (and put their own tree in its place). So every ancestor, up to

@@ -1,4 +1,4 @@
-//! Any qube: private per-process directories `BASE/PREFIX.PID.RANDOM` (mode 0700), removed on
+//! Every qube: private per-process directories `BASE/PREFIX.PID.RANDOM` (mode 0700), removed on
 //! drop, on SIGTERM/SIGINT/SIGHUP once [`cleanup_on_signals`] was called, and swept by the next
 //! [`PrivateDir::create`] with the same prefix when their owner died without either (SIGKILL).
 

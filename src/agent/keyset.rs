@@ -1,4 +1,4 @@
-//! ssh-backup (vault): which logins a key set may sign, from
+//! ssh-backup: which logins a key set may sign, from
 //! `~/.ssh/qubes-borg/NAME/server.conf`.
 //!
 //! ```text

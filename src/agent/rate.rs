@@ -1,4 +1,4 @@
-//! ssh-backup (vault): the login rate limit of a key set across all connections, and at most
+//! ssh-backup: the login rate limit of a key set across all connections, and at most
 //! one desktop notification per interval.
 //!
 //! Each `qubes-borg.SshAgent` connection is its own process, so the count lives in a small file

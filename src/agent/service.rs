@@ -1,4 +1,4 @@
-//! ssh-backup (vault): the `qubes-borg.SshAgent+NAME` service: one client connection
+//! ssh-backup: the `qubes-borg.SshAgent+NAME` service: one client connection
 //! (qrexec gives us stdin/stdout socketpairs) served through the filter in
 //! front of the dedicated ssh-agent of key set NAME, under the key set's
 //! login policy (`keyset`) and login rate limit (`rate`).
