@@ -38,10 +38,7 @@ use std::os::fd::BorrowedFd;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-pub use command::{
-    run_command, run_connect, take_stdio, Error, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND,
-    EXIT_RELAY_FAILED,
-};
+pub use command::{run_command, run_connect, take_stdio, Error};
 pub use fd::Fd;
 pub use listen::{run_listen, ListenOptions};
 pub use pipe::{grow_pipe, PIPE_SIZE};

@@ -2,7 +2,7 @@
 //! failures into one readable line.
 //!
 //! Nothing in the command line comes from the caller except the vetted `borg serve` options
-//! (allowlisted words, see `borg_argv`). Everything else is the destination configuration and
+//! (allowlisted words, see `argv`). Everything else is the destination configuration and
 //! a fixed option set:
 //!
 //! * `-F none`: no user or system ssh_config is read (ssh(1)).
@@ -21,8 +21,8 @@
 //!   default `~/.ssh/id_*` files) when the destination names a key set, else
 //!   `IdentityAgent=none`; `IdentityFile=` + `IdentitiesOnly=yes` when it names a key file.
 
-use crate::destination::Destination;
-use crate::status::ErrClass;
+use super::destination::Destination;
+use super::status::ErrClass;
 use crate::validate;
 use std::ffi::OsString;
 use std::path::Path;
@@ -194,7 +194,7 @@ pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::{Destination, HostKey};
+    use crate::ssh::destination::{Destination, HostKey};
 
     fn dest() -> Destination {
         Destination {

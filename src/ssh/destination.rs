@@ -21,7 +21,7 @@
 //! values outside their allowlist, control characters and files that are not root-owned
 //! regular files (or are writable by group or others) are errors, never ignored.
 
-use crate::borg_argv::BorgArgv;
+use super::argv::BorgArgv;
 use crate::validate::{self, Invalid};
 use std::fmt;
 use std::io::Read;
@@ -429,7 +429,7 @@ impl Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::borg_argv;
+    use crate::ssh::argv as borg_argv;
 
     pub(crate) const ED25519: &str =
         "AAAAC3NzaC1lZDI1NTE5AAAAIElAgMpNFIlM5mIbLeAMOBxSTltW3e1SaOrxGo1oMYIl";

@@ -5,12 +5,12 @@
 //! qubes-ssh/1 SP WORD (SP WORD)* LF
 //! ```
 //!
-//! The words are borg's `BORG_RSH` command line after the host (`borg_argv::BorgArgv::to_words`):
+//! The words are borg's `BORG_RSH` command line after the host (`argv::BorgArgv::to_words`):
 //! `[-p PORT] [USER@]NAME REMOTE_PATH serve [OPTIONS]`. At most `MAX_HEADER` bytes including
 //! the LF; printable ASCII only; words separated by exactly one space. The service parses the
 //! words with the same strict parser the client used.
 
-use crate::borg_argv::{self, ArgvError, BorgArgv};
+use super::argv::{self as borg_argv, ArgvError, BorgArgv};
 use crate::validate;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};

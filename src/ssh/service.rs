@@ -1,27 +1,28 @@
-//! qubes-ssh-service: the `qubes-borg.Ssh` qrexec service in sys-backup (installed as
+//! sys-backup: `qubes-ssh-service`, the `qubes-borg.Ssh` qrexec service (installed as
 //! /usr/libexec/qubes-borg/qubes-ssh-service, run by /etc/qubes-rpc/qubes-borg.Ssh).
 //!
 //! Reads the request header from the caller, checks it against the root-owned destination
 //! configuration, runs OpenSSH with a fixed safe option set, sends the status line and relays
 //! borg's stream. Protocol and threat model: docs/PROTOCOL.md.
 
-use qubes_borg::agent::forward::{AgentSocket, AgentSocketOptions};
-use qubes_borg::child;
-use qubes_borg::destination::{self, ConfigError, Destination};
-use qubes_borg::header::{self, HeaderError};
-use qubes_borg::relay::{self, Fd, Flow};
-use qubes_borg::ssh_command;
-use qubes_borg::status::{exit, ErrClass, Status, OK_LINE};
-use qubes_borg::validate;
+use super::command;
+use super::destination::{self, ConfigError, Destination};
+use super::header::{self, HeaderError};
+use super::status::{ErrClass, Status, OK_LINE};
+use crate::agent::forward::{AgentSocket, AgentSocketOptions};
+use crate::child;
+use crate::exit::{self, Program};
+use crate::relay::{self, Fd, Flow};
+use crate::validate;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const PROG: &str = "qubes-ssh-service";
+pub const PROG: &str = "qubes-ssh-service";
 /// Default time the caller has to send the whole header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of ssh's stderr is kept to explain a failure.
@@ -43,21 +44,67 @@ Environment (set by qrexec, or by tests):
   QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS  header time limit (default 30000)
 
 Exit codes (also sent to the caller in the status line):
-  0-255  ssh's exit status once ssh ran (255: ssh failed; else the remote borg serve's)
-  64 not used here; 68 unknown destination; 69 split-SSH agent unavailable; 70 internal error;
-  71 cannot start ssh or create temporary files; 76 malformed, over-long, slow or cut-short
-  request header; 77 request not allowed (option, remote path, port, user); 78 destination
-  configuration missing parts, malformed or unsafe.
 ";
+
+/// The `--help` text; its exit codes come from `crate::exit`.
+pub fn help() -> String {
+    format!("{HELP}{}", exit::help(Program::SshService))
+}
+
+/// What the service reads from its environment (set by qrexec, or by tests).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceEnv {
+    /// `QREXEC_SERVICE_ARGUMENT`: the caller's service argument (the destination NAME).
+    pub untrusted_service_argument: Option<String>,
+    /// `QREXEC_REMOTE_DOMAIN`: the calling qube (set by qrexec), for the log.
+    pub remote_domain: Option<String>,
+    /// `QUBES_SSH_SERVICE_CONFIG_DIR`: destination directory (tests).
+    pub config_dir: Option<OsString>,
+    /// `QUBES_SSH_SERVICE_SSH`: the ssh program (tests).
+    pub ssh: Option<OsString>,
+    /// `QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS`: header time limit.
+    pub header_timeout_ms: Option<String>,
+    /// `XDG_RUNTIME_DIR`: where the per-connection directory goes (else /tmp).
+    pub runtime_dir: Option<String>,
+    /// `HOME`, `USER`, `LOGNAME` as set: the only variables ssh gets besides PATH and LC_ALL.
+    pub ssh_vars: Vec<(OsString, OsString)>,
+}
+
+impl ServiceEnv {
+    /// Pick the service's variables out of a process environment (`std::env::vars_os()`).
+    /// Variables that are not valid UTF-8 are treated as unset, except those passed to ssh.
+    pub fn from_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> ServiceEnv {
+        let mut env = ServiceEnv::default();
+        let mut ssh_vars = Vec::new();
+        for (k, v) in vars {
+            let text = || v.clone().into_string().ok();
+            match k.to_str() {
+                Some("QREXEC_SERVICE_ARGUMENT") => env.untrusted_service_argument = text(),
+                Some("QREXEC_REMOTE_DOMAIN") => env.remote_domain = text(),
+                Some("QUBES_SSH_SERVICE_CONFIG_DIR") => env.config_dir = Some(v.clone()),
+                Some("QUBES_SSH_SERVICE_SSH") => env.ssh = Some(v.clone()),
+                Some("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS") => env.header_timeout_ms = text(),
+                Some("XDG_RUNTIME_DIR") => env.runtime_dir = text(),
+                _ => {}
+            }
+            if let Some(i) = ["HOME", "USER", "LOGNAME"].iter().position(|n| k == *n) {
+                ssh_vars.push((i, k, v));
+            }
+        }
+        ssh_vars.sort_by_key(|(i, _, _)| *i);
+        env.ssh_vars = ssh_vars.into_iter().map(|(_, k, v)| (k, v)).collect();
+        env
+    }
+}
 
 /// A private directory for this connection's known_hosts (and agent socket), removed on drop.
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        let base = match std::env::var("XDG_RUNTIME_DIR") {
-            Ok(d) if d.starts_with('/') && validate::path_word("dir", &d).is_ok() => d,
-            _ => "/tmp".to_string(),
+    fn new(runtime_dir: Option<&str>) -> std::io::Result<TempDir> {
+        let base = match runtime_dir {
+            Some(d) if d.starts_with('/') && validate::path_word("dir", d).is_ok() => d,
+            _ => "/tmp",
         };
         let p = nix::unistd::mkdtemp(&PathBuf::from(base).join("qubes-ssh.XXXXXX"))?;
         Ok(TempDir(p))
@@ -103,15 +150,14 @@ fn write_all_fd(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> nix::Result<()> {
     Ok(())
 }
 
-fn env_str(key: &str) -> Option<String> {
-    std::env::var_os(key).and_then(|v| v.into_string().ok())
-}
-
 /// The destination name: argv[1] (qrexec's argument); QREXEC_SERVICE_ARGUMENT must agree.
-fn destination_name(args: &[OsString]) -> Result<String, Failure> {
+fn destination_name(
+    untrusted_args: &[OsString],
+    untrusted_env: Option<&str>,
+) -> Result<String, Failure> {
     let refuse = |m: &str| fail(exit::REFUSED, ErrClass::Refused, m);
-    let arg = match args {
-        [] => env_str("QREXEC_SERVICE_ARGUMENT").filter(|s| !s.is_empty()),
+    let untrusted_arg = match untrusted_args {
+        [] => untrusted_env.filter(|s| !s.is_empty()).map(str::to_string),
         [a] => Some(
             a.clone()
                 .into_string()
@@ -119,24 +165,27 @@ fn destination_name(args: &[OsString]) -> Result<String, Failure> {
         ),
         _ => return Err(refuse("more than one service argument")),
     };
-    let Some(name) = arg else {
+    let Some(untrusted_name) = untrusted_arg else {
         return Err(refuse(
             "no destination name: call qubes-borg.Ssh+NAME (repository ssh://NAME/./repo)",
         ));
     };
-    if let Some(env) = env_str("QREXEC_SERVICE_ARGUMENT") {
-        if env != name {
+    if let Some(env) = untrusted_env {
+        if env != untrusted_name {
             return Err(refuse("argv[1] and QREXEC_SERVICE_ARGUMENT differ"));
         }
     }
-    validate::name("destination name", &name).map_err(|e| {
+    validate::name("destination name", &untrusted_name).map_err(|e| {
         fail(
             exit::REFUSED,
             ErrClass::Refused,
-            format!("{e} ('{}')", validate::printable(name.as_bytes(), 80)),
+            format!(
+                "{e} ('{}')",
+                validate::printable(untrusted_name.as_bytes(), 80)
+            ),
         )
     })?;
-    Ok(name)
+    Ok(untrusted_name)
 }
 
 /// Copy ssh's stderr to ours (the journal under qrexec), one prefixed printable line at a
@@ -190,27 +239,19 @@ struct Outcome {
     stream_may_have_started: bool,
 }
 
-fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    let source = validate::printable(
-        env_str("QREXEC_REMOTE_DOMAIN")
-            .unwrap_or_default()
-            .as_bytes(),
-        64,
-    );
-    let (stdin, stdout) = match relay::take_stdio() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{PROG}: source={source} outcome=internal: cannot take stdin/stdout: {e}");
-            return ExitCode::from(exit::OSERR);
-        }
-    };
+/// Serve one connection: `stdin`/`stdout` are the caller's (qrexec's) stream, `args` the
+/// service arguments (argv without argv\[0\]). Sends the status line, relays, writes one log
+/// line to `log` and returns the exit status (also sent in an `ERR` line).
+pub fn serve(
+    untrusted_args: &[OsString],
+    env: &ServiceEnv,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    log: &mut dyn Write,
+) -> u8 {
+    let source = log_source(env);
     let mut name_for_log = String::from("-");
-    let outcome = run(&args, stdin, &stdout, &mut name_for_log);
+    let outcome = run(untrusted_args, env, stdin, &stdout, &mut name_for_log);
     let (result, detail) = match &outcome.failure {
         None => ("ok".to_string(), String::new()),
         Some(f) => (f.class.as_str().to_string(), format!(": {}", f.message)),
@@ -227,11 +268,20 @@ fn main() -> ExitCode {
         );
     }
     drop(stdout);
-    eprintln!(
+    let _ = writeln!(
+        log,
         "{PROG}: source={source} destination={name_for_log} outcome={result} exit={} up={} down={}{detail}",
         outcome.code, outcome.up, outcome.down
     );
-    ExitCode::from(outcome.code)
+    outcome.code
+}
+
+/// The calling qube as the log shows it (printable, bounded).
+pub fn log_source(env: &ServiceEnv) -> String {
+    validate::printable(
+        env.remote_domain.as_deref().unwrap_or_default().as_bytes(),
+        64,
+    )
 }
 
 fn refused(f: Failure) -> Outcome {
@@ -244,19 +294,28 @@ fn refused(f: Failure) -> Outcome {
     }
 }
 
-fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut String) -> Outcome {
-    let name = match destination_name(args) {
+fn run(
+    untrusted_args: &[OsString],
+    env: &ServiceEnv,
+    stdin: OwnedFd,
+    stdout: &OwnedFd,
+    log_name: &mut String,
+) -> Outcome {
+    let name = match destination_name(untrusted_args, env.untrusted_service_argument.as_deref()) {
         Ok(n) => n,
         Err(f) => return refused(f),
     };
     *log_name = name.clone();
 
     // 1. The header: bounded, timed, not one byte past its LF.
-    let timeout = env_str("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS")
+    let timeout = env
+        .header_timeout_ms
+        .as_deref()
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_millis)
         .unwrap_or(HEADER_TIMEOUT);
-    let request = match header::read_line(stdin.as_fd(), timeout).and_then(|l| header::decode(&l)) {
+    let untrusted_line = header::read_line(stdin.as_fd(), timeout);
+    let request = match untrusted_line.and_then(|l| header::decode(&l)) {
         Ok(r) => r,
         Err(e @ HeaderError::Argv(_)) => {
             return refused(fail(exit::REFUSED, ErrClass::Refused, e.to_string()))
@@ -265,7 +324,7 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
     };
 
     // 2. The destination, from root-owned configuration only.
-    let config_override = std::env::var_os("QUBES_SSH_SERVICE_CONFIG_DIR");
+    let config_override = env.config_dir.as_ref();
     let dir = config_override
         .as_ref()
         .map(PathBuf::from)
@@ -292,7 +351,7 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
     };
 
     // 3. Private known_hosts (and agent socket) for this connection.
-    let tmp = match TempDir::new() {
+    let tmp = match TempDir::new(env.runtime_dir.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             return refused(fail(
@@ -328,10 +387,12 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
     };
 
     // 4. ssh, without a shell, fixed options.
-    let ssh = std::env::var_os("QUBES_SSH_SERVICE_SSH")
+    let ssh = env
+        .ssh
+        .as_ref()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh"));
-    let Some(argv) = ssh_command::argv(
+    let Some(argv) = command::argv(
         &ssh,
         &dest,
         &known_hosts,
@@ -344,7 +405,7 @@ fn run(args: &[OsString], stdin: OwnedFd, stdout: &OwnedFd, log_name: &mut Strin
             "temporary path is not usable in an ssh option",
         ));
     };
-    run_ssh(&argv, &dest, &config_path, stdin, stdout)
+    run_ssh(&argv, &env.ssh_vars, &dest, &config_path, stdin, stdout)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -358,6 +419,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn run_ssh(
     argv: &[OsString],
+    ssh_vars: &[(OsString, OsString)],
     dest: &Destination,
     config_path: &Path,
     stdin: OwnedFd,
@@ -371,10 +433,8 @@ fn run_ssh(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for key in ["HOME", "USER", "LOGNAME"] {
-        if let Some(v) = std::env::var_os(key) {
-            cmd.env(key, v);
-        }
+    for (key, value) in ssh_vars {
+        cmd.env(key, value);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -433,7 +493,7 @@ fn run_ssh(
         if code == 0 {
             let _ = write_all_fd(stdout.as_fd(), OK_LINE);
         } else {
-            let (class, message) = ssh_command::classify(code, &kept, dest, config_path);
+            let (class, message) = command::classify(code, &kept, dest, config_path);
             outcome.failure = Some(fail(code, class, message));
         }
     }

@@ -19,35 +19,6 @@ pub const MAX_STATUS: usize = 512;
 /// The line the service sends when ssh is up.
 pub const OK_LINE: &[u8] = b"OK\n";
 
-/// Exit codes used by `qubes-ssh-client` and the `qubes-borg.Ssh` service (sysexits.h values, so
-/// they are recognisable; 125/126/127 are qrexec-client-vm's, 255 is ssh's).
-pub mod exit {
-    /// The command line is not one borg builds (refused before any qrexec call).
-    pub const USAGE: u8 = 64;
-    /// sys-backup has no configuration for this destination name.
-    pub const UNKNOWN_DESTINATION: u8 = 68;
-    /// The split-SSH agent for the destination's key set could not be set up.
-    pub const AGENT: u8 = 69;
-    /// Internal error (should not happen).
-    pub const SOFTWARE: u8 = 70;
-    /// Could not start a program (qrexec-client-vm, ssh) or create a temporary file.
-    pub const OSERR: u8 = 71;
-    /// The other side did not speak this protocol (bad header, bad status line, early close).
-    pub const PROTOCOL: u8 = 76;
-    /// The request is well-formed but not allowed (option, remote path, port or user).
-    pub const REFUSED: u8 = 77;
-    /// The destination configuration in sys-backup is missing parts, malformed or unsafe.
-    pub const CONFIG: u8 = 78;
-    /// qrexec-client-vm: any other qrexec failure.
-    pub const QREXEC_FAILED: u8 = 125;
-    /// qrexec-client-vm: the dom0 policy refused the call.
-    pub const QREXEC_REFUSED: u8 = 126;
-    /// qrexec-client-vm: the service is not installed in the target qube.
-    pub const QREXEC_NOT_FOUND: u8 = 127;
-    /// ssh's own failure (connection, host key, authentication).
-    pub const SSH: u8 = 255;
-}
-
 /// What went wrong, as one word on the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrClass {
