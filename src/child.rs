@@ -1,7 +1,7 @@
-//! Starting the command a relay talks to: argv as given (PATH lookup like
-//! execvp, never a shell), stdin and stdout as pipes we own, stderr
-//! inherited (or redirected). posix_spawnp(3) with an empty signal mask and
-//! SIGPIPE (and the terminating signals) at their default action, whatever
+//! Every qube (shared): starting the command a relay talks to: argv as given
+//! (PATH lookup like execvp, never a shell), stdin and stdout as pipes we own,
+//! stderr inherited (or redirected). posix_spawnp(3) with an empty signal mask
+//! and SIGPIPE (and the terminating signals) at their default action, whatever
 //! the relay set for itself: the relay ignores SIGPIPE and blocks SIGINT,
 //! SIGTERM, SIGHUP and SIGCHLD to read them from a signalfd, and both would
 //! otherwise survive exec (qrexec resets SIGPIPE for services the same way,

@@ -1,4 +1,4 @@
-//! Split SSH for the backup key.
+//! ssh-backup and sys-backup: split SSH for the backup key.
 //!
 //! - [`wire`]: agent protocol framing and fields, with hard bounds.
 //! - [`filter`]: the policy (which requests may reach the agent).

@@ -1,4 +1,4 @@
-//! The `qubes-borg.SshAgent+NAME` service in ssh-backup: one client connection
+//! ssh-backup: the `qubes-borg.SshAgent+NAME` service: one client connection
 //! (qrexec gives us stdin/stdout socketpairs) served through the filter in
 //! front of the dedicated ssh-agent of key set NAME.
 

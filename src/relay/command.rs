@@ -1,4 +1,5 @@
-//! The `qubes-relay -- CMD` and `qubes-relay --connect PATH` modes.
+//! sys-backup-mnt and sys-backup: the `qubes-relay -- CMD` and `qubes-relay
+//! --connect PATH` modes.
 
 use std::ffi::OsString;
 use std::fmt;

@@ -1,5 +1,6 @@
-//! The stdio relay: moves bytes in both directions at once between two pairs
-//! of file descriptors, with splice(2) on the data path and poll(2) to wait.
+//! sys-backup-mnt and sys-backup: the stdio relay: moves bytes in both
+//! directions at once between two pairs of file descriptors, with splice(2) on
+//! the data path and poll(2) to wait.
 //!
 //! Design notes (pitfalls collected in shared/reference/relay-perf.md,
 //! sections 1, 2 and 7):

@@ -1,5 +1,5 @@
-//! The relay's intermediate pipe, for a direction whose ends are both
-//! non-pipes (growing a pipe: `crate::pipe`).
+//! sys-backup-mnt and sys-backup: the relay's intermediate pipe, for a
+//! direction whose ends are both non-pipes (growing a pipe: `crate::pipe`).
 
 use std::os::fd::OwnedFd;
 

@@ -1,4 +1,5 @@
-//! Strict parser of the command line borg gives its `BORG_RSH` program.
+//! sys-backup-mnt and sys-backup: strict parser of the command line borg gives its `BORG_RSH`
+//! program.
 //!
 //! borg 1.2 and 1.4 build it the same way (`borgbackup/borg:src/borg/remote.py`,
 //! `RemoteRepository.ssh_cmd()` and `borg_cmd()`, identical on the 1.2-maint and 1.4-maint

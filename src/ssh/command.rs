@@ -1,5 +1,5 @@
-//! The OpenSSH command line that the `qubes-borg.Ssh` service runs, and the classification of ssh's
-//! failures into one readable line.
+//! sys-backup: the OpenSSH command line that the `qubes-borg.Ssh` service runs, and the
+//! classification of ssh's failures into one readable line.
 //!
 //! Nothing in the command line comes from the caller except the vetted `borg serve` options
 //! (allowlisted words, see `argv`). Everything else is the destination configuration and

@@ -1,5 +1,5 @@
-//! Destination configuration of the `qubes-borg.Ssh` service in sys-backup: where a destination
-//! NAME goes, with which user, remote borg path, pinned host keys and key.
+//! sys-backup: destination configuration of the `qubes-borg.Ssh` service in sys-backup: where a
+//! destination NAME goes, with which user, remote borg path, pinned host keys and key.
 //!
 //! One file per destination, `DIR/NAME.conf`, where DIR is `DEFAULT_DIR`
 //! (`/etc/qubes-borg/destinations`; sys-backup is an AppVM, so `/etc/qubes-borg` is made

@@ -1,5 +1,6 @@
-//! The request header that `qubes-ssh-client` sends to the `qubes-borg.Ssh` service (client ->
-//! service), once, before borg's own bytes. See docs/PROTOCOL.md.
+//! sys-backup-mnt and sys-backup: the request header that `qubes-ssh-client` sends to the
+//! `qubes-borg.Ssh` service (client -> service), once, before borg's own bytes. See
+//! docs/PROTOCOL.md.
 //!
 //! ```text
 //! qubes-ssh/1 SP WORD (SP WORD)* LF

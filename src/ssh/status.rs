@@ -1,5 +1,6 @@
-//! The status line that the `qubes-borg.Ssh` service sends to `qubes-ssh-client` (service ->
-//! client), once, as the first bytes of its stdout. See docs/PROTOCOL.md.
+//! sys-backup-mnt and sys-backup: the status line that the `qubes-borg.Ssh` service sends to
+//! `qubes-ssh-client` (service -> client), once, as the first bytes of its stdout. See
+//! docs/PROTOCOL.md.
 //!
 //! ```text
 //! OK LF                                 ssh is running; borg serve's bytes follow
