@@ -159,32 +159,32 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Parse borg's words (everything after the program name and the program's own options).
-pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<BorgArgv, ArgvError> {
-    let words: Vec<&str> = words.iter().map(|w| w.as_ref()).collect();
-    if words.is_empty() {
+pub fn parse<S: AsRef<str>>(untrusted_words: &[S]) -> Result<BorgArgv, ArgvError> {
+    let untrusted_words: Vec<&str> = untrusted_words.iter().map(|w| w.as_ref()).collect();
+    if untrusted_words.is_empty() {
         return Err(ArgvError::Empty);
     }
     let mut i = 0;
     let unexpected = |i: usize| ArgvError::Unexpected {
         pos: i + 1,
-        word: words[i].to_string(),
+        word: untrusted_words[i].to_string(),
     };
     let invalid = |i: usize, err: Invalid| ArgvError::Invalid { pos: i + 1, err };
 
     // [-p PORT]
     let mut port = None;
-    if words[0] == "-p" {
-        let p = words
+    if untrusted_words[0] == "-p" {
+        let p = untrusted_words
             .get(1)
             .ok_or(ArgvError::Missing("the port after -p"))?;
         port = Some(validate::port(p).map_err(|e| invalid(1, e))?);
         i = 2;
-    } else if words[0].starts_with('-') {
+    } else if untrusted_words[0].starts_with('-') {
         return Err(unexpected(0));
     }
 
     // [USER@]NAME
-    let target = *words
+    let target = *untrusted_words
         .get(i)
         .ok_or(ArgvError::Missing("the destination name"))?;
     if target.starts_with('-') {
@@ -201,14 +201,14 @@ pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<BorgArgv, ArgvError> {
     i += 1;
 
     // REMOTE_PATH
-    let rp = *words
+    let rp = *untrusted_words
         .get(i)
         .ok_or(ArgvError::Missing("the remote borg path"))?;
     validate::path_word("remote borg path", rp).map_err(|e| invalid(i, e))?;
     i += 1;
 
     // serve
-    match words.get(i) {
+    match untrusted_words.get(i) {
         None => return Err(ArgvError::Missing("'serve'")),
         Some(&"serve") => i += 1,
         Some(_) => return Err(unexpected(i)),
@@ -217,8 +217,8 @@ pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<BorgArgv, ArgvError> {
     // Options, in borg's order: level, topics, quota.
     let mut serve = ServeOptions::default();
     let mut stage = 0; // 0: level allowed, 1: topics allowed, 2: quota allowed, 3: nothing
-    while i < words.len() {
-        let w = words[i];
+    while i < untrusted_words.len() {
+        let w = untrusted_words[i];
         let repeated = || ArgvError::Repeated {
             pos: i + 1,
             word: w.to_string(),

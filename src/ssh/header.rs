@@ -82,23 +82,30 @@ impl fmt::Display for HeaderError {
 impl std::error::Error for HeaderError {}
 
 /// Decode one header line (with its final LF).
-pub fn decode(line: &[u8]) -> Result<BorgArgv, HeaderError> {
-    if line.len() > MAX_HEADER {
+pub fn decode(untrusted_line: &[u8]) -> Result<BorgArgv, HeaderError> {
+    if untrusted_line.len() > MAX_HEADER {
         return Err(HeaderError::TooLong);
     }
-    let body = match line.split_last() {
-        Some((b'\n', body)) => body,
-        _ => return Err(HeaderError::Eof { got: line.len() }),
+    let untrusted_body = match untrusted_line.split_last() {
+        Some((b'\n', untrusted_body)) => untrusted_body,
+        _ => {
+            return Err(HeaderError::Eof {
+                got: untrusted_line.len(),
+            })
+        }
     };
-    if let Some(offset) = body.iter().position(|&b| !(0x20..=0x7e).contains(&b)) {
+    if let Some(offset) = untrusted_body
+        .iter()
+        .position(|&b| !(0x20..=0x7e).contains(&b))
+    {
         return Err(HeaderError::BadByte {
             offset,
-            byte: body[offset],
+            byte: untrusted_body[offset],
         });
     }
     // Printable ASCII is valid UTF-8.
-    let body = std::str::from_utf8(body).expect("printable ASCII");
-    let mut words = body.split(' ');
+    let untrusted_body = std::str::from_utf8(untrusted_body).expect("printable ASCII");
+    let mut words = untrusted_body.split(' ');
     let magic = words.next().unwrap_or("");
     if magic != MAGIC {
         return Err(HeaderError::BadMagic(magic.to_string()));

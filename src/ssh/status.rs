@@ -119,19 +119,24 @@ impl Status {
     }
 
     /// Decode a line (with its LF) as read by the client.
-    pub fn decode(line: &[u8]) -> Result<Status, StatusError> {
-        if line.len() > MAX_STATUS {
+    pub fn decode(untrusted_line: &[u8]) -> Result<Status, StatusError> {
+        if untrusted_line.len() > MAX_STATUS {
             return Err(StatusError::TooLong);
         }
-        let body = match line.split_last() {
-            Some((b'\n', body)) => body,
-            _ => return Err(StatusError::Malformed(validate::printable(line, 80))),
+        let untrusted_body = match untrusted_line.split_last() {
+            Some((b'\n', untrusted_body)) => untrusted_body,
+            _ => {
+                return Err(StatusError::Malformed(validate::printable(
+                    untrusted_line,
+                    80,
+                )))
+            }
         };
-        if body == b"OK" {
+        if untrusted_body == b"OK" {
             return Ok(Status::Ok);
         }
-        let malformed = || StatusError::Malformed(validate::printable(body, 80));
-        let rest = body.strip_prefix(b"ERR ").ok_or_else(malformed)?;
+        let malformed = || StatusError::Malformed(validate::printable(untrusted_body, 80));
+        let rest = untrusted_body.strip_prefix(b"ERR ").ok_or_else(malformed)?;
         // The message is shown to the user: keep it printable whatever the service sent.
         let rest = validate::printable(rest, MAX_STATUS);
         let mut parts = rest.splitn(3, ' ');
