@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Test doubles around `borg serve` for tests/ssh_*.rs.
+"""Test doubles around `borg serve` for tests/it/ssh/.
 
   borg_doubles.py serve STATE_DIR ARGS...
       The remote command the ssh double runs (through a per-test wrapper named as the
@@ -16,7 +16,7 @@
       A recording BORG_RSH wrapper for the borg client side: runs PROGRAM, relays both ways,
       records the bytes to UP and DOWN, exits with PROGRAM's status.
 
-stream(seed) is defined identically in tests/ssh_common/mod.rs: 64 KiB blocks; byte j of
+stream(seed) is defined identically in tests/it/support/data.rs: 64 KiB blocks; byte j of
 block k is ((j * 31 + (j >> 8) * 7 + seed * 101) + k) mod 256.
 """
 import os

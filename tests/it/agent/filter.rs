@@ -1,21 +1,21 @@
 //! qubes-agent-filter against a real OpenSSH ssh-agent that holds the
 //! backup key and another key.
 
-mod agent_support;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_support::*;
+use crate::support::*;
 
 fn ssh_add(front: &Front, args: &[&str]) -> std::process::Output {
-    run(Command::new("ssh-add")
-        .args(args)
-        .env("SSH_AUTH_SOCK", &front.path)
-        .env_remove("DISPLAY"))
+    output(
+        Command::new("ssh-add")
+            .args(args)
+            .env("SSH_AUTH_SOCK", &front.path)
+            .env_remove("DISPLAY"),
+    )
 }
 
 #[test]
@@ -78,12 +78,14 @@ fn management_requests_through_filter_fail_and_leave_the_agent_unchanged() {
         "ssh-add -D must fail: {del_all:?}"
     );
     for flag in ["-x", "-X"] {
-        let lock = run(Command::new("ssh-add")
-            .arg(flag)
-            .env("SSH_AUTH_SOCK", &front.path)
-            .env("SSH_ASKPASS", &askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("DISPLAY", ":0"));
+        let lock = output(
+            Command::new("ssh-add")
+                .arg(flag)
+                .env("SSH_AUTH_SOCK", &front.path)
+                .env("SSH_ASKPASS", &askpass)
+                .env("SSH_ASKPASS_REQUIRE", "force")
+                .env("DISPLAY", ":0"),
+        );
         assert!(!lock.status.success(), "ssh-add {flag} must fail: {lock:?}");
         assert!(
             String::from_utf8_lossy(&lock.stderr).contains("Failed"),
@@ -146,11 +148,13 @@ fn sign_request_for_another_key_fails_though_the_agent_would_sign_it() {
         fs::write(&data, "hello").unwrap();
         let lone_pub = v.dir.path().join(format!("lone{i}.pub"));
         fs::copy(key.with_extension("pub"), &lone_pub).unwrap();
-        let out = run(Command::new("ssh-keygen")
-            .args(["-Y", "sign", "-n", "file", "-f"])
-            .arg(&lone_pub)
-            .arg(&data)
-            .env("SSH_AUTH_SOCK", &front.path));
+        let out = output(
+            Command::new("ssh-keygen")
+                .args(["-Y", "sign", "-n", "file", "-f"])
+                .arg(&lone_pub)
+                .arg(&data)
+                .env("SSH_AUTH_SOCK", &front.path),
+        );
         assert!(
             !out.status.success(),
             "ssh-keygen -Y sign must fail: {out:?}"
@@ -260,21 +264,23 @@ fn truncated_oversized_and_garbage_frames_close_the_connection() {
 fn bad_service_argument_or_missing_key_fails_before_any_agent_contact() {
     let v = Vault::new("agent-args");
     for bad in ["", "../default", "a/b", "-x", &"x".repeat(65), "a b"] {
-        let out = run(v
-            .filter_cmd(bad, "sys-backup")
-            .env("QREXEC_SERVICE_ARGUMENT", bad));
+        let out = output(
+            v.filter_cmd(bad, "sys-backup")
+                .env("QREXEC_SERVICE_ARGUMENT", bad),
+        );
         assert_eq!(out.status.code(), Some(64), "NAME {bad:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("qubes-agent-filter: "), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     // No QREXEC_REMOTE_DOMAIN: not started by qrexec.
-    let out = run(v
-        .filter_cmd("default", "x")
-        .env_remove("QREXEC_REMOTE_DOMAIN"));
+    let out = output(
+        v.filter_cmd("default", "x")
+            .env_remove("QREXEC_REMOTE_DOMAIN"),
+    );
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     // Valid name but no key set of that name.
-    let out = run(&mut v.filter_cmd("nosuch", "sys-backup"));
+    let out = output(&mut v.filter_cmd("nosuch", "sys-backup"));
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("qubes-borg-keygen"));
 }
@@ -309,7 +315,7 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
         &[("QUBES_BORG_NOTIFY", "1"), ("PATH", &path)],
     );
 
-    let out = run(&mut sshd.ssh_cmd(&front.path, "echo qubes-borg-login-ok"));
+    let out = output(&mut sshd.ssh_cmd(&front.path, "echo qubes-borg-login-ok"));
     assert!(
         out.status.success(),
         "ssh failed: {out:?}\nsshd log:\n{}",
@@ -331,9 +337,11 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
     );
     assert!(logs.contains(&want), "want {want:?} in:\n{logs}");
     let backup_fp = {
-        let o = run(Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(v.backup_key.with_extension("pub")));
+        let o = output(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(v.backup_key.with_extension("pub")),
+        );
         String::from_utf8(o.stdout)
             .unwrap()
             .split_whitespace()
@@ -353,12 +361,14 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
     );
 
     // Control: without the backup key in the agent, the same ssh fails.
-    let rm = run(Command::new("ssh-add")
-        .arg("-d")
-        .arg(v.backup_key.with_extension("pub"))
-        .env("SSH_AUTH_SOCK", &v.agent_sock));
+    let rm = output(
+        Command::new("ssh-add")
+            .arg("-d")
+            .arg(v.backup_key.with_extension("pub"))
+            .env("SSH_AUTH_SOCK", &v.agent_sock),
+    );
     assert!(rm.status.success());
-    let out = run(&mut sshd.ssh_cmd(&front.path, "true"));
+    let out = output(&mut sshd.ssh_cmd(&front.path, "true"));
     assert!(
         !out.status.success(),
         "login must fail without the key: {out:?}"

@@ -1,14 +1,12 @@
 //! scripts/qubes-borg-keygen: first-use key creation, the printed public
 //! key line, name validation, and loading into the key set's agent.
 
-mod agent_support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use agent_support::*;
+use crate::support::*;
 
 fn keygen_cmd(home: &std::path::Path) -> Command {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/qubes-borg-keygen");
@@ -22,7 +20,7 @@ fn keygen_cmd(home: &std::path::Path) -> Command {
 #[test]
 fn keygen_creates_the_key_once_and_prints_its_public_line() {
     let d = TempDir::new("agent-keygen");
-    let out = run(&mut keygen_cmd(d.path()));
+    let out = output(&mut keygen_cmd(d.path()));
     assert!(out.status.success(), "{out:?}");
     let key = d.path().join(".ssh/qubes-borg/default/id_ed25519");
     let printed = String::from_utf8(out.stdout).unwrap();
@@ -50,13 +48,13 @@ fn keygen_creates_the_key_once_and_prints_its_public_line() {
 
     // Second run: same key, not regenerated.
     let private_before = fs::read(&key).unwrap();
-    let again = run(&mut keygen_cmd(d.path()));
+    let again = output(&mut keygen_cmd(d.path()));
     assert!(again.status.success());
     assert_eq!(String::from_utf8(again.stdout).unwrap(), printed);
     assert_eq!(fs::read(&key).unwrap(), private_before);
 
     // --create for another set prints nothing and makes that set's key.
-    let out = run(keygen_cmd(d.path()).args(["--create", "work.2"]));
+    let out = output(keygen_cmd(d.path()).args(["--create", "work.2"]));
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty());
     assert!(d
@@ -69,12 +67,12 @@ fn keygen_creates_the_key_once_and_prints_its_public_line() {
 fn keygen_refuses_bad_names_without_touching_the_disk() {
     let d = TempDir::new("agent-keygen-bad");
     for bad in ["../x", ".x", "-x", "a/b", "a b", "a;b", &"x".repeat(65)] {
-        let out = run(keygen_cmd(d.path()).arg(bad));
+        let out = output(keygen_cmd(d.path()).arg(bad));
         assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
-        let out = run(keygen_cmd(d.path()).args(["--create", bad]));
+        let out = output(keygen_cmd(d.path()).args(["--create", bad]));
         assert_eq!(out.status.code(), Some(64), "--create {bad:?}: {out:?}");
     }
-    let out = run(keygen_cmd(d.path()).arg("--load"));
+    let out = output(keygen_cmd(d.path()).arg("--load"));
     assert_eq!(out.status.code(), Some(64));
     assert!(!d.path().join(".ssh").exists(), "nothing created");
 }
@@ -94,15 +92,19 @@ fn keygen_load_puts_the_key_into_the_key_sets_agent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(run(keygen_cmd(d.path()).args(["--create", "default"]))
+    assert!(output(keygen_cmd(d.path()).args(["--create", "default"]))
         .status
         .success());
-    let out = run(keygen_cmd(d.path())
-        .args(["--load", "default"])
-        .env("QUBES_BORG_AGENT_RUNDIR", &rundir));
-    let listed = run(Command::new("ssh-add")
-        .arg("-L")
-        .env("SSH_AUTH_SOCK", &sock));
+    let out = output(
+        keygen_cmd(d.path())
+            .args(["--load", "default"])
+            .env("QUBES_BORG_AGENT_RUNDIR", &rundir),
+    );
+    let listed = output(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", &sock),
+    );
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(out.status.success(), "{out:?}");

@@ -2,8 +2,6 @@
 //! end: AgentSocket -> qubes-relay --listen -> (stand-in) qrexec-client-vm
 //! -> qubes-agent-filter -> real ssh-agent, with real ssh and sshd.
 
-mod agent_support;
-
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -15,12 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
 use qubes_borg::agent::forward::{AgentError, AgentSocket, AgentSocketOptions};
 
-use agent_support::*;
-
-/// The relay binary of this package (`qubes-relay --listen`).
-fn relay() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_qubes-relay"))
-}
+use crate::support::*;
 
 /// Everything a test needs on the sys-backup side.
 struct Side {
@@ -49,7 +42,7 @@ fn side(tag: &str, caller: &str) -> Side {
     let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent");
     // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
     // here the same exec, of the built binary, with the vault's paths.
-    write_script(
+    write_exec(
         &service,
         &format!(
             "#!/bin/sh\n\
@@ -63,8 +56,8 @@ fn side(tag: &str, caller: &str) -> Side {
     );
     let qrexec_log = d.join("qrexec.log");
     let client = d.join("qrexec-client-vm");
-    let sim = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sim/qrexec-client-vm");
-    write_script(
+    let sim = qrexec_client_vm();
+    write_exec(
         &client,
         &format!(
             "#!/bin/sh\n\
@@ -78,7 +71,7 @@ fn side(tag: &str, caller: &str) -> Side {
     let opts = AgentSocketOptions {
         runtime_dir: Some(runtime.clone()),
         qrexec_client: client,
-        relay: relay(),
+        relay: PathBuf::from(RELAY),
         ..Default::default()
     };
     Side {
@@ -88,11 +81,6 @@ fn side(tag: &str, caller: &str) -> Side {
         qrexec_log,
         opts,
     }
-}
-
-fn write_script(path: &Path, text: &str) {
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -134,16 +122,20 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
     assert_eq!(entries(&s.runtime).len(), 1);
     let pid = sock.listener_pid().unwrap();
 
-    let out = run(Command::new("ssh-add")
-        .arg("-L")
-        .env("SSH_AUTH_SOCK", sock.path()));
+    let out = output(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
     assert!(out.status.success(), "{out:?}");
     let listed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.starts_with(&s.vault.pub_line(&s.vault.backup_key)));
-    let del = run(Command::new("ssh-add")
-        .arg("-D")
-        .env("SSH_AUTH_SOCK", sock.path()));
+    let del = output(
+        Command::new("ssh-add")
+            .arg("-D")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
     assert!(!del.status.success(), "ssh-add -D through the socket fails");
     assert_eq!(s.vault.direct_list().lines().count(), 2, "agent unchanged");
     let calls = fs::read_to_string(&s.qrexec_log).unwrap();
@@ -172,9 +164,11 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
 fn agent_socket_in_a_qube_the_policy_does_not_allow_gives_no_keys() {
     let s = side("agent-sock-denied", "sys-backup-mnt");
     let sock = AgentSocket::start("default", &s.opts).unwrap();
-    let out = run(Command::new("ssh-add")
-        .arg("-L")
-        .env("SSH_AUTH_SOCK", sock.path()));
+    let out = output(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty());
     assert_eq!(
@@ -220,7 +214,7 @@ fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Ite
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "owner_helper",
+            &owner_helper_name(),
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -237,6 +231,13 @@ fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Ite
         .lines()
         .map(|l| l.unwrap());
     (child, lines)
+}
+
+/// The libtest name of `owner_helper` in this binary (`agent::socket::owner_helper`).
+fn owner_helper_name() -> String {
+    let path = module_path!();
+    let module = path.split_once("::").map_or(path, |(_, m)| m);
+    format!("{module}::owner_helper")
 }
 
 /// Read the helper's output up to the line with `@@tag `; return the rest of
@@ -260,7 +261,7 @@ fn owner_helper() {
     let opts = AgentSocketOptions {
         runtime_dir: Some(runtime.into()),
         qrexec_client: std::env::var_os("QB_OWNER_QREXEC").unwrap().into(),
-        relay: relay(),
+        relay: PathBuf::from(RELAY),
         ..Default::default()
     };
     let sock = AgentSocket::start("default", &opts).unwrap();

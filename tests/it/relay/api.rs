@@ -1,15 +1,13 @@
 //! qubes_borg::relay as a library: preamble, first line, eof_to_dst, flow end
 //! when dst's reader is gone, child::spawn.
 
-mod common;
-
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use common::*;
+use crate::support::*;
 use qubes_borg::child::{self, SpawnOptions};
 use qubes_borg::relay::{relay, FirstLine, Flow, FlowEnd, LineVerdict, RelayError};
 

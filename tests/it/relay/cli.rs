@@ -1,14 +1,12 @@
 //! qubes-relay the program: byte-exact relaying in each mode, exit codes,
 //! error messages.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn command_mode_sockets_round_trip_is_byte_exact_for_edge_sizes() {
@@ -34,7 +32,7 @@ fn command_mode_sockets_round_trip_is_byte_exact_for_edge_sizes() {
 #[test]
 fn command_mode_pipes_round_trip_is_byte_exact() {
     let len = 3 << 20;
-    let mut child = Command::new(relay_bin())
+    let mut child = Command::new(RELAY)
         .args(["--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -56,7 +54,7 @@ fn exit_status_of_the_command_is_passed_through() {
         ("exit 255", 255),
         ("kill -TERM $$", 128 + 15),
     ] {
-        let st = Command::new(relay_bin())
+        let st = Command::new(RELAY)
             .args(["--", "sh", "-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -68,7 +66,7 @@ fn exit_status_of_the_command_is_passed_through() {
 
 #[test]
 fn missing_command_exits_127_with_one_line_naming_it() {
-    let out = Command::new(relay_bin())
+    let out = Command::new(RELAY)
         .args(["--", "qubes-relay-no-such-command"])
         .stdin(Stdio::null())
         .output()
@@ -82,7 +80,7 @@ fn missing_command_exits_127_with_one_line_naming_it() {
 
 #[test]
 fn non_executable_command_exits_126() {
-    let out = Command::new(relay_bin())
+    let out = Command::new(RELAY)
         .args(["--", "/etc/hostname"])
         .stdin(Stdio::null())
         .output()
@@ -98,7 +96,7 @@ fn bad_usage_exits_125() {
         &["--connect"][..],
         &["--listen", "/tmp/x"][..],
     ] {
-        let out = Command::new(relay_bin()).args(args).output().unwrap();
+        let out = Command::new(RELAY).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(125), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("qubes-relay: "));
     }
@@ -106,7 +104,7 @@ fn bad_usage_exits_125() {
 
 #[test]
 fn help_lists_the_exit_codes() {
-    let out = Command::new(relay_bin()).arg("--help").output().unwrap();
+    let out = Command::new(RELAY).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
@@ -125,7 +123,7 @@ fn help_lists_the_exit_codes() {
 #[test]
 fn output_written_long_after_stdin_eof_is_delivered() {
     // socat's default -t 0.5 would drop this (relay-perf.md section 1.4).
-    let out = Command::new(relay_bin())
+    let out = Command::new(RELAY)
         .args([
             "--",
             "sh",
@@ -141,8 +139,8 @@ fn output_written_long_after_stdin_eof_is_delivered() {
 
 #[test]
 fn connect_mode_relays_both_ways_with_half_close() {
-    let dir = std::env::temp_dir().join(format!("qb-relay-connect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("relay-connect");
+    let dir = tmp.path();
     let path = dir.join("s");
     let listener = UnixListener::bind(&path).unwrap();
     // Server: read everything, then answer with its length and a tail.
@@ -155,7 +153,7 @@ fn connect_mode_relays_both_ways_with_half_close() {
         reply
     });
     let data = pattern(9, 2_000_003);
-    let mut child = Command::new(relay_bin())
+    let mut child = Command::new(RELAY)
         .arg("--connect")
         .arg(&path)
         .stdin(Stdio::piped())
@@ -177,12 +175,11 @@ fn connect_mode_relays_both_ways_with_half_close() {
     let reply = server.join().unwrap();
     assert_eq!(out, reply);
     assert_eq!(reply, format!("{} {:?}", data.len(), Sum::of(&data).h));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn connect_to_missing_socket_exits_125_naming_it() {
-    let out = Command::new(relay_bin())
+    let out = Command::new(RELAY)
         .args(["--connect", "/nonexistent/qb-relay.sock"])
         .stdin(Stdio::null())
         .output()
@@ -218,7 +215,7 @@ fn one_socket_on_both_stdin_and_stdout_is_half_closed_exactly() {
     // then the relay shuts the socket down for writing.
     let (peer, ours) = UnixStream::pair().unwrap();
     let fd = std::os::fd::OwnedFd::from(ours);
-    let mut child = Command::new(relay_bin())
+    let mut child = Command::new(RELAY)
         .args(["--", "sh", "-c", "wc -c; echo after-eof"])
         .stdin(Stdio::from(fd.try_clone().unwrap()))
         .stdout(Stdio::from(fd))
@@ -234,8 +231,8 @@ fn one_socket_on_both_stdin_and_stdout_is_half_closed_exactly() {
 
 #[test]
 fn connect_mode_with_our_reader_gone_exits_cleanly_not_by_sigpipe() {
-    let dir = std::env::temp_dir().join(format!("qb-relay-connect-gone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("relay-connect-gone");
+    let dir = tmp.path();
     let path = dir.join("s");
     let listener = UnixListener::bind(&path).unwrap();
     let server = thread::spawn(move || {
@@ -250,7 +247,7 @@ fn connect_mode_with_our_reader_gone_exits_cleanly_not_by_sigpipe() {
         false
     });
     let (from_relay, relay_out) = UnixStream::pair().unwrap();
-    let mut child = Command::new(relay_bin())
+    let mut child = Command::new(RELAY)
         .arg("--connect")
         .arg(&path)
         .stdin(Stdio::null())
@@ -266,5 +263,4 @@ fn connect_mode_with_our_reader_gone_exits_cleanly_not_by_sigpipe() {
         server.join().unwrap(),
         "server was not told that nobody reads"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

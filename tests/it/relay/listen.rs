@@ -1,43 +1,14 @@
 //! qubes-relay --listen PATH -- CMD: a command per connection, byte-exact,
 //! socket removed on SIGTERM/SIGINT and when the parent dies.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
-use common::*;
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("qb-relay-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::support::*;
 
 fn is_socket(p: &Path) -> bool {
     std::fs::symlink_metadata(p)
@@ -57,7 +28,7 @@ impl Drop for Guard {
 }
 
 fn listen(path: &Path, extra: &[&str], cmd: &[&str]) -> Guard {
-    let c = Command::new(relay_bin())
+    let c = Command::new(RELAY)
         .arg("--listen")
         .arg(path)
         .args(extra)
@@ -67,16 +38,8 @@ fn listen(path: &Path, extra: &[&str], cmd: &[&str]) -> Guard {
         .spawn()
         .unwrap();
     let g = Guard(c);
-    wait_until("the listener", || UnixStream::connect(path).is_ok());
+    wait_for(|| UnixStream::connect(path).is_ok(), "the listener");
     g
-}
-
-fn signal(c: &Guard, sig: &str) {
-    let st = Command::new("kill")
-        .args(["-s", sig, &c.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 #[test]
@@ -100,7 +63,7 @@ fn each_connection_gets_its_own_command_and_byte_exact_relay() {
     for h in handles {
         h.join().unwrap();
     }
-    signal(&l, "TERM");
+    signal(l.0.id(), "TERM");
     let st = l.0.wait().unwrap();
     assert_eq!(st.code(), Some(0));
     assert!(!path.exists(), "socket left behind");
@@ -121,7 +84,7 @@ fn command_per_connection_sees_eof_and_answers_after_it() {
     (&c2).read_to_string(&mut out).unwrap();
     w.join().unwrap();
     assert_eq!(out, "77777\ndone\n");
-    signal(&l, "INT");
+    signal(l.0.id(), "INT");
     assert_eq!(l.0.wait().unwrap().code(), Some(0));
     assert!(!path.exists());
 }
@@ -134,19 +97,19 @@ fn socket_mode_follows_the_umask() {
         Command::new("sh")
             .arg("-c")
             .arg("umask 077; exec \"$0\" --listen \"$1\" -- cat")
-            .arg(relay_bin())
+            .arg(RELAY)
             .arg(&path)
             .spawn()
             .unwrap(),
     );
-    wait_until("the socket", || is_socket(&path));
+    wait_for(|| is_socket(&path), "the socket");
     let mode = std::fs::symlink_metadata(&path)
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o700);
-    signal(&l, "TERM");
+    signal(l.0.id(), "TERM");
     assert_eq!(l.0.wait().unwrap().code(), Some(0));
 }
 
@@ -156,7 +119,7 @@ fn existing_path_is_refused_unless_unlink_early_and_a_socket() {
     let path = dir.0.join("s");
     std::fs::write(&path, b"not a socket").unwrap();
     for extra in [&[][..], &["--unlink-early"][..]] {
-        let out = Command::new(relay_bin())
+        let out = Command::new(RELAY)
             .arg("--listen")
             .arg(&path)
             .args(extra)
@@ -175,7 +138,7 @@ fn existing_path_is_refused_unless_unlink_early_and_a_socket() {
     let c = UnixStream::connect(&path).unwrap();
     let (s, g) = pump(c.try_clone().unwrap(), c, 1, 10_000, 999);
     assert_eq!(s, g);
-    signal(&l, "TERM");
+    signal(l.0.id(), "TERM");
     assert_eq!(l.0.wait().unwrap().code(), Some(0));
 }
 
@@ -189,7 +152,7 @@ fn die_with_parent_removes_the_socket_when_the_parent_exits() {
     let mut sh = Command::new("sh")
         .arg("-c")
         .arg("\"$0\" --listen \"$1\" --die-with-parent -- cat & echo $! > \"$2\"; while [ ! -S \"$1\" ]; do sleep 0.05; done")
-        .arg(relay_bin())
+        .arg(RELAY)
         .arg(&path)
         .arg(&pidfile)
         .spawn()
@@ -199,9 +162,9 @@ fn die_with_parent_removes_the_socket_when_the_parent_exits() {
         .unwrap()
         .trim()
         .to_string();
-    wait_until("the socket to go", || !path.exists());
-    wait_until("the listener to exit", || {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    wait_for(|| !path.exists(), "the socket to go");
+    wait_for(
+        || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
             // Reparented; exited but not reaped by our init: a zombie.
             Ok(s) => s
@@ -210,6 +173,7 @@ fn die_with_parent_removes_the_socket_when_the_parent_exits() {
                 .unwrap_or("")
                 .trim_start()
                 .starts_with('Z'),
-        }
-    });
+        },
+        "the listener to exit",
+    );
 }

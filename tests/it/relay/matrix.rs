@@ -2,8 +2,6 @@
 //! socketpair, regular file and pty; every EOF order; one direction and both
 //! at once; 1 GiB streamed from a generator with a checksum.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -11,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, LocalFlags, SetArg};
 
 fn relay_cmd(cmd: &[&str]) -> Command {
-    let mut c = Command::new(relay_bin());
+    let mut c = Command::new(RELAY);
     c.arg("--").args(cmd);
     c
 }
@@ -49,8 +47,8 @@ fn upload_only_matches_the_same_stream_without_relay() {
 
 #[test]
 fn download_only_is_byte_exact() {
-    let dir = std::env::temp_dir().join(format!("qb-relay-dl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("relay-dl");
+    let dir = tmp.path();
     for &len in &[1usize, 4095, 65536, (1 << 20) - 1, 5 << 20] {
         let f = dir.join("data");
         let data = pattern(len as u64, len);
@@ -61,7 +59,6 @@ fn download_only_is_byte_exact() {
         assert!(child.wait().unwrap().success());
         assert_eq!(got, Sum::of(&data), "size {len}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -293,7 +290,7 @@ fn borrowed_fd_flags_are_restored_on_a_shared_terminal() {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let pty = open_pty();
     let slave = pty.slave;
-    let out = Command::new(relay_bin())
+    let out = Command::new(RELAY)
         .args(["--", "true"])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))

@@ -2,15 +2,13 @@
 //! the kinds of the ends (pipe or socket: direct splice, intermediate pipe),
 //! both directions arrive byte-exact.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::thread;
 
-use common::*;
+use crate::support::*;
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use proptest::prelude::*;
@@ -140,13 +138,13 @@ fn output_matches_socat_default_exec() {
     for cmd in [&["cat"][..], &["od", "-An", "-tx1"][..], &["sha256sum"][..]] {
         let exec = format!("EXEC:{}", cmd.join(" "));
         let (sc, sout) = run(&["socat", "-t", "5", "-", &exec]);
-        let mut argv = vec![relay_bin(), "--"];
+        let mut argv = vec![RELAY, "--"];
         argv.extend_from_slice(cmd);
         let (rc, rout) = run(&argv);
         assert_eq!((sc, rc), (Some(0), Some(0)), "{cmd:?}");
         assert!(!rout.is_empty());
         assert!(rout == sout, "{cmd:?}: outputs differ");
     }
-    let (_, rout) = run(&[relay_bin(), "--", "cat"]);
+    let (_, rout) = run(&[RELAY, "--", "cat"]);
     assert!(rout == input);
 }

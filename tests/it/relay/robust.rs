@@ -1,15 +1,13 @@
 //! Robustness of qubes-relay: bounded memory with a slow reader, no CPU
 //! while idle or blocked, dying of a signal with stdio flags restored.
 
-mod common;
-
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 /// utime+stime of a process, in clock ticks.
@@ -92,20 +90,12 @@ fn idle_relay_uses_no_cpu() {
     assert!(child.wait().unwrap().success());
 }
 
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 #[test]
 fn killed_relay_dies_of_the_signal_and_restores_terminal_flags() {
     use std::os::unix::process::ExitStatusExt;
     for (sig, n) in [("TERM", 15), ("INT", 2), ("HUP", 1)] {
         let pty = open_pty();
-        let mut c = Command::new(relay_bin())
+        let mut c = Command::new(RELAY)
             .args(["--", "cat"])
             .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
             .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
@@ -135,7 +125,7 @@ fn signal_while_waiting_for_the_command_still_kills_the_relay() {
     use std::os::unix::process::ExitStatusExt;
     // Both flows are over (the command closed stdin and stdout); the relay
     // waits for it to exit and must still answer SIGTERM.
-    let mut c = Command::new(relay_bin())
+    let mut c = Command::new(RELAY)
         .args(["--", "sh", "-c", "exec >&- <&-; sleep 5"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -201,12 +191,12 @@ fn intermediate_pipe_mode_sleeps_while_both_ends_are_blocked() {
     // the relay's pipe and the sockets fill up, and the relay must then
     // sleep in poll (the pipe is non-empty, so it waits for dst only).
     use std::os::unix::net::UnixListener;
-    let dir = std::env::temp_dir().join(format!("qb-relay-stall-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("relay-stall");
+    let dir = tmp.path();
     let path = dir.join("s");
     let listener = UnixListener::bind(&path).unwrap();
     let (to, relay_in) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut child = Command::new(relay_bin())
+    let mut child = Command::new(RELAY)
         .arg("--connect")
         .arg(&path)
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(relay_in)))
@@ -229,6 +219,5 @@ fn intermediate_pipe_mode_sleeps_while_both_ends_are_blocked() {
     assert_eq!(w.join().unwrap(), got);
     drop(server);
     assert!(child.wait().unwrap().success());
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(stalled <= 3, "relay used {stalled} ticks while blocked");
 }

@@ -1,10 +1,9 @@
 //! A real borg client (the installed borg, 1.2.4 here) in the "sys-backup-mnt" qube reaches
 //! `borg serve` through qubes-ssh-client, the qrexec stand-in, qubes-ssh-service and the ssh
-//! double. Recording proxies on both ends (tests/ssh_doubles/borg_doubles.py) prove that the
+//! double. Recording proxies on both ends (tests/doubles/borg_doubles.py) prove that the
 //! bytes borg sent and got are exactly the bytes borg serve got and sent.
 
-mod ssh_common;
-use ssh_common::*;
+use crate::support::*;
 use std::path::Path;
 use std::process::Command;
 
@@ -17,7 +16,7 @@ fn borg_in(w: &World, cwd: &Path, args: &[&str]) -> Out {
     c.args(args);
     w.env(&mut c);
     let rsh = format!(
-        "/usr/bin/python3 {REPO}/tests/ssh_doubles/borg_doubles.py record {} {} {CLIENT}",
+        "/usr/bin/python3 {REPO}/tests/doubles/borg_doubles.py record {} {} {CLIENT}",
         w.path("state/client-up.bin").display(),
         w.path("state/client-down.bin").display()
     );

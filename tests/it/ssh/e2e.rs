@@ -1,8 +1,7 @@
 //! End to end through qubes-ssh-client, the qrexec stand-in (tests/sim), qubes-ssh-service and
 //! the ssh double, to the borg serve doubles.
 
-mod ssh_common;
-use ssh_common::*;
+use crate::support::*;
 
 #[test]
 fn stream_is_byte_exact_both_ways() {

@@ -2,8 +2,7 @@
 //! (raw requests over the qrexec stand-in, as a compromised sys-backup-mnt could send them).
 //! Every case asserts that no ssh was started, and the exit code and the message.
 
-mod ssh_common;
-use ssh_common::*;
+use crate::support::*;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

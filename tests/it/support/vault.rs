@@ -1,54 +1,28 @@
-//! Shared fixtures for the split-SSH tests: a temp dir, a real OpenSSH
-//! ssh-agent holding the backup key and another key, and a front socket
-//! where every connection runs qubes-agent-filter on it (what qrexec does in
-//! ssh-backup, with the connection as the service's stdin and stdout).
-#![allow(dead_code)]
+//! Development machine (tests): the split-SSH fixtures, a real OpenSSH ssh-agent holding the
+//! backup key and another key, a front socket where every connection runs qubes-agent-filter on
+//! it (what qrexec does in ssh-backup, with the connection as the service's stdin and stdout), a
+//! real sshd, and agent protocol frames.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub const FILTER: &str = env!("CARGO_BIN_EXE_qubes-agent-filter");
-
-/// A unique temp directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let mut rnd = [0u8; 6];
-        getrandom::fill(&mut rnd).unwrap();
-        let hex: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let p = PathBuf::from(format!("/tmp/qb-{tag}-{}-{hex}", std::process::id()));
-        fs::create_dir(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
+use super::proc::{output, wait_for};
+use super::tmp::TempDir;
+use super::FILTER;
 
 pub fn keygen(path: &Path, comment: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let out = run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(path));
+    let out = output(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path),
+    );
     assert!(out.status.success(), "ssh-keygen: {out:?}");
 }
 
@@ -98,10 +72,12 @@ impl Vault {
             other_key,
         };
         for k in [&v.other_key, &v.backup_key] {
-            let out = run(Command::new("ssh-add")
-                .arg("-q")
-                .arg(k)
-                .env("SSH_AUTH_SOCK", &v.agent_sock));
+            let out = output(
+                Command::new("ssh-add")
+                    .arg("-q")
+                    .arg(k)
+                    .env("SSH_AUTH_SOCK", &v.agent_sock),
+            );
             assert!(out.status.success(), "ssh-add: {out:?}");
         }
         v
@@ -109,9 +85,11 @@ impl Vault {
 
     /// `ssh-add -L` straight on the agent (bypassing the filter).
     pub fn direct_list(&self) -> String {
-        let out = run(Command::new("ssh-add")
-            .arg("-L")
-            .env("SSH_AUTH_SOCK", &self.agent_sock));
+        let out = output(
+            Command::new("ssh-add")
+                .arg("-L")
+                .env("SSH_AUTH_SOCK", &self.agent_sock),
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -145,17 +123,6 @@ impl Drop for Vault {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
-    }
-}
-
-pub fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -426,9 +393,11 @@ impl Sshd {
 
     /// `ssh-keygen -l` fingerprint of the host key.
     pub fn host_fingerprint(&self) -> String {
-        let out = run(Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&self.host_key_pub));
+        let out = output(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(&self.host_key_pub),
+        );
         String::from_utf8(out.stdout)
             .unwrap()
             .split_whitespace()

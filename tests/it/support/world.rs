@@ -1,56 +1,26 @@
-//! Shared harness of the tests/ssh_*.rs tests: a throw-away "world" in /tmp with the qube roots
-//! of the qrexec stand-in (tests/sim, flat mode), a policy, the destination configuration, the
-//! ssh double and the borg serve doubles (tests/ssh_doubles/).
-#![allow(dead_code)]
+//! Development machine (tests): the qubes-borg.Ssh harness, a throw-away "world" with the qube
+//! roots of the qrexec stand-in (tests/sim, flat mode), a policy, the destination configuration,
+//! the ssh double and the borg serve doubles (tests/doubles/).
 
-use std::io::{Read, Write};
+use super::tmp::{write_exec, TempDir};
+use super::{qrexec_client_vm, CLIENT, RELAY, REPO, SERVICE};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-pub const CLIENT: &str = env!("CARGO_BIN_EXE_qubes-ssh-client");
-pub const SERVICE: &str = env!("CARGO_BIN_EXE_qubes-ssh-service");
-pub const RELAY: &str = env!("CARGO_BIN_EXE_qubes-relay");
-pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A real ed25519 public key (its private half was thrown away).
 pub const HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIElAgMpNFIlM5mIbLeAMOBxSTltW3e1SaOrxGo1oMYIl";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-pub fn qrexec_client_vm() -> PathBuf {
-    Path::new(REPO).join("tests/sim/qrexec-client-vm")
-}
-
 pub struct World {
     pub dir: PathBuf,
-}
-
-pub struct Out {
-    /// Exit code; `None` if killed by a signal.
-    pub code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().collect()
-    }
-}
-
-fn write_exec(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    _tmp: TempDir,
 }
 
 impl World {
     pub fn new(tag: &str) -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/tmp/qbssh-{}-{n}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = TempDir::new(&format!("ssh-{tag}"));
+        let dir = tmp.path().to_path_buf();
         for d in [
             "qubes/sys-backup-mnt",
             "qubes/sys-backup/etc/qubes-rpc",
@@ -85,18 +55,18 @@ impl World {
             ),
         );
         symlink(
-            Path::new(REPO).join("tests/ssh_doubles/ssh"),
+            Path::new(REPO).join("tests/doubles/ssh"),
             dir.join("bin/ssh"),
         )
         .unwrap();
         write_exec(
             &dir.join("bin/fake-borg"),
             &format!(
-                "#!/bin/sh\nexec /usr/bin/python3 {REPO}/tests/ssh_doubles/borg_doubles.py serve {} \"$@\"\n",
+                "#!/bin/sh\nexec /usr/bin/python3 {REPO}/tests/doubles/borg_doubles.py serve {} \"$@\"\n",
                 dir.join("state").display()
             ),
         );
-        let w = World { dir };
+        let w = World { dir, _tmp: tmp };
         w.destination("nas", "");
         w.plan("stream 0 0 0");
         w
@@ -193,38 +163,12 @@ impl World {
             .unwrap_or_default()
     }
 
-    /// Lines of the service log containing `pat`, waiting up to 10 s for at least `n` of them
-    /// (the stand-in writes the service's stderr to the log asynchronously, as the journal is).
-    pub fn log_lines(&self, pat: &str, n: usize) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let v: Vec<String> = self
-                .service_log()
-                .lines()
-                .filter(|l| l.contains(pat))
-                .map(String::from)
-                .collect();
-            if v.len() >= n || start.elapsed() > Duration::from_secs(10) {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     pub fn assert_no_ssh(&self, what: &str) {
         assert!(
             self.ssh_calls().is_empty(),
             "{what}: ssh was started: {:?}",
             self.ssh_calls()
         );
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::env::var_os("QBSSH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -240,75 +184,6 @@ fn numbered(dir: &Path, stem: &str) -> Vec<Vec<String>> {
             ),
             Err(_) => break,
         }
-    }
-    v
-}
-
-/// Run `cmd` with `input` on stdin (then EOF), collect stdout/stderr, kill after `limit`.
-pub fn run(cmd: &mut Command, input: &[u8], limit: Duration) -> Out {
-    use std::os::unix::process::CommandExt;
-    // Own process group, so a hang is cleaned up whole (qrexec stand-in, service, ssh double).
-    let mut child = cmd
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let ro = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let re = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    w.join().unwrap();
-    Out {
-        code: status.code(),
-        stdout: ro.join().unwrap(),
-        stderr: String::from_utf8_lossy(&re.join().unwrap()).into_owned(),
-    }
-}
-
-pub const LIMIT: Duration = Duration::from_secs(60);
-pub const SHORT: Duration = Duration::from_secs(20);
-
-/// The deterministic test stream (same definition as tests/ssh_doubles/borg_doubles.py).
-pub fn stream(seed: u32, len: usize) -> Vec<u8> {
-    const BLOCK: usize = 65536;
-    let base: Vec<u8> = (0..BLOCK)
-        .map(|j| ((j as u32 * 31 + (j as u32 >> 8) * 7 + seed * 101) & 0xff) as u8)
-        .collect();
-    let mut v = Vec::with_capacity(len);
-    let mut k = 0u32;
-    while v.len() < len {
-        let take = (len - v.len()).min(BLOCK);
-        v.extend(base[..take].iter().map(|&b| b.wrapping_add(k as u8)));
-        k += 1;
     }
     v
 }
