@@ -1,5 +1,5 @@
-//! Development machine (benchmark only): helper for tests/bench/relay (built with
-//! `cargo build --release --example relay_bench`; never installed).
+//! Bench-only helper for tests/bench/relay (built with `cargo build
+//! --release --example relay_bench`; never installed).
 //!
 //! Roles of the programs under test's far ends:
 //!   relay_bench sink N       read stdin to EOF (splice to /dev/null when

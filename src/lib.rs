@@ -1,4 +1,4 @@
-//! qubes-borg: BorgBackup for Qubes OS over qrexec (the library of every program).
+//! Every qube: qubes-borg, BorgBackup for Qubes OS over qrexec (the library of every program).
 //!
 //! One library with small modules; the programs in `src/bin/` are thin wrappers around it.
 //! Components are folders (`relay/`, `agent/`, `ssh/`); the files at the top are shared and

@@ -7,7 +7,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 
 /// Size we ask for: 1 MiB is the default `/proc/sys/fs/pipe-max-size`, so an
 /// unprivileged process gets it unless its pipe budget is spent. coreutils'
-/// cat uses 512 KiB for the same job (BENCHMARKS.md, "Relay").
+/// cat uses 512 KiB for the same job (docs/SOURCES.md, "Relay").
 pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Try to grow `fd`'s pipe to `want` bytes. Failure is not an error: EPERM

@@ -2,8 +2,7 @@
 //! directions at once between two pairs of file descriptors, with splice(2) on
 //! the data path and poll(2) to wait.
 //!
-//! Design notes (pitfalls collected in shared/reference/relay-perf.md,
-//! sections 1, 2 and 7):
+//! Design notes (the pitfalls and their sources: docs/SOURCES.md, "Relay"):
 //! * Every fd is made nonblocking (O_NONBLOCK plus SPLICE_F_NONBLOCK), so no
 //!   call ever blocks the loop; flags are restored when the relay is done
 //!   with an fd (fd 0/1 may be a terminal shared with a shell).

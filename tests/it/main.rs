@@ -4,6 +4,7 @@
 
 mod agent;
 mod exit_codes;
+mod layout;
 mod relay;
 mod ssh;
 mod support;

@@ -122,7 +122,7 @@ fn help_lists_the_exit_codes() {
 
 #[test]
 fn output_written_long_after_stdin_eof_is_delivered() {
-    // socat's default -t 0.5 would drop this (relay-perf.md section 1.4).
+    // socat's default -t 0.5 would drop this (docs/SOURCES.md, "Relay").
     let out = Command::new(RELAY)
         .args([
             "--",

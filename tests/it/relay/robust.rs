@@ -143,7 +143,7 @@ fn signal_while_waiting_for_the_command_still_kills_the_relay() {
 
 #[test]
 fn stop_and_continue_during_a_transfer_loses_nothing() {
-    // socat once lost data when SIGSTOPped mid-transfer (relay-perf.md 1.4).
+    // socat once lost data when SIGSTOPped mid-transfer (docs/SOURCES.md, "Relay").
     let len: u64 = 64 << 20;
     let (mut child, to, from) = relay_on_sockets(&["--", "cat"]);
     let pid = child.id();
