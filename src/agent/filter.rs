@@ -1,5 +1,5 @@
-//! ssh-backup: the agent policy of `qubes-borg.SshAgent`: which client requests may
-//! reach the vault's ssh-agent, and what the client may see of its answers.
+//! ssh-backup: the agent policy of `qubes-borg.SshAgent`: which client requests may reach
+//! the vault's ssh-agent, and what the client may see of its answers.
 //!
 //! Rules (allowlist; anything not listed is refused with SSH_AGENT_FAILURE
 //! and never reaches the agent):

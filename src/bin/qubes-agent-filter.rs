@@ -1,4 +1,4 @@
-//! qubes-agent-filter: the `qubes-borg.SshAgent+NAME` service in ssh-backup.
+//! ssh-backup: qubes-agent-filter, the `qubes-borg.SshAgent+NAME` service.
 //! See `qubes_borg::agent::service` and docs/SPLIT-SSH.md.
 
 use std::ffi::OsString;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use qubes_borg::agent::service::{self, StderrEvents, PROG};
+use qubes_borg::exit::{self, Program};
 
 const HELP: &str = "\
 Usage: qubes-agent-filter NAME
@@ -37,11 +38,6 @@ if notify-send exists, shown as a desktop notification at most once a
 minute per key set (QUBES_BORG_NOTIFY=0 turns that off).
 
 Exit codes:
-  0   the client closed the connection
-  64  bad service argument or environment (not started by qrexec?)
-  65  the client broke the protocol (bad framing, too long, limits)
-  74  reading from or writing to the client failed
-  78  the backup public key or server.conf is missing, unsafe or malformed
 ";
 
 /// qrexec hands us socketpairs; make sure they block (a caller may leave
@@ -62,7 +58,7 @@ fn main() -> ExitCode {
     // refused and logged like any other bad key set name.
     let under_qrexec = std::env::var_os("QREXEC_REMOTE_DOMAIN").is_some();
     if !under_qrexec && args.len() == 1 && (args[0] == "--help" || args[0] == "-h") {
-        print!("{HELP}");
+        print!("{HELP}{}", exit::help(Program::AgentFilter));
         return ExitCode::SUCCESS;
     }
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
