@@ -39,20 +39,19 @@ pub const SOCKET_NAME: &str = "agent.sock";
 /// The qrexec service called for each connection (`+NAME` appended).
 pub const SERVICE: &str = "qubes-borg.SshAgent";
 
-/// Settings of [`AgentSocket::start`]. `Default` reads the documented
-/// environment overrides.
+/// Settings of [`AgentSocket::start`]. `Default` gives the installed
+/// paths; no environment variable changes them (tests set the fields, or put
+/// their programs at these paths in a mount namespace).
 #[derive(Debug, Clone)]
 pub struct AgentSocketOptions {
-    /// Where the private directory is made. Default: `$QUBES_BORG_RUNTIME_DIR`,
-    /// else `$XDG_RUNTIME_DIR`, else `/run/user/UID` if it exists, else the
-    /// system temp dir (`$TMPDIR` or `/tmp`).
+    /// Where the private directory is made. Default: `$XDG_RUNTIME_DIR`, else
+    /// `/run/user/UID` if it exists, else `/tmp`.
     pub runtime_dir: Option<PathBuf>,
-    /// `qrexec-client-vm` to run per connection. Default:
-    /// `$QUBES_BORG_QREXEC_CLIENT_VM`, else `/usr/bin/qrexec-client-vm`.
+    /// `qrexec-client-vm` to run per connection. Default: `/usr/bin/qrexec-client-vm`.
     pub qrexec_client: PathBuf,
     /// qrexec target. Default `@default` (dom0 policy picks ssh-backup).
     pub target: String,
-    /// The relay binary. Default: `$QUBES_BORG_RELAY`, else `/usr/bin/qubes-relay`.
+    /// The relay binary. Default: `/usr/bin/qubes-relay`.
     pub relay: PathBuf,
     /// How long to wait for the listener's socket to appear.
     pub ready_timeout: Duration,
@@ -60,17 +59,11 @@ pub struct AgentSocketOptions {
 
 impl Default for AgentSocketOptions {
     fn default() -> Self {
-        let env_path = |k: &str, d: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(d))
-        };
         AgentSocketOptions {
             runtime_dir: None,
-            qrexec_client: env_path("QUBES_BORG_QREXEC_CLIENT_VM", "/usr/bin/qrexec-client-vm"),
+            qrexec_client: PathBuf::from("/usr/bin/qrexec-client-vm"),
             target: "@default".into(),
-            relay: env_path("QUBES_BORG_RELAY", "/usr/bin/qubes-relay"),
+            relay: PathBuf::from("/usr/bin/qubes-relay"),
             ready_timeout: Duration::from_secs(5),
         }
     }
@@ -101,7 +94,7 @@ impl fmt::Display for AgentError {
             AgentError::Name(e) => write!(f, "agent key set: {e}"),
             AgentError::Dir { path, err } => write!(
                 f,
-                "cannot make a private agent directory in {}: {err} (set QUBES_BORG_RUNTIME_DIR to a directory you own)",
+                "cannot make a private agent directory in {}: {err} (XDG_RUNTIME_DIR names the directory)",
                 path.display()
             ),
             AgentError::Unsafe { path, why } => {
@@ -109,7 +102,7 @@ impl fmt::Display for AgentError {
             }
             AgentError::Spawn { program, err } => write!(
                 f,
-                "cannot start the agent socket listener {}: {err} (is qubes-borg installed? QUBES_BORG_RELAY overrides the path)",
+                "cannot start the agent socket listener {}: {err} (is qubes-borg installed?)",
                 program.display()
             ),
             AgentError::ListenerExited { status } => write!(
@@ -145,16 +138,14 @@ fn is_dir_usable(p: &Path) -> bool {
 }
 
 fn default_runtime_dir() -> PathBuf {
-    for var in ["QUBES_BORG_RUNTIME_DIR", "XDG_RUNTIME_DIR"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return PathBuf::from(v);
-        }
+    if let Some(v) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(v);
     }
     let run_user = PathBuf::from(format!("/run/user/{}", geteuid()));
     if is_dir_usable(&run_user) {
         return run_user;
     }
-    std::env::temp_dir()
+    PathBuf::from("/tmp")
 }
 
 impl AgentSocket {

@@ -336,8 +336,8 @@ fn service_refuses_overlong_header() {
 #[test]
 fn service_gives_up_on_a_header_that_never_ends() {
     let w = World::new("svc-slow");
+    // The service's limit is fixed (30 s, no test override): this test waits for it.
     let mut c = w.qrexec("nas");
-    c.env("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "1500");
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -353,19 +353,19 @@ fn service_gives_up_on_a_header_that_never_ends() {
             break st;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(45),
             "service never gave up"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(start.elapsed() >= Duration::from_millis(1400));
+    assert!(start.elapsed() >= Duration::from_millis(29_500));
     let mut status = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut status).unwrap();
     drop(stdin);
     assert_eq!(out.code(), Some(76));
     assert_eq!(
         status,
-        "ERR 76 header no complete request header within 1.5 s\n"
+        "ERR 76 header no complete request header within 30 s\n"
     );
     w.assert_no_ssh("slow header");
 }
