@@ -428,6 +428,35 @@ mod tests {
     }
 
     #[test]
+    fn status_timeout_defaults_to_300_s_and_is_bounded() {
+        let borg = ["nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), None) else {
+            panic!("plain call refused")
+        };
+        assert_eq!(r.status_timeout, Duration::from_secs(300));
+        for (t, secs) in [("1", 1), ("600", 600), ("86400", 86_400)] {
+            let a = [&format!("--status-timeout={t}")[..], "nas", "borg", "serve"];
+            let Ok(Cli::Run(r)) = parse_cli(args(&a), None) else {
+                panic!("{t} refused")
+            };
+            assert_eq!(r.status_timeout, Duration::from_secs(secs));
+        }
+        for t in [
+            "0",
+            "",
+            "86401",
+            "-1",
+            "+5",
+            "010",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            let a = [&format!("--status-timeout={t}")[..], "nas", "borg", "serve"];
+            assert!(parse_cli(args(&a), None).is_err(), "{t:?} accepted");
+        }
+    }
+
+    #[test]
     fn bad_targets_and_words_are_usage_errors_that_say_what_to_do() {
         for target in ["-x", "a;b", "_x", &"q".repeat(32), "@dispvm:", "@anyvm"] {
             let e = parse_cli(args(&["nas", "borg", "serve"]), Some(target.into()))

@@ -496,8 +496,15 @@ mod tests {
             ("SSH_AUTH_SOCK", "/tmp/evil"),
             ("HOME", "/home/user"),
             ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            // Former test-only overrides: read by nothing.
+            ("QUBES_SSH_SERVICE_CONFIG_DIR", "/tmp/evil"),
+            ("QUBES_SSH_SERVICE_SSH", "/tmp/evil-ssh"),
+            ("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "1"),
         ]));
-        assert_eq!(env.untrusted_service_argument.as_deref(), Some("nas"));
+        assert_eq!(
+            env.untrusted_service_argument.as_deref(),
+            Some(std::ffi::OsStr::new("nas"))
+        );
         assert_eq!(log_source(&env), "sys-backup-mnt");
         assert_eq!(env.runtime_dir.as_deref(), Some("/run/user/1000"));
         assert_eq!(
@@ -510,7 +517,8 @@ mod tests {
     fn the_destination_name_comes_from_argv_or_the_environment_and_both_must_agree() {
         let name = |a: &[&str], e: Option<&str>| {
             let a: Vec<OsString> = a.iter().map(OsString::from).collect();
-            destination_name(&a, e).map_err(|f| (f.code, f.message))
+            let e = e.map(OsString::from);
+            destination_name(&a, e.as_ref()).map_err(|f| (f.code, f.message))
         };
         assert_eq!(name(&["nas"], None), Ok("nas".to_string()));
         assert_eq!(name(&[], Some("nas")), Ok("nas".to_string()));
@@ -525,6 +533,19 @@ mod tests {
         ] {
             let r = name(a, e);
             assert!(matches!(r, Err((exit::REFUSED, _))), "{a:?} {e:?}: {r:?}");
+        }
+        // A service argument that is not UTF-8 is refused, not taken as absent.
+        use std::os::unix::ffi::OsStrExt;
+        let bad = OsString::from(std::ffi::OsStr::from_bytes(b"n\xffas"));
+        for a in [vec![], vec![OsString::from("nas")]] {
+            let r = destination_name(&a, Some(&bad)).map_err(|f| (f.code, f.message));
+            assert_eq!(
+                r,
+                Err((
+                    exit::REFUSED,
+                    "QREXEC_SERVICE_ARGUMENT is not valid UTF-8".to_string()
+                ))
+            );
         }
     }
 }
