@@ -92,6 +92,8 @@ fn keygen_load_puts_the_key_into_the_key_sets_agent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The unit starts the agent before loading (ExecStartPost); wait for it the same way.
+    wait_for(|| sock.exists(), "the ssh-agent socket");
     assert!(output(keygen_cmd(d.path()).args(["--create", "default"]))
         .status
         .success());
