@@ -13,6 +13,7 @@ QUBES_BORG_TEST_KEEP=1 (keep the work directory), QUBES_BORG_TEST_RPM_FROM_SOURC
 second build of the VM package the Fedora way, cargo in %build from vendored crates: ~40 s).
 """
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -753,11 +754,15 @@ class SaltFormula(unittest.TestCase):
         names = sorted(os.listdir(formula))
         sls = [n[:-4] for n in names if n.endswith(".sls")]
         tops = [n for n in names if n.endswith(".top")]
-        self.assertEqual(sorted(sls), ["clone", "create", "init", "install", "policy", "refuse"])
+        self.assertEqual(sorted(sls), ["clone", "config", "create", "destination", "init", "install", "policy",
+                                       "refuse"])
+        sb = Minion("sb-render", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"},
+                    pillar="qubes-borg:\n  server:\n    host: h.example\n    user: u\n"
+                           "    host_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl']\n")
         # refuse.sls is only included by the others (when a qube is foreign); no top of its own.
         self.assertEqual(sorted(tops), [s + ".top" for s in sorted(sls) if s != "refuse"], "every .sls has a .top")
         for s in sls:
-            minion = tpl if s == "install" else self.dom0
+            minion = tpl if s == "install" else sb if s == "destination" else self.dom0
             state = "qubes-borg" if s == "init" else "qubes-borg." + s
             _, data, _ = minion.call("state.show_sls", state)
             self.assertIsInstance(data, dict, s)
@@ -985,6 +990,88 @@ class SaltFormula(unittest.TestCase):
         self.assertEqual(top, {"base": ["qubes-borg.install"]})
         self.check_policy_in_simulated_qrexec(policy)
 
+    SERVER_PILLAR = """\
+qubes-borg:
+  server:
+    destination: borgbase
+    host: xyz123.repo.borgbase.com
+    user: xyz123
+    port: 2222
+    host_keys:
+      - ssh-ed25519 %s
+    agent: ""
+    path: ./repo
+  backup:
+    timer: true
+    options:
+      keep_daily: 7
+      qubes: [work, vault]
+      default_excludes: false
+"""
+
+    def test_pillar_server_writes_the_destination_in_sys_backup_and_backup_conf_in_dom0(self):
+        key = base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(range(32))).decode()
+        pillar = self.SERVER_PILLAR % key
+        d = Minion("server-dom0", "dom0", pillar=pillar)
+        _, hs, _ = d.call("state.show_highstate")
+        conf = state_args(hs, "qubes-borg-backup-conf")["args"]
+        self.assertEqual((conf["name"], conf["mode"], conf["user"]), ("/etc/qubes-borg/backup.conf", "0600", "root"))
+        body = [l for l in conf["contents"].splitlines() if not l.startswith("#")]
+        self.assertEqual(body, ["repository = ssh://borgbase/./repo", "default_excludes = no",
+                                "keep_daily = 7", "qubes = work", "qubes = vault"])
+        timer = state_args(hs, "qubes-borg-timer")
+        self.assertEqual((timer["module"], timer["fun"], timer["args"]["name"], timer["args"]["enable"]),
+                         ("service", "running", "qvm-backup-borg.timer", True))
+        # sys-backup gets the destination (its top), written to the bind-dirs copy of /etc/qubes-borg.
+        sb = Minion("server-sys-backup", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"}, pillar=pillar)
+        _, top, _ = sb.call("state.show_top")
+        self.assertEqual(top, {"base": ["qubes-borg.destination"]})
+        _, hs, _ = sb.call("state.show_highstate")
+        dest = state_args(hs, "qubes-borg-destination")["args"]
+        self.assertEqual((dest["name"], dest["mode"], dest["user"]),
+                         ("/rw/bind-dirs/etc/qubes-borg/destinations/borgbase.conf", "0644", "root"))
+        self.assertEqual([l for l in dest["contents"].splitlines() if not l.startswith("#")],
+                         ["host = xyz123.repo.borgbase.com", "user = xyz123", "port = 2222",
+                          "host-key = ssh-ed25519 " + key])
+        # The real qubes-ssh-service accepts the file and runs ssh to that server.
+        conf_dir = os.path.join(Env.work, "dest-conf")
+        write(os.path.join(conf_dir, "borgbase.conf"), dest["contents"])
+        argv_file = os.path.join(Env.work, "dest-ssh-argv")
+        write(os.path.join(Env.work, "dest-bin", "ssh"), "#!/bin/sh\nprintf '%%s\\n' \"$@\" > %s\n" % argv_file)
+        os.chmod(os.path.join(Env.work, "dest-bin", "ssh"), 0o755)
+        env = dict(os.environ, QUBES_SSH_SERVICE_CONFIG_DIR=conf_dir, QREXEC_REMOTE_DOMAIN="sys-backup-mnt",
+                   QUBES_SSH_SERVICE_SSH=os.path.join(Env.work, "dest-bin", "ssh"))
+        p = run([os.path.join(RELEASE, "qubes-ssh-service"), "borgbase"], check=False, env=env,
+                input="qubes-ssh/1 borgbase borg serve\n")
+        self.assertTrue(p.stdout.startswith("OK\n"), p.stdout + p.stderr)
+        argv = open(argv_file).read().split("\n")
+        self.assertIn("xyz123.repo.borgbase.com", argv)
+        self.assertEqual(argv[argv.index("-p") + 1], "2222")
+        # No server: nothing written anywhere, and sys-backup gets no top.
+        _, hs, _ = self.dom0.call("state.show_sls", "qubes-borg.config")
+        self.assertEqual(list(hs), ["qubes-borg-config-none"])
+        _, top, _ = Minion("no-server-sb", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"}).call("state.show_top")
+        self.assertEqual(top, {})
+
+    def test_pillar_server_values_cannot_add_lines_or_keys(self):
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        base = "qubes-borg:\n  server:\n    host: h.example\n    user: u\n    host_keys: ['%s']\n" % key
+        cases = {
+            "host newline": (base.replace("h.example", '"h.example\\nagent = x"'), "server: host"),
+            "user": (base.replace("user: u", "user: 'u x'"), "server: user"),
+            "no keys": (base.replace("['%s']" % key, "[]"), "server: host_keys must list"),
+            "key newline": (base.replace("'%s'" % key, '"%s\\nidentity-file = /x"' % key), "host_keys: not"),
+            "destination": (base + "    destination: ../x\n", "server: destination"),
+            "option key": (base + "  backup:\n    options:\n      repository: ssh://x/y\n", "options: unknown key"),
+            "option newline": (base + "  backup:\n    options:\n      keep_daily: \"7\\nqubes = dom0\"\n",
+                               "not a one-line value"),
+        }
+        for what, (pillar, message) in cases.items():
+            m = Minion("bad-server-" + what.replace(" ", "-"), "dom0", pillar=pillar)
+            rc, _, out = m.call("state.show_sls", "qubes-borg.config", check=False)
+            self.assertNotEqual(rc, 0, what)
+            self.assertIn(message, out, what)
+
     def check_policy_in_simulated_qrexec(self, policy):
         """The rendered policy, with the packaged default deny, in the project's qrexec stand-in
         (tests/sim, flat mode): the renamed qubes reach each other, the default names do not."""
@@ -992,13 +1079,18 @@ class SaltFormula(unittest.TestCase):
         pol = os.path.join(base, "policy")
         write(os.path.join(pol, "70-qubes-borg.policy"), policy)
         shutil.copy(os.path.join(REPO, "policy", "80-qubes-borg.policy"), pol)
+        # A split-SSH user's own rules (Qubes' split-SSH guide: qubes.SshAgent from work to vault).
+        write(os.path.join(pol, "50-config-splitssh.policy"),
+              "qubes.SshAgent  *  work  @default  allow target=vault\n"
+              "qubes.SshAgent  *  work  vault  allow\n")
         qubes = os.path.join(base, "qubes")
         echo = os.path.join(base, "echo-service")
         write(echo, "#!/bin/sh\nexec cat\n")  # the argument (argv[1]) is not a file to cat
         os.chmod(echo, 0o755)
-        for q in ("backup-mnt", "backup-net", "backup-vault", "sys-backup-mnt", "sys-backup", "ssh-backup"):
+        for q in ("backup-mnt", "backup-net", "backup-vault", "sys-backup-mnt", "sys-backup", "ssh-backup",
+                  "work", "vault"):
             os.makedirs(os.path.join(qubes, q, "etc", "qubes-rpc"))
-            for svc in ("qubes-borg.Ssh", "qubes-borg.SshAgent"):
+            for svc in ("qubes-borg.Ssh", "qubes-borg.SshAgent", "qubes.SshAgent"):
                 os.symlink(echo, os.path.join(qubes, q, "etc", "qubes-rpc", svc))
 
         def call(source, service):
@@ -1012,6 +1104,10 @@ class SaltFormula(unittest.TestCase):
         self.assertEqual(call("sys-backup-mnt", "qubes-borg.Ssh+borgbase")[0], 126)
         self.assertEqual(call("sys-backup", "qubes-borg.SshAgent+default")[0], 126)
         self.assertEqual(call("backup-mnt", "qubes-borg.SshAgent+default")[0], 126)
+        # The user's split-SSH keeps working, and gives no way into the backup services.
+        self.assertEqual(call("work", "qubes.SshAgent"), (0, "ping\n"))
+        self.assertEqual(call("work", "qubes-borg.SshAgent+default")[0], 126)
+        self.assertEqual(call("backup-net", "qubes.SshAgent")[0], 126)
 
     def test_invalid_pillar_stops_the_render_with_a_message(self):
         cases = {
