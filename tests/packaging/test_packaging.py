@@ -414,6 +414,31 @@ class Specs(unittest.TestCase):
         self.assertEqual(p.stdout, "from source\n")
 
 
+class Builderv2(unittest.TestCase):
+    def test_crate_lists_match_cargo_lock(self):
+        # Spec Source100..., .qubesbuilder files and crates/*.sha256: what rpm/update-crates writes.
+        p = run(["rpm/update-crates", "--check"], check=False)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lock = open(os.path.join(REPO, "Cargo.lock")).read()
+        sums = re.findall(r'name = "([^"]+)"\nversion = "([^"]+)"\nsource = "registry[^"]*"\nchecksum = "([0-9a-f]+)"', lock)
+        self.assertGreater(len(sums), 5)
+        for name, version, sha in sums:
+            self.assertEqual(open(os.path.join(REPO, "crates", "%s-%s.crate.sha256" % (name, version))).read().strip(), sha)
+
+    def test_qubesbuilder_names_the_specs_and_debian_dir(self):
+        script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+        q = json.loads(run([Env.salt_python, "-c", script, os.path.join(REPO, ".qubesbuilder")]).stdout)
+        self.assertEqual(q["host"]["rpm"]["build"], ["rpm/qubes-borg-dom0.spec"])
+        self.assertEqual(q["vm"]["rpm"]["build"], ["rpm/qubes-borg.spec"])
+        self.assertEqual(q["vm"]["deb"]["build"], ["debian"])
+        for spec in q["host"]["rpm"]["build"] + q["vm"]["rpm"]["build"]:
+            self.assertTrue(os.path.isfile(os.path.join(REPO, spec + ".in")), spec)  # builderv2 renders .in
+        self.assertIs(q["source"]["create-archive"], True)
+        for f in q["source"]["files"]:
+            self.assertTrue(f["url"].startswith("https://static.crates.io/crates/"), f)
+            self.assertTrue(os.path.isfile(os.path.join(REPO, f["sha256"])), f)
+
+
 class FileLists(unittest.TestCase):
     def check_matches_install(self, rpm, root):
         packaged = {p: v for p, v in rpm_files(rpm).items() if not doc_or_license(v[3])}
