@@ -560,6 +560,19 @@ class DebianPackage(unittest.TestCase):
                       open(os.path.join(ctrl, "prerm")).read())
         self.assertNotIn("/usr/share/lintian", run(["dpkg-deb", "-c", Env.deb]).stdout)
 
+    @unittest.skipUnless(os.environ.get("QUBES_BORG_TEST_DEB_FROM_SOURCE") == "1",
+                         "QUBES_BORG_TEST_DEB_FROM_SOURCE=1 builds the .deb with cargo (~2-3 min)")
+    def test_deb_builds_from_source_with_the_crates_of_cargo_lock(self):
+        out = os.path.join(Env.work, "deb-from-source")
+        os.makedirs(out)
+        shutil.copy(Env.tarball, out)
+        deb = run(["debian/build-deb", out], env=dict(os.environ, DPKG_BUILDPACKAGE_FLAGS="-d")).stdout.strip().splitlines()[-1]
+        x = os.path.join(Env.work, "deb-from-source-x")
+        run(["dpkg-deb", "-x", deb, x])
+        self.assertEqual(set(tree(x)), set(tree(Env.deb_x)))
+        p = run([x + "/usr/bin/qubes-relay", "--", "/bin/cat"], input="from source\n")
+        self.assertEqual(p.stdout, "from source\n")
+
     def test_deb_source_version_is_the_version_file(self):
         v = run(["dpkg-parsechangelog", "-l", "debian/changelog", "-S", "Version"]).stdout.strip()
         self.assertEqual(v, VERSION + "-1")
