@@ -63,7 +63,8 @@ install-dom0:
 	# Salt formula (layout: salt/FORMULA): states, the policy they render, pillar, file_roots
 	install -d $(DESTDIR)$(FORMULADIR)/qubes-borg/files $(DESTDIR)$(PILLARDIR) $(DESTDIR)/etc/salt/minion.d
 	install -m 0644 salt/qubes-borg/*.sls salt/qubes-borg/*.top salt/qubes-borg/*.jinja $(DESTDIR)$(FORMULADIR)/qubes-borg/
-	install -m 0644 policy/70-qubes-borg.policy salt/qubes-borg/files/template-packages $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
+	install -m 0644 policy/70-qubes-borg.policy $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
+	install -m 0755 salt/qubes-borg/files/template-packages $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
 	install -m 0644 salt/pillar/qubes-borg/init.sls salt/pillar/qubes-borg/init.top $(DESTDIR)$(PILLARDIR)/
 	install -m 0644 salt/minion.d/formula-qubes-borg.conf $(DESTDIR)/etc/salt/minion.d/
 

@@ -390,12 +390,14 @@ class Specs(unittest.TestCase):
         # (rpmspec -P leaves out the %build line itself, so look at the whole parsed spec.)
         self.assertIn("\ncargo build --release --locked --offline\n", default)
         self.assertNotIn("-exec install -m 0755 {} target/release/", default)
-        self.assertRegex(default, r"(?m)^Source1:\s+qubes-borg-%s-vendor\.tar\.gz$" % re.escape(VERSION))
+        self.assertRegex(default, r"(?m)^Source100:\s+https://static\.crates\.io/crates/\S+\.crate$")
+        self.assertRegex(default, r"\nbash rpm/unpack-crates vendor \S+qubes-borg-%s\.tar\.gz' .*\.crate'" % re.escape(VERSION))
         self.assertRegex(default, r"(?m)^BuildRequires:\s+cargo")
         self.assertRegex(default, r"(?m)^BuildRequires:\s+rust")
         self.assertNotIn("cargo build", prebuilt)
         self.assertIn("find /x -maxdepth 1 -type f -perm -u+x -exec install -m 0755 {} target/release/", prebuilt)
-        self.assertNotRegex(prebuilt, r"(?m)^Source1:")
+        self.assertNotRegex(prebuilt, r"(?m)^Source1[0-9]*:")
+        self.assertNotIn("unpack-crates", prebuilt)
         for text in (default, prebuilt):
             self.assertIn("make install-vm DESTDIR=", text)
         self.assertIn("make install-dom0 DESTDIR=", run(
