@@ -397,7 +397,7 @@ class Specs(unittest.TestCase):
         self.assertNotIn("cargo build", prebuilt)
         self.assertIn("find /x -maxdepth 1 -type f -perm -u+x -exec install -m 0755 {} target/release/", prebuilt)
         self.assertNotRegex(prebuilt, r"(?m)^Source1[0-9]*:")
-        self.assertNotIn("unpack-crates", prebuilt)
+        self.assertNotIn("bash rpm/unpack-crates", prebuilt)
         for text in (default, prebuilt):
             self.assertIn("make install-vm DESTDIR=", text)
         self.assertIn("make install-dom0 DESTDIR=", run(
