@@ -5,6 +5,7 @@ BINDIR     ?= /usr/bin
 LIBEXECDIR ?= /usr/libexec/qubes-borg
 UNITDIR    ?= /usr/lib/systemd/system
 PRESETDIR  ?= /usr/lib/systemd/system-preset
+BINDDIRSDIR ?= /usr/lib/qubes-bind-dirs.d
 RELEASE    := target/release
 FORMULADIR ?= /srv/formulas/base/qubes-borg-formula
 PILLARDIR  ?= /srv/pillar/base/qubes-borg
@@ -13,7 +14,7 @@ PILLARDIR  ?= /srv/pillar/base/qubes-borg
 VM_BINS      := qubes-relay qubes-ssh-client
 VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter
 
-.PHONY: all build test lint demo bench install-vm install-dom0 clean dist rpm
+.PHONY: all build test lint demo bench install-vm install-dom0 clean dist rpm deb
 
 all: build
 
@@ -37,6 +38,8 @@ demo:
 bench: build
 	tests/bench/run
 
+# install-vm builds first: needs cargo and rustc >= 1.80 (rustup, or Debian 13 / Fedora packages)
+# and, at run time in the template, borgbackup, ssh, qrexec (qubes-core-qrexec[-vm]).
 install-vm: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_BINS)) $(DESTDIR)$(BINDIR)/
@@ -44,13 +47,15 @@ install-vm: build
 	install -d $(DESTDIR)/etc/qubes-rpc
 	install -m 0755 qubes-rpc/qubes-borg.Ssh qubes-rpc/qubes-borg.SshAgent $(DESTDIR)/etc/qubes-rpc/
 	# sys-backup: persistent /etc/qubes-borg for the qubes-borg.Ssh destinations (docs/PROTOCOL.md)
-	install -d $(DESTDIR)/etc/qubes-bind-dirs.d $(DESTDIR)/etc/qubes-borg/destinations
-	install -m 0644 qubes-bind-dirs/50_qubes-borg.conf $(DESTDIR)/etc/qubes-bind-dirs.d/
+	install -d $(DESTDIR)$(BINDDIRSDIR) $(DESTDIR)/etc/qubes-borg/destinations
+	install -m 0644 qubes-bind-dirs/50_qubes-borg.conf $(DESTDIR)$(BINDDIRSDIR)/
 	# ssh-backup: backup key tool and its dedicated ssh-agent (docs/SPLIT-SSH.md)
 	install -m 0755 scripts/qubes-borg-keygen $(DESTDIR)$(BINDIR)/
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR)
 	install -m 0644 systemd/qubes-borg-agent@.service $(DESTDIR)$(UNITDIR)/
 	install -m 0644 systemd/75-qubes-borg-agent.preset $(DESTDIR)$(PRESETDIR)/
+	# Straight into a system (no DESTDIR): enable the units as the packages' scriptlets do.
+	if [ -z "$(DESTDIR)" ]; then systemctl daemon-reload && systemctl preset qubes-borg-agent@.service; fi
 
 install-dom0:
 	install -d $(DESTDIR)/etc/qubes/policy.d
@@ -59,6 +64,7 @@ install-dom0:
 	install -d $(DESTDIR)$(FORMULADIR)/qubes-borg/files $(DESTDIR)$(PILLARDIR) $(DESTDIR)/etc/salt/minion.d
 	install -m 0644 salt/qubes-borg/*.sls salt/qubes-borg/*.top salt/qubes-borg/*.jinja $(DESTDIR)$(FORMULADIR)/qubes-borg/
 	install -m 0644 policy/70-qubes-borg.policy $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
+	install -m 0755 salt/qubes-borg/files/template-packages $(DESTDIR)$(FORMULADIR)/qubes-borg/files/
 	install -m 0644 salt/pillar/qubes-borg/init.sls salt/pillar/qubes-borg/init.top $(DESTDIR)$(PILLARDIR)/
 	install -m 0644 salt/minion.d/formula-qubes-borg.conf $(DESTDIR)/etc/salt/minion.d/
 
@@ -70,3 +76,6 @@ dist:
 	rpm/make-dist build
 rpm: dist $(if $(RPM_PREBUILT),build)
 	rpm/build-rpms build
+# The VM package as a .deb in build/deb/ (debian/README.md). DEB_PREBUILT=1: package target/release.
+deb: dist $(if $(DEB_PREBUILT),build)
+	debian/build-deb build

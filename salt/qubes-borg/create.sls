@@ -11,6 +11,8 @@
 #   sys-backup          AppVM with network (default netvm): ssh to the borg server
 #   ssh-backup          AppVM vault, no network: the backup key's ssh-agent (qube service
 #                       qubes-borg-agent)
+# A qube of one of these names that this formula did not make (no qubes-borg tag) stops the
+# whole formula with a message (qubes-borg.refuse); its own qubes are adopted again.
 # Nothing is configured inside the disposable: it is discarded at shutdown, so its software
 # comes from the template (qubes-borg.install).
 #
@@ -19,6 +21,12 @@
 #   sudo qubesctl state.sls qubes-borg.create
 ##
 {%- from "qubes-borg/map.jinja" import qb with context %}
+{%- from "qubes-borg/owner.jinja" import foreign with context %}
+{%- if foreign %}
+
+include:
+  - qubes-borg.refuse
+{%- else %}
 
 include:
   - qubes-borg.clone
@@ -96,3 +104,4 @@ qubes-borg-ssh-backup:
         - qubes-borg
     - require:
       - qvm: qubes-borg-template
+{%- endif %}

@@ -13,13 +13,21 @@
 # With the default names it writes the packaged file unchanged; with other names the file
 # differs from the package's copy (rpm -V shows it; an upgrade keeps it and saves the new
 # version as .rpmnew, as for any edited %config(noreplace) file: rerun this state then).
-# The default deny (80-qubes-borg.policy) comes from the package only.
+# The default deny (80-qubes-borg.policy) comes from the package only. Not written while a qube
+# of one of the names is not the formula's own (qubes-borg.refuse).
 #
 # Pillar: qubes-borg:<role>:name
 # Execute:
 #   sudo qubesctl state.sls qubes-borg.policy
 ##
 {%- from "qubes-borg/map.jinja" import qb with context %}
+{%- from "qubes-borg/owner.jinja" import foreign with context %}
+{%- if foreign %}
+{#- Rules naming a qube someone else owns would hand it the backup services. #}
+
+include:
+  - qubes-borg.refuse
+{%- else %}
 {%- set rename = {
       'sys-backup-mnt': qb['sys-backup-mnt'].name,
       'sys-backup': qb['sys-backup'].name,
@@ -58,3 +66,4 @@ qubes-borg-policy:
     - group: qubes
     - mode: '0664'
     - contents: {{ (lines|join('\n') ~ '\n')|tojson }}
+{%- endif %}

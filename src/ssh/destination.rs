@@ -3,7 +3,7 @@
 //!
 //! One file per destination, `DIR/NAME.conf`, where DIR is `DEFAULT_DIR`
 //! (`/etc/qubes-borg/destinations`; sys-backup is an AppVM, so `/etc/qubes-borg` is made
-//! persistent by the bind-dirs drop-in `/etc/qubes-bind-dirs.d/50_qubes-borg.conf`).
+//! persistent by the bind-dirs drop-in `/usr/lib/qubes-bind-dirs.d/50_qubes-borg.conf`).
 //! Format (documented in docs/PROTOCOL.md, "Destination configuration"):
 //!
 //! ```text

@@ -13,11 +13,13 @@ QUBES_BORG_TEST_KEEP=1 (keep the work directory), QUBES_BORG_TEST_RPM_FROM_SOURC
 second build of the VM package the Fedora way, cargo in %build from vendored crates: ~40 s).
 """
 
+import base64
 import fcntl
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -132,6 +134,16 @@ def setUpModule():
     extract(Env.vm_rpm, Env.vm_x)
     extract(Env.dom0_rpm, Env.dom0_x)
 
+    def deb():
+        env = dict(os.environ, DEB_PREBUILT="1", DPKG_BUILDPACKAGE_FLAGS="-d")
+        out = run(["debian/build-deb", "build"], env=env).stdout.strip().splitlines()[-1]
+        Env.deb = os.path.join(Env.work, os.path.basename(out))
+        shutil.copy(os.path.join(REPO, out), Env.deb)
+
+    timed("dpkg-buildpackage (prebuilt)", deb)
+    Env.deb_x = os.path.join(Env.work, "payload-deb")
+    run(["dpkg-deb", "-x", Env.deb, Env.deb_x])
+
     def venv():
         Env.salt_call, Env.salt_python = salt_venv()
 
@@ -197,14 +209,45 @@ def write(path, text):
         f.write(text)
 
 
+# Stand-ins for the two dom0 tools owner.jinja runs, with the exit codes of the real ones
+# (qubes-core-admin-client v4.3.34 qubesadmin/tools/qvm_check.py: 0 exists, 1 not;
+# qvm_tags.py `list TAG`: 0 tagged, 1 not, and the parser's exit 2 for "no such domain").
+# The qubes and their tags come from the JSON file $QUBES_BORG_FAKE_QUBES; every call is
+# appended to $QUBES_BORG_FAKE_QUBES.calls.
+FAKE_QVM = r"""#!/usr/bin/python3
+import json, os, sys
+world = json.load(open(os.environ["QUBES_BORG_FAKE_QUBES"]))
+tool = os.path.basename(sys.argv[0])
+with open(os.environ["QUBES_BORG_FAKE_QUBES"] + ".calls", "a") as log:
+    log.write(json.dumps([tool] + sys.argv[1:]) + "\n")
+args = sys.argv[1:]
+if tool == "qvm-check":
+    assert args[0] == "--quiet" and len(args) == 2, args
+    sys.exit(0 if args[1] in world else 1)
+assert tool == "qvm-tags" and len(args) == 3 and args[1] == "list", args
+if args[0] not in world:
+    sys.stderr.write("qvm-tags: error: no such domain: %r\n" % args[0])
+    sys.exit(2)
+sys.exit(0 if args[2] in world[args[0]] else 1)
+"""
+
+
 class Minion:
     """A salt-call --local setup that sees the formula as Qubes' dom0 does after installing
     qubes-borg-dom0: file_roots has the installed formula dir, pillar_roots the installed
     pillar dir, and the top files are the installed init.top files (qubesctl top.enable links
-    them into the merged top; here they are the top.sls)."""
+    them into the merged top; here they are the top.sls). `qubes`: the qubes that exist in
+    this dom0, {name: [tags]} (default: none), seen through the fake qvm-check/qvm-tags."""
 
-    def __init__(self, name, minion_id, grains=None, pillar=None):
+    def __init__(self, name, minion_id, grains=None, pillar=None, qubes=None):
         self.dir = os.path.join(Env.work, "salt", name)
+        fakebin = os.path.join(self.dir, "bin")
+        for tool in ("qvm-check", "qvm-tags"):
+            write(os.path.join(fakebin, tool), FAKE_QVM)
+            os.chmod(os.path.join(fakebin, tool), 0o755)
+        self.world = os.path.join(self.dir, "qubes.json")
+        write(self.world, json.dumps(qubes or {}))
+        self.env = dict(os.environ, PATH=fakebin + ":" + os.environ["PATH"], QUBES_BORG_FAKE_QUBES=self.world)
         formula = Env.dom0_root + FORMULA_DIR
         top = os.path.join(self.dir, "top")
         ptop = os.path.join(self.dir, "pillar-top")
@@ -230,7 +273,7 @@ class Minion:
 
     def call(self, *args, check=True):
         p = run([Env.salt_call, "--local", "-c", os.path.join(self.dir, "conf"), "--out=json",
-                 "--log-level=quiet"] + list(args), check=False)
+                 "--log-level=quiet"] + list(args), check=False, env=self.env)
         try:
             data = json.loads(p.stdout)["local"] if p.stdout.strip() else None
         except ValueError:
@@ -239,6 +282,10 @@ class Minion:
             raise AssertionError("salt-call %s failed (%d):\n%s\n%s"
                                  % (" ".join(args), p.returncode, p.stdout[-6000:], p.stderr[-3000:]))
         return p.returncode, data, p.stdout + p.stderr
+
+    def qvm_calls(self):
+        path = self.world + ".calls"
+        return [json.loads(l) for l in open(path)] if os.path.exists(path) else []
 
 
 def is_render_error(data):
@@ -343,12 +390,14 @@ class Specs(unittest.TestCase):
         # (rpmspec -P leaves out the %build line itself, so look at the whole parsed spec.)
         self.assertIn("\ncargo build --release --locked --offline\n", default)
         self.assertNotIn("-exec install -m 0755 {} target/release/", default)
-        self.assertRegex(default, r"(?m)^Source1:\s+qubes-borg-%s-vendor\.tar\.gz$" % re.escape(VERSION))
+        self.assertRegex(default, r"(?m)^Source100:\s+https://static\.crates\.io/crates/\S+\.crate$")
+        self.assertRegex(default, r"\nbash rpm/unpack-crates vendor \S+qubes-borg-%s\.tar\.gz' .*\.crate'" % re.escape(VERSION))
         self.assertRegex(default, r"(?m)^BuildRequires:\s+cargo")
         self.assertRegex(default, r"(?m)^BuildRequires:\s+rust")
         self.assertNotIn("cargo build", prebuilt)
         self.assertIn("find /x -maxdepth 1 -type f -perm -u+x -exec install -m 0755 {} target/release/", prebuilt)
-        self.assertNotRegex(prebuilt, r"(?m)^Source1:")
+        self.assertNotRegex(prebuilt, r"(?m)^Source1[0-9]*:")
+        self.assertNotIn("bash rpm/unpack-crates", prebuilt)
         for text in (default, prebuilt):
             self.assertIn("make install-vm DESTDIR=", text)
         self.assertIn("make install-dom0 DESTDIR=", run(
@@ -365,6 +414,31 @@ class Specs(unittest.TestCase):
         extract(vm, payload)
         p = run([payload + "/usr/bin/qubes-relay", "--", "/bin/cat"], input="from source\n")
         self.assertEqual(p.stdout, "from source\n")
+
+
+class Builderv2(unittest.TestCase):
+    def test_crate_lists_match_cargo_lock(self):
+        # Spec Source100..., .qubesbuilder files and crates/*.sha256: what rpm/update-crates writes.
+        p = run(["rpm/update-crates", "--check"], check=False)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lock = open(os.path.join(REPO, "Cargo.lock")).read()
+        sums = re.findall(r'name = "([^"]+)"\nversion = "([^"]+)"\nsource = "registry[^"]*"\nchecksum = "([0-9a-f]+)"', lock)
+        self.assertGreater(len(sums), 5)
+        for name, version, sha in sums:
+            self.assertEqual(open(os.path.join(REPO, "crates", "%s-%s.crate.sha256" % (name, version))).read().strip(), sha)
+
+    def test_qubesbuilder_names_the_specs_and_debian_dir(self):
+        script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+        q = json.loads(run([Env.salt_python, "-c", script, os.path.join(REPO, ".qubesbuilder")]).stdout)
+        self.assertEqual(q["host"]["rpm"]["build"], ["rpm/qubes-borg-dom0.spec"])
+        self.assertEqual(q["vm"]["rpm"]["build"], ["rpm/qubes-borg.spec"])
+        self.assertEqual(q["vm"]["deb"]["build"], ["debian"])
+        for spec in q["host"]["rpm"]["build"] + q["vm"]["rpm"]["build"]:
+            self.assertTrue(os.path.isfile(os.path.join(REPO, spec + ".in")), spec)  # builderv2 renders .in
+        self.assertIs(q["source"]["create-archive"], True)
+        for f in q["source"]["files"]:
+            self.assertTrue(f["url"].startswith("https://static.crates.io/crates/"), f)
+            self.assertTrue(os.path.isfile(os.path.join(REPO, f["sha256"])), f)
 
 
 class FileLists(unittest.TestCase):
@@ -442,13 +516,223 @@ class Metadata(unittest.TestCase):
 
     def test_packages_require_what_the_qubes_run(self):
         vm = set(rpm_query(Env.vm_rpm, "--requires").split("\n"))
-        for dep in ("borgbackup", "openssh-clients", "qubes-core-agent-qrexec"):
+        for dep in ("borgbackup", "openssh-clients", "qubes-core-qrexec-vm", "qubes-core-agent"):
             self.assertIn(dep, vm)
+        self.assertNotIn("qubes-core-agent-qrexec", vm, "the legacy provide, not the package")
         dom0 = set(rpm_query(Env.dom0_rpm, "--requires").split("\n"))
         for dep in ("qubes-mgmt-salt", "qubes-mgmt-salt-dom0-qvm", "qubes-core-qrexec-dom0"):
             self.assertIn(dep, dom0)
         self.assertEqual(rpm_query(Env.dom0_rpm, "--qf", "%{ARCH}"), "noarch")
         self.assertEqual(rpm_query(Env.vm_rpm, "--qf", "%{ARCH}"), "x86_64")
+
+
+class DebianPackage(unittest.TestCase):
+    """The .deb of debian/ (make deb), built here with the prebuilt programs (build profile
+    pkg.qubes-borg.prebuilt) by Debian 12's dpkg-buildpackage and debhelper with -d: the
+    Build-Depends cargo/rustc >= 1.80 are Debian 13's, so this machine's cargo is rustup's."""
+
+    def test_deb_payload_is_exactly_what_install_vm_installs(self):
+        deb = {p: m for p, m in tree(Env.deb_x).items() if not p.startswith("/usr/share/doc")}
+        mine = tree(Env.vm_root)
+        files = lambda t: {p for p, m in t.items() if not stat.S_ISDIR(m)}
+        self.assertEqual(sorted(files(deb) ^ files(mine)), [], "files in only one of .deb / make install-vm")
+        for p in sorted(files(mine)):
+            self.assertEqual(oct(deb[p]), oct(mine[p]), p)
+            data = open(Env.vm_root + p, "rb").read()
+            if data[:4] == b"\x7fELF":
+                # dh_strip strips; the build ID shows it is the same build.
+                self.assertEqual(build_id(Env.deb_x + p), build_id(os.path.join(RELEASE, os.path.basename(p))), p)
+            else:
+                self.assertEqual(open(Env.deb_x + p, "rb").read(), data, p)
+        self.assertEqual(set(deb) - set(mine) - files(deb), {"/usr/share"} & set(deb),
+                         "no directory beyond install-vm's but /usr/share (doc)")
+
+    def test_deb_metadata_and_maintainer_scripts(self):
+        f = lambda field: run(["dpkg-deb", "--field", Env.deb, field]).stdout.strip()
+        self.assertEqual((f("Package"), f("Version"), f("Architecture")), ("qubes-borg", VERSION + "-1", "amd64"))
+        deps = [d.strip().split(" ")[0] for d in f("Depends").split(",")]
+        for dep in ("borgbackup", "openssh-client", "qubes-core-qrexec", "qubes-core-agent", "libc6"):
+            self.assertIn(dep, deps)
+        ctrl = os.path.join(Env.work, "deb-control")
+        run(["dpkg-deb", "-e", Env.deb, ctrl])
+        post = open(os.path.join(ctrl, "postinst")).read()
+        # The systemd preset is applied on first install, as the RPM's %systemd_post does.
+        self.assertIn('if [ "$1" = "configure" ] && [ -z "$2" ]; then\n    systemctl --no-reload preset qubes-borg-agent@.service', post)
+        self.assertIn("systemctl --no-reload disable --now qubes-borg-agent@.service",
+                      open(os.path.join(ctrl, "prerm")).read())
+        self.assertNotIn("/usr/share/lintian", run(["dpkg-deb", "-c", Env.deb]).stdout)
+
+    @unittest.skipUnless(os.environ.get("QUBES_BORG_TEST_DEB_FROM_SOURCE") == "1",
+                         "QUBES_BORG_TEST_DEB_FROM_SOURCE=1 builds the .deb with cargo (~2-3 min)")
+    def test_deb_builds_from_source_with_the_crates_of_cargo_lock(self):
+        out = os.path.join(Env.work, "deb-from-source")
+        os.makedirs(out)
+        shutil.copy(Env.tarball, out)
+        deb = run(["debian/build-deb", out], env=dict(os.environ, DPKG_BUILDPACKAGE_FLAGS="-d")).stdout.strip().splitlines()[-1]
+        x = os.path.join(Env.work, "deb-from-source-x")
+        run(["dpkg-deb", "-x", deb, x])
+        self.assertEqual(set(tree(x)), set(tree(Env.deb_x)))
+        p = run([x + "/usr/bin/qubes-relay", "--", "/bin/cat"], input="from source\n")
+        self.assertEqual(p.stdout, "from source\n")
+
+    def test_deb_source_version_is_the_version_file(self):
+        v = run(["dpkg-parsechangelog", "-l", "debian/changelog", "-S", "Version"]).stdout.strip()
+        self.assertEqual(v, VERSION + "-1")
+
+    ALLOW = os.path.join(REPO, "tests", "packaging", "lintian-allow")
+
+    def lintian(self):
+        p = run(["lintian", "--pedantic", Env.deb], check=False)
+        return [l for l in p.stdout.splitlines() if re.match(r"[EWIPX]: ", l)]
+
+    def allow(self):
+        return [l for l in open(self.ALLOW).read().splitlines() if l and not l.startswith("#")]
+
+    def test_lintian_reports_nothing_outside_the_allowlist(self):
+        findings = self.lintian()
+        self.assertEqual([l for l in findings if not any(re.search(a, l) for a in self.allow())], [])
+        for a in self.allow():
+            self.assertTrue(any(re.search(a, l) for l in findings), "allowlist entry matches nothing: " + a)
+
+
+# The real dnf and apt-get are replaced by stand-ins that install package files into a private
+# rpm database / dpkg admin dir with the real rpm and dpkg, and log their argv; the script under
+# test (salt/qubes-borg/files/template-packages, taken from the rendered state) runs for real.
+FAKE_DNF = r"""#!/bin/sh
+echo "dnf $*" >> "$FAKE_LOG"
+for a in "$@"; do
+    case "$a" in
+        -*|install) ;;
+        */*.rpm) rpm -U --justdb --nodeps --noscripts "$a" ;;
+        *) rpm -U --justdb --nodeps --noscripts "$FAKE_REPO/$a"-[0-9]*.rpm ;;
+    esac
+done
+"""
+FAKE_RPM = """#!/bin/sh
+exec /usr/bin/rpm --dbpath "$FAKE_DB" "$@"
+"""
+FAKE_APT = r"""#!/bin/sh
+echo "apt-get $*" >> "$FAKE_LOG"
+for a in "$@"; do
+    case "$a" in
+        -*|install) ;;
+        */*.deb) dpkg --admindir="$FAKE_DB" --instdir="$FAKE_ROOT" --force-depends -i "$a" >/dev/null ;;
+        *) dpkg --admindir="$FAKE_DB" --instdir="$FAKE_ROOT" --force-depends -i "$FAKE_REPO/$a".deb >/dev/null ;;
+    esac
+done
+"""
+FAKE_DPKG_QUERY = """#!/bin/sh
+exec /usr/bin/dpkg-query --admindir="$FAKE_DB" "$@"
+"""
+
+
+def tiny_rpm(outdir, name, version):
+    top = os.path.join(Env.work, "tiny-rpm")
+    spec = os.path.join(top, "%s-%s.spec" % (name, version))
+    write(spec, "Name: %s\nVersion: %s\nRelease: 1\nSummary: t\nLicense: none\nBuildArch: x86_64\n"
+                "%%description\nt\n%%files\n" % (name, version))
+    run(["rpmbuild", "-bb", "--define", "_topdir " + top, "--define", "_rpmdir " + outdir,
+         "--define", "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm", spec])
+    return os.path.join(outdir, "%s-%s-1.x86_64.rpm" % (name, version))
+
+
+def tiny_deb(outdir, name, version, filename=None):
+    root = os.path.join(Env.work, "tiny-deb", name + version)
+    write(os.path.join(root, "DEBIAN", "control"),
+          "Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n" % (name, version))
+    out = os.path.join(outdir, filename or "%s_%s_all.deb" % (name, version))
+    run(["dpkg-deb", "--root-owner-group", "-b", root, out])
+    return out
+
+
+class TemplatePackageScript(unittest.TestCase):
+    """qubes-borg.install's script, as rendered for the template, run against real rpm/dpkg
+    databases: installs, upgrades from the package directory, and changes nothing the second time."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=Env.work, prefix="tplpkg.")
+        self.bin, self.repo, self.pkgdir, self.db = (os.path.join(self.dir, d) for d in ("bin", "repo", "pkgs", "db"))
+        for d in (self.bin, self.repo, self.pkgdir, self.db):
+            os.makedirs(d)
+        self.log = os.path.join(self.dir, "log")
+
+    def tool(self, name, text):
+        write(os.path.join(self.bin, name), text)
+        os.chmod(os.path.join(self.bin, name), 0o755)
+
+    def script(self, os_family):
+        t = Minion("tplpkg-" + os_family, "tpl-qubes-borg", grains={"os_family": os_family, "os": os_family},
+                   pillar="qubes-borg:\n  template:\n    fromrepo: borg-local\n")
+        _, hs, _ = t.call("state.show_highstate")
+        return state_args(hs, "qubes-borg-package")["args"]
+
+    def apply(self, state, extra_env):
+        open(self.log, "w").close()
+        env = dict(os.environ, PATH=self.bin + ":/usr/sbin:/usr/bin:/sbin:/bin", FAKE_LOG=self.log, FAKE_REPO=self.repo,
+                   FAKE_DB=self.db, **state["env"])
+        env["QUBES_BORG_PKGDIR"] = self.pkgdir
+        env.update(extra_env)
+        p = run([state["shell"], "-c", state["name"]], env=env)
+        last = shlex.split(p.stdout.strip().splitlines()[-1])  # Salt's stateful line
+        kv = dict(x.split("=", 1) for x in last)
+        return kv["changed"], kv["comment"], open(self.log).read().splitlines()
+
+    def test_rpm_template_install_upgrade_and_no_change_on_reapply(self):
+        state = self.script("RedHat")
+        self.tool("dnf", FAKE_DNF)
+        self.tool("rpm", FAKE_RPM)
+        run(["/usr/bin/rpm", "--dbpath", self.db, "--initdb"])
+        tiny_rpm(self.repo, "qubes-borg", "0.1.0")
+        tiny_rpm(self.repo, "qubes-core-agent-networking", "4.3.0")
+        q = lambda: run([os.path.join(self.bin, "rpm"), "-q", "--qf", "%{VERSION}", "qubes-borg"],
+                        env=dict(os.environ, FAKE_DB=self.db)).stdout
+        # Empty package directory: the repositories (with the pillar's extra repository).
+        changed, _, calls = self.apply(state, {})
+        self.assertEqual(changed, "yes")
+        self.assertEqual(calls, ["dnf install -y --enablerepo=borg-local qubes-borg",
+                                 "dnf install -y --enablerepo=borg-local qubes-core-agent-networking"])
+        self.assertEqual(q(), "0.1.0")
+        self.assertEqual(self.apply(state, {})[::2], ("no", []), "second apply: nothing to do")
+        # A package copied into the directory: that exact file, an upgrade.
+        shutil.copy(Env.vm_rpm, self.pkgdir)
+        changed, comment, calls = self.apply(state, {})
+        self.assertEqual((changed, calls), ("yes", ["dnf install -y --enablerepo=borg-local %s/%s"
+                                                    % (self.pkgdir, os.path.basename(Env.vm_rpm))]))
+        self.assertIn("qubes-borg 0.1.0-1 -> %s-1" % VERSION, comment)
+        self.assertEqual(q(), VERSION)
+        self.assertEqual(self.apply(state, {})[::2], ("no", []))
+        # Newer next to older: the newest by version (0.10.0 > 0.9.0 > VERSION), no pillar edit.
+        tiny_rpm(self.pkgdir, "qubes-borg", "0.9.0")
+        tiny_rpm(self.pkgdir, "qubes-borg", "0.10.0")
+        changed, _, calls = self.apply(state, {})
+        self.assertEqual(calls, ["dnf install -y --enablerepo=borg-local %s/qubes-borg-0.10.0-1.x86_64.rpm" % self.pkgdir])
+        self.assertEqual(q(), "0.10.0")
+        self.assertEqual(self.apply(state, {})[::2], ("no", []))
+
+    def test_deb_template_install_upgrade_and_no_change_on_reapply(self):
+        state = self.script("Debian")
+        self.tool("apt-get", FAKE_APT)
+        self.tool("dpkg-query", FAKE_DPKG_QUERY)
+        root = os.path.join(self.dir, "root")
+        os.makedirs(os.path.join(self.db, "updates"))
+        os.makedirs(os.path.join(self.db, "info"))
+        open(os.path.join(self.db, "status"), "w").close()
+        os.makedirs(root)
+        tiny_deb(self.repo, "qubes-borg", "0.1.0", "qubes-borg.deb")
+        tiny_deb(self.repo, "qubes-core-agent-networking", "4.3.0", "qubes-core-agent-networking.deb")
+        # No dnf on this PATH: the script picks apt.
+        self.assertFalse(os.path.exists(os.path.join(self.bin, "dnf")))
+        changed, _, calls = self.apply(state, {"FAKE_ROOT": root})
+        self.assertEqual(changed, "yes")
+        self.assertEqual(calls, ["apt-get install -y qubes-borg", "apt-get install -y qubes-core-agent-networking"])
+        self.assertEqual(self.apply(state, {"FAKE_ROOT": root})[::2], ("no", []))
+        # (Packages without maintainer scripts: dpkg cannot run scripts in a root it is not in.)
+        tiny_deb(self.pkgdir, "qubes-borg", "0.9.0-1")
+        new = tiny_deb(self.pkgdir, "qubes-borg", "0.10.0-1")
+        changed, comment, calls = self.apply(state, {"FAKE_ROOT": root})
+        self.assertEqual((changed, calls), ("yes", ["apt-get install -y %s" % new]))
+        self.assertIn("qubes-borg 0.1.0 -> 0.10.0-1", comment)
+        self.assertEqual(self.apply(state, {"FAKE_ROOT": root})[::2], ("no", []))
 
 
 class Rpmlint(unittest.TestCase):
@@ -510,10 +794,15 @@ class SaltFormula(unittest.TestCase):
         names = sorted(os.listdir(formula))
         sls = [n[:-4] for n in names if n.endswith(".sls")]
         tops = [n for n in names if n.endswith(".top")]
-        self.assertEqual(sorted(sls), ["clone", "create", "init", "install", "policy"])
-        self.assertEqual(sorted(tops), [s + ".top" for s in sorted(sls)], "every .sls has a .top")
+        self.assertEqual(sorted(sls), ["clone", "config", "create", "destination", "init", "install", "policy",
+                                       "refuse"])
+        sb = Minion("sb-render", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"},
+                    pillar="qubes-borg:\n  server:\n    host: h.example\n    user: u\n"
+                           "    host_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl']\n")
+        # refuse.sls is only included by the others (when a qube is foreign); no top of its own.
+        self.assertEqual(sorted(tops), [s + ".top" for s in sorted(sls) if s != "refuse"], "every .sls has a .top")
         for s in sls:
-            minion = tpl if s == "install" else self.dom0
+            minion = tpl if s == "install" else sb if s == "destination" else self.dom0
             state = "qubes-borg" if s == "init" else "qubes-borg." + s
             _, data, _ = minion.call("state.show_sls", state)
             self.assertIsInstance(data, dict, s)
@@ -537,9 +826,13 @@ class SaltFormula(unittest.TestCase):
 
         src = state_args(hs, "qubes-borg-template-source")
         self.assertEqual((src["fun"], src["args"]["name"]), ("template_installed", "fedora-43-minimal"))
-        clone = state_args(hs, "qubes-borg-template")
+        clone = state_args(hs, "qubes-borg-template-clone")
         self.assertEqual((clone["fun"], clone["args"]["name"], clone["args"]["source"]),
                          ("clone", "tpl-qubes-borg", "fedora-43-minimal"))
+        tpl = qube(hs, "qubes-borg-template")
+        self.assertEqual((tpl["name"], tpl["tags"]["add"]), ("tpl-qubes-borg", ["qubes-borg"]))
+        self.assertIn({"qvm": "qubes-borg-template-clone"}, tpl["require"])
+        self.assertFalse([x for x in hs if x.startswith("qubes-borg-refuse-")])
 
         dvm = qube(hs, "qubes-borg-sys-backup-mnt-dvm")
         self.assertEqual(dvm["name"], "sys-backup-mnt-dvm")
@@ -583,17 +876,29 @@ class SaltFormula(unittest.TestCase):
                          ("/etc/qubes/policy.d/70-qubes-borg.policy", "root", "qubes", "0664"))
         self.assertEqual(a["contents"], open(POLICY).read())
 
+    def package_state(self, minion):
+        _, hs, _ = minion.call("state.show_highstate")
+        st = state_args(hs, "qubes-borg-package")
+        self.assertEqual((st["module"], st["fun"]), ("cmd", "run"))
+        return hs, st["args"]
+
     def test_template_top_installs_the_vm_package_in_the_template(self):
         tpl = Minion("tpl", "tpl-qubes-borg", grains={"os_family": "RedHat", "os": "Fedora"})
         _, top, _ = tpl.call("state.show_top")
         self.assertEqual(top, {"base": ["qubes-borg.install"]})
-        _, hs, _ = tpl.call("state.show_highstate")
-        pkg = state_args(hs, "qubes-borg-package")
-        self.assertEqual((pkg["module"], pkg["fun"], pkg["args"]["name"]), ("pkg", "installed", "qubes-borg"))
-        self.assertNotIn("fromrepo", pkg["args"])
-        extra = state_args(hs, "qubes-borg-template-packages")
-        self.assertEqual(extra["args"]["pkgs"], ["qubes-core-agent-networking"])
-        self.assertFalse([s for s in hs if state_args(hs, s)["module"] == "qvm"], "no qvm.* in a template")
+        hs, a = self.package_state(tpl)
+        # The shipped script, run by bash, reporting its own changes (stateful), no file name.
+        script = open(os.path.join(REPO, "salt", "qubes-borg", "files", "template-packages")).read()
+        self.assertEqual(a["name"], script.rstrip("\n"))  # Jinja's import_text drops the last newline
+        self.assertEqual((a["shell"], a["stateful"]), ("/bin/bash", True))
+        self.assertEqual(a["env"], {"QUBES_BORG_PKGDIR": "/var/lib/qubes-borg/packages",
+                                    "QUBES_BORG_PACKAGES": "qubes-core-agent-networking",
+                                    "QUBES_BORG_ENABLEREPO": ""})
+        d = state_args(hs, "qubes-borg-package-dir")
+        self.assertEqual((d["fun"], d["args"]["name"], d["args"]["mode"]),
+                         ("directory", "/var/lib/qubes-borg/packages", "0755"))
+        self.assertFalse([s for s in hs if state_args(hs, s)["module"] in ("qvm", "pkg")],
+                         "no qvm.* in a template, no Salt pkg module")
         # Another qube gets nothing from this formula.
         other = Minion("other", "work", grains={"os_family": "RedHat", "os": "Fedora"})
         _, top, _ = other.call("state.show_top")
@@ -603,30 +908,104 @@ class SaltFormula(unittest.TestCase):
         _, data, _ = self.dom0.call("state.show_sls", "qubes-borg.install")
         self.assertEqual(data, {})
 
-    def test_template_package_from_a_copied_rpm_or_a_named_repository(self):
-        rpm = "/home/user/QubesIncoming/dom0/qubes-borg-%s-1.fc43.x86_64.rpm" % VERSION
-        t = Minion("tpl-rpm", "tpl-qubes-borg", grains={"os_family": "RedHat", "os": "Fedora"},
-                   pillar="qubes-borg:\n  template:\n    rpm: %s\n    packages: []\n" % rpm)
-        _, hs, _ = t.call("state.show_highstate")
-        self.assertEqual(state_args(hs, "qubes-borg-package")["args"]["sources"], [{"qubes-borg": rpm}])
-        self.assertNotIn("qubes-borg-template-packages", hs)
+    def test_template_package_repository_and_extra_packages_from_the_pillar(self):
         t = Minion("tpl-repo", "tpl-qubes-borg", grains={"os_family": "RedHat", "os": "Fedora"},
-                   pillar="qubes-borg:\n  template:\n    fromrepo: qubes-borg-local\n")
-        _, hs, _ = t.call("state.show_highstate")
-        self.assertEqual(state_args(hs, "qubes-borg-package")["args"]["fromrepo"], "qubes-borg-local")
+                   pillar="qubes-borg:\n  template:\n    fromrepo: qubes-borg-local\n"
+                          "    packages: [qubes-core-agent-networking, vim-minimal]\n")
+        _, a = self.package_state(t)
+        self.assertEqual(a["env"]["QUBES_BORG_ENABLEREPO"], "qubes-borg-local")
+        self.assertEqual(a["env"]["QUBES_BORG_PACKAGES"], "qubes-core-agent-networking vim-minimal")
 
-    def test_non_fedora_template_fails_with_a_message(self):
+    def test_debian_template_gets_the_same_package_state(self):
         t = Minion("tpl-debian", "tpl-qubes-borg", grains={"os_family": "Debian", "os": "Debian"})
+        _, a = self.package_state(t)
+        self.assertEqual(a["name"], open(os.path.join(REPO, "salt", "qubes-borg", "files", "template-packages")).read().rstrip("\n"))
+
+    def test_other_distributions_fail_with_a_message(self):
+        t = Minion("tpl-arch", "tpl-qubes-borg", grains={"os_family": "Arch", "os": "Arch"})
         _, hs, _ = t.call("state.show_highstate")
-        self.assertEqual(list(hs), ["qubes-borg-template-not-fedora"])
-        s = state_args(hs, "qubes-borg-template-not-fedora")
+        self.assertEqual(list(hs), ["qubes-borg-template-unsupported"])
+        s = state_args(hs, "qubes-borg-template-unsupported")
         self.assertEqual((s["module"], s["fun"]), ("test", "fail_without_changes"))
-        self.assertIn("ships RPMs only", s["args"]["name"])
+        self.assertIn("Fedora (RPM) and Debian (.deb) only", s["args"]["name"])
+
+    # --- who owns the qubes (owner.jinja, refuse.sls)
+
+    def test_existing_qube_the_formula_did_not_create_is_refused(self):
+        # An AppVM sys-backup and a StandaloneVM ssh-backup of the user's, no qubes-borg tag.
+        m = Minion("foreign", "dom0", qubes={"sys-backup": ["audit"], "ssh-backup": [],
+                                              "fedora-43-minimal": []})
+        _, hs, _ = m.call("state.show_highstate")
+        self.assertEqual(sorted(hs), ["qubes-borg-refuse-ssh-backup", "qubes-borg-refuse-sys-backup"],
+                         "nothing but the refusals: no clone, no qube, no policy")
+        for role in ("sys-backup", "ssh-backup"):
+            st = state_args(hs, "qubes-borg-refuse-" + role)
+            self.assertEqual((st["module"], st["fun"]), ("test", "fail_without_changes"))
+            msg = st["args"]["name"]
+            self.assertIn("a qube named %s already exists and was not created by this formula" % role, msg)
+            self.assertIn("no qubes-borg tag", msg)
+            self.assertIn("nothing was changed", msg)
+            self.assertIn("/srv/pillar/base/qubes-borg/init.sls (qubes-borg: %s:name: NEW-NAME)" % role, msg)
+        # Each part alone refuses too (the policy would otherwise grant a foreign qube the services).
+        for sls in ("qubes-borg.clone", "qubes-borg.create", "qubes-borg.policy"):
+            _, data, _ = m.call("state.show_sls", sls)
+            self.assertEqual(sorted(data), ["qubes-borg-refuse-ssh-backup", "qubes-borg-refuse-sys-backup"], sls)
+        # The checks are read-only and name only the formula's qubes.
+        calls = m.qvm_calls()
+        self.assertTrue(calls)
+        for c in calls:
+            self.assertIn(c[0], ("qvm-check", "qvm-tags"))
+            self.assertIn(c[-1] if c[0] == "qvm-check" else c[1],
+                          ("tpl-qubes-borg", "sys-backup-mnt-dvm", "sys-backup-mnt", "sys-backup", "ssh-backup"))
+        # A renamed role is no longer in the way.
+        m = Minion("foreign-renamed", "dom0", qubes={"sys-backup": [], "ssh-backup": []},
+                   pillar="qubes-borg:\n  sys-backup:\n    name: borg-net\n  ssh-backup:\n    name: borg-vault\n")
+        _, hs, _ = m.call("state.show_highstate")
+        self.assertFalse([x for x in hs if x.startswith("qubes-borg-refuse-") and x != "qubes-borg-refuse-nothing"])
+        self.assertEqual(qube(hs, "qubes-borg-sys-backup")["name"], "borg-net")
+
+    def test_foreign_template_of_the_dedicated_name_is_refused(self):
+        m = Minion("foreign-tpl", "dom0", qubes={"tpl-qubes-borg": []})
+        _, hs, _ = m.call("state.show_highstate")
+        self.assertEqual(list(hs), ["qubes-borg-refuse-template"])
+        self.assertIn("(qubes-borg: template:name: NEW-NAME)", state_args(hs, "qubes-borg-refuse-template")["args"]["name"])
+
+    def test_own_qubes_are_adopted_and_the_source_template_is_not_reinstalled(self):
+        # Everything made by an earlier run (tagged); the source template was deleted since.
+        own = {n: ["qubes-borg"] for n in ("tpl-qubes-borg", "sys-backup-mnt-dvm", "sys-backup-mnt",
+                                          "sys-backup", "ssh-backup")}
+        m = Minion("own", "dom0", qubes=own)
+        _, hs, _ = m.call("state.show_highstate")
+        self.assertNotIn("qubes-borg-template-source", hs, "no qvm.template_installed of a deleted source")
+        self.assertNotIn("qubes-borg-template-clone", hs)
+        self.assertEqual(qube(hs, "qubes-borg-template")["require"], [])
+        for sid in ("qubes-borg-sys-backup-mnt-dvm", "qubes-borg-sys-backup-mnt", "qubes-borg-sys-backup",
+                    "qubes-borg-ssh-backup"):
+            q = qube(hs, sid)
+            self.assertEqual(q["tags"]["add"], ["qubes-borg"], sid)
+            self.assertIn("netvm", q["prefs"], sid + ": prefs are enforced on its own qubes")
+        self.assertEqual(state_args(hs, "qubes-borg-policy")["args"]["contents"], open(POLICY).read())
+        self.assertFalse([x for x in hs if x.startswith("qubes-borg-refuse-") and x != "qubes-borg-refuse-nothing"])
+
+    def test_default_source_template_follows_the_qubes_release(self):
+        for osrelease, source in (("4.2", "fedora-42-minimal"), ("4.2.4", "fedora-42-minimal"),
+                                  ("4.3", "fedora-43-minimal"), ("4.3.1", "fedora-43-minimal")):
+            m = Minion("release-" + osrelease, "dom0", grains={"osrelease": osrelease})
+            _, data, _ = m.call("state.show_sls", "qubes-borg.clone")
+            self.assertEqual(state_args(data, "qubes-borg-template-source")["args"]["name"], source, osrelease)
+            self.assertEqual(state_args(data, "qubes-borg-template-clone")["args"]["source"], source, osrelease)
+
+    def test_debian_source_template_from_the_pillar(self):
+        m = Minion("debian-source", "dom0", pillar="qubes-borg:\n  template:\n    source: debian-13-minimal\n")
+        _, hs, _ = m.call("state.show_highstate")
+        self.assertEqual(state_args(hs, "qubes-borg-template-source")["args"]["name"], "debian-13-minimal")
+        self.assertEqual(state_args(hs, "qubes-borg-template-clone")["args"]["source"], "debian-13-minimal")
+        self.assertEqual(qube(hs, "qubes-borg-sys-backup")["prefs"]["template"], "tpl-qubes-borg")
 
     def test_pillar_renames_the_qubes_the_template_and_the_policy(self):
         d = Minion("renamed-dom0", "dom0", pillar=RENAMED_PILLAR)
         _, hs, _ = d.call("state.show_highstate")
-        self.assertEqual(state_args(hs, "qubes-borg-template")["args"]["source"], "fedora-42-minimal")
+        self.assertEqual(state_args(hs, "qubes-borg-template-clone")["args"]["source"], "fedora-42-minimal")
         mnt = qube(hs, "qubes-borg-sys-backup-mnt")
         self.assertEqual((mnt["name"], mnt["present"]["template"], mnt["present"]["class"], mnt["prefs"]["label"]),
                          ("backup-mnt", "backup-mnt-dvm", "DispVM", "purple"))
@@ -655,6 +1034,88 @@ class SaltFormula(unittest.TestCase):
         self.assertEqual(top, {"base": ["qubes-borg.install"]})
         self.check_policy_in_simulated_qrexec(policy)
 
+    SERVER_PILLAR = """\
+qubes-borg:
+  server:
+    destination: borgbase
+    host: xyz123.repo.borgbase.com
+    user: xyz123
+    port: 2222
+    host_keys:
+      - ssh-ed25519 %s
+    agent: ""
+    path: ./repo
+  backup:
+    timer: true
+    options:
+      keep_daily: 7
+      qubes: [work, vault]
+      default_excludes: false
+"""
+
+    def test_pillar_server_writes_the_destination_in_sys_backup_and_backup_conf_in_dom0(self):
+        key = base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(range(32))).decode()
+        pillar = self.SERVER_PILLAR % key
+        d = Minion("server-dom0", "dom0", pillar=pillar)
+        _, hs, _ = d.call("state.show_highstate")
+        conf = state_args(hs, "qubes-borg-backup-conf")["args"]
+        self.assertEqual((conf["name"], conf["mode"], conf["user"]), ("/etc/qubes-borg/backup.conf", "0600", "root"))
+        body = [l for l in conf["contents"].splitlines() if not l.startswith("#")]
+        self.assertEqual(body, ["repository = ssh://borgbase/./repo", "default_excludes = no",
+                                "keep_daily = 7", "qubes = work", "qubes = vault"])
+        timer = state_args(hs, "qubes-borg-timer")
+        self.assertEqual((timer["module"], timer["fun"], timer["args"]["name"], timer["args"]["enable"]),
+                         ("service", "running", "qvm-backup-borg.timer", True))
+        # sys-backup gets the destination (its top), written to the bind-dirs copy of /etc/qubes-borg.
+        sb = Minion("server-sys-backup", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"}, pillar=pillar)
+        _, top, _ = sb.call("state.show_top")
+        self.assertEqual(top, {"base": ["qubes-borg.destination"]})
+        _, hs, _ = sb.call("state.show_highstate")
+        dest = state_args(hs, "qubes-borg-destination")["args"]
+        self.assertEqual((dest["name"], dest["mode"], dest["user"]),
+                         ("/rw/bind-dirs/etc/qubes-borg/destinations/borgbase.conf", "0644", "root"))
+        self.assertEqual([l for l in dest["contents"].splitlines() if not l.startswith("#")],
+                         ["host = xyz123.repo.borgbase.com", "user = xyz123", "port = 2222",
+                          "host-key = ssh-ed25519 " + key])
+        # The real qubes-ssh-service accepts the file and runs ssh to that server.
+        conf_dir = os.path.join(Env.work, "dest-conf")
+        write(os.path.join(conf_dir, "borgbase.conf"), dest["contents"])
+        argv_file = os.path.join(Env.work, "dest-ssh-argv")
+        write(os.path.join(Env.work, "dest-bin", "ssh"), "#!/bin/sh\nprintf '%%s\\n' \"$@\" > %s\n" % argv_file)
+        os.chmod(os.path.join(Env.work, "dest-bin", "ssh"), 0o755)
+        env = dict(os.environ, QUBES_SSH_SERVICE_CONFIG_DIR=conf_dir, QREXEC_REMOTE_DOMAIN="sys-backup-mnt",
+                   QUBES_SSH_SERVICE_SSH=os.path.join(Env.work, "dest-bin", "ssh"))
+        p = run([os.path.join(RELEASE, "qubes-ssh-service"), "borgbase"], check=False, env=env,
+                input="qubes-ssh/1 borgbase borg serve\n")
+        self.assertTrue(p.stdout.startswith("OK\n"), p.stdout + p.stderr)
+        argv = open(argv_file).read().split("\n")
+        self.assertIn("xyz123.repo.borgbase.com", argv)
+        self.assertEqual(argv[argv.index("-p") + 1], "2222")
+        # No server: nothing written anywhere, and sys-backup gets no top.
+        _, hs, _ = self.dom0.call("state.show_sls", "qubes-borg.config")
+        self.assertEqual(list(hs), ["qubes-borg-config-none"])
+        _, top, _ = Minion("no-server-sb", "sys-backup", grains={"os_family": "RedHat", "os": "Fedora"}).call("state.show_top")
+        self.assertEqual(top, {})
+
+    def test_pillar_server_values_cannot_add_lines_or_keys(self):
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        base = "qubes-borg:\n  server:\n    host: h.example\n    user: u\n    host_keys: ['%s']\n" % key
+        cases = {
+            "host newline": (base.replace("h.example", '"h.example\\nagent = x"'), "server: host"),
+            "user": (base.replace("user: u", "user: 'u x'"), "server: user"),
+            "no keys": (base.replace("['%s']" % key, "[]"), "server: host_keys must list"),
+            "key newline": (base.replace("'%s'" % key, '"%s\\nidentity-file = /x"' % key), "host_keys: not"),
+            "destination": (base + "    destination: ../x\n", "server: destination"),
+            "option key": (base + "  backup:\n    options:\n      repository: ssh://x/y\n", "options: unknown key"),
+            "option newline": (base + "  backup:\n    options:\n      keep_daily: \"7\\nqubes = dom0\"\n",
+                               "not a one-line value"),
+        }
+        for what, (pillar, message) in cases.items():
+            m = Minion("bad-server-" + what.replace(" ", "-"), "dom0", pillar=pillar)
+            rc, _, out = m.call("state.show_sls", "qubes-borg.config", check=False)
+            self.assertNotEqual(rc, 0, what)
+            self.assertIn(message, out, what)
+
     def check_policy_in_simulated_qrexec(self, policy):
         """The rendered policy, with the packaged default deny, in the project's qrexec stand-in
         (tests/sim, flat mode): the renamed qubes reach each other, the default names do not."""
@@ -662,13 +1123,18 @@ class SaltFormula(unittest.TestCase):
         pol = os.path.join(base, "policy")
         write(os.path.join(pol, "70-qubes-borg.policy"), policy)
         shutil.copy(os.path.join(REPO, "policy", "80-qubes-borg.policy"), pol)
+        # A split-SSH user's own rules (Qubes' split-SSH guide: qubes.SshAgent from work to vault).
+        write(os.path.join(pol, "50-config-splitssh.policy"),
+              "qubes.SshAgent  *  work  @default  allow target=vault\n"
+              "qubes.SshAgent  *  work  vault  allow\n")
         qubes = os.path.join(base, "qubes")
         echo = os.path.join(base, "echo-service")
         write(echo, "#!/bin/sh\nexec cat\n")  # the argument (argv[1]) is not a file to cat
         os.chmod(echo, 0o755)
-        for q in ("backup-mnt", "backup-net", "backup-vault", "sys-backup-mnt", "sys-backup", "ssh-backup"):
+        for q in ("backup-mnt", "backup-net", "backup-vault", "sys-backup-mnt", "sys-backup", "ssh-backup",
+                  "work", "vault"):
             os.makedirs(os.path.join(qubes, q, "etc", "qubes-rpc"))
-            for svc in ("qubes-borg.Ssh", "qubes-borg.SshAgent"):
+            for svc in ("qubes-borg.Ssh", "qubes-borg.SshAgent", "qubes.SshAgent"):
                 os.symlink(echo, os.path.join(qubes, q, "etc", "qubes-rpc", svc))
 
         def call(source, service):
@@ -684,6 +1150,10 @@ class SaltFormula(unittest.TestCase):
         self.assertEqual(call("backup-mnt", "qubes-borg.SshAgent+default")[0], 126)
         # The admin key set asks in dom0; the stand-in has no user to ask and refuses.
         self.assertEqual(call("backup-net", "qubes-borg.SshAgent+admin")[0], 126)
+        # The user's split-SSH keeps working, and gives no way into the backup services.
+        self.assertEqual(call("work", "qubes.SshAgent"), (0, "ping\n"))
+        self.assertEqual(call("work", "qubes-borg.SshAgent+default")[0], 126)
+        self.assertEqual(call("backup-net", "qubes.SshAgent")[0], 126)
 
     def test_invalid_pillar_stops_the_render_with_a_message(self):
         cases = {
@@ -694,7 +1164,9 @@ class SaltFormula(unittest.TestCase):
             "duplicate": ("ssh-backup:\n    name: sys-backup", "is used twice"),
             "label": ("sys-backup:\n    label: pink", "unknown label"),
             "clone of itself": ("template:\n    name: fedora-43-minimal", "name and source are both"),
-            "relative rpm": ("template:\n    rpm: qubes-borg.rpm", "rpm must be an absolute path"),
+            "rpm path (gone)": ("template:\n    rpm: /home/user/qubes-borg.rpm", "rpm is no longer used"),
+            "fromrepo": ("template:\n    fromrepo: 'a b'", "fromrepo must be a dnf repository id"),
+            "package": ("template:\n    packages: ['-oops']", "packages: not a package name"),
             "netvm none": ('sys-backup:\n    netvm: ""', 'sys-backup: netvm must be'),
         }
         for what, (yaml, message) in cases.items():

@@ -8,10 +8,12 @@
 # qubes-borg:
 #   template:
 #     name: tpl-qubes-borg           dedicated template, cloned from source
-#     source: fedora-43-minimal      a Fedora template (qubes-borg ships RPMs)
+#     source: ""                     empty: fedora-42-minimal on Qubes 4.2, fedora-43-minimal on
+#                                    4.3; or e.g. debian-13-minimal
 #     label: black
-#     fromrepo: ""                   dnf repository id that carries qubes-borg, or empty
-#     rpm: ""                        or: absolute path of the RPM copied into the template
+#     fromrepo: ""                   extra dnf repository id to enable when installing from
+#                                    repositories; the newest package file copied into
+#                                    /var/lib/qubes-borg/packages in the template wins over them
 #     packages:                      extra packages for a minimal template
 #       - qubes-core-agent-networking
 #   sys-backup-mnt-dvm:              disposable template, no network
@@ -27,5 +29,17 @@
 #   ssh-backup:                      vault with the ssh key, no network
 #     name: ssh-backup
 #     label: black
+#   server:                          the borg server (nothing is configured while host is "")
+#     destination: borg              sys-backup: /etc/qubes-borg/destinations/borg.conf
+#     host: ""                       e.g. xyz123.repo.borgbase.com
+#     user: ""
+#     port: 22
+#     host_keys: []                  e.g. ["ssh-ed25519 AAAA..."] (ssh-keyscan without the host)
+#     agent: default                 split-SSH key set in ssh-backup, "" for none
+#     remote_path: ""                borg on the server, if not `borg`
+#     path: ./repo                   repository path on the server
+#   backup:                          dom0 /etc/qubes-borg/backup.conf, written with a server
+#     timer: false                   true: enable and start qvm-backup-borg.timer
+#     options: {}                    e.g. {keep_daily: 7, keep_weekly: 4, qubes: [work, vault]}
 
 qubes-borg: {}
