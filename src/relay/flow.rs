@@ -287,7 +287,10 @@ impl<'a> FlowState<'a> {
         match splice(src, None, &p.w, None, cap, flags) {
             Ok(0) => self.eof = true,
             Ok(n) => {
-                self.short = n < cap;
+                // Only a small message means src is empty; a socket's
+                // splice returns what it holds, far less than our pipe
+                // takes, and more may be there already.
+                self.short = n < SMALL;
                 if let Some(p) = self.pipe.as_mut() {
                     p.held += n;
                 }
