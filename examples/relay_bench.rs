@@ -736,7 +736,7 @@ fn report(
             secs(f),
             secs(s),
             secs(q),
-            (up.max(down)) as f64 / MIB / m(&q.secs),
+            up.max(down) as f64 / MIB / m(&q.secs),
             ratio(m(&q.secs), m(&f.secs)),
             ratio(m(&s.secs), m(&q.secs)),
             cpu_gib(q),
