@@ -10,13 +10,16 @@ use nix::sys::socket::Shutdown;
 use nix::unistd::read;
 
 use super::fd::{kind_of, shut, Fd, FlagTable, Kind};
-use super::pipe::Pipe;
+use super::pipe::{grow_pipe, Pipe, PIPE_SIZE};
 use super::{Dir, FirstLine, Flow, FlowEnd, LineVerdict, Op, RelayError};
 
 /// Bytes asked of one splice when no pipe of ours bounds it.
 const CHUNK: usize = 1 << 20;
 /// The read/write buffer (fallback mode and the preamble stage).
 pub(crate) const BUF: usize = 64 << 10;
+/// A direct splice that moved fewer bytes than this was a small message
+/// (one page): src is taken to be empty.
+const SMALL: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -69,6 +72,8 @@ pub(crate) struct FlowState<'a> {
     /// Readiness poll(2) reported before this step (for splice's EAGAIN).
     pub(crate) src_ready: bool,
     pub(crate) dst_ready: bool,
+    /// Direct mode: the last EAGAIN was dst being full (see `direct_blocked`).
+    dst_full_guess: bool,
 }
 
 pub(crate) type StepResult = Result<Option<Step>, RelayError>;
@@ -98,6 +103,14 @@ impl<'a> FlowState<'a> {
         } else {
             Mode::Piped
         };
+        // A pipe handed to us (fd 0/1 from borg's subprocess: 64 KiB) is
+        // grown like the pipes we create: each wake-up then moves up to 1 MiB
+        // instead of 64 KiB. Refused growth (EPERM) leaves it as it was.
+        for (kind, fd) in [(src_kind, flow.src.as_fd()), (dst_kind, flow.dst.as_fd())] {
+            if kind == Kind::Pipe {
+                grow_pipe(fd, PIPE_SIZE);
+            }
+        }
         let pipe = match mode {
             Mode::Piped => Some(Pipe::new().map_err(setup)?),
             _ => None,
@@ -139,6 +152,7 @@ impl<'a> FlowState<'a> {
             bytes: 0,
             src_ready: false,
             dst_ready: false,
+            dst_full_guess: false,
         })
     }
 
@@ -273,7 +287,10 @@ impl<'a> FlowState<'a> {
         match splice(src, None, &p.w, None, cap, flags) {
             Ok(0) => self.eof = true,
             Ok(n) => {
-                self.short = n < cap;
+                // Only a small message means src is empty; a socket's
+                // splice returns what it holds, far less than our pipe
+                // takes, and more may be there already.
+                self.short = n < SMALL;
                 if let Some(p) = self.pipe.as_mut() {
                     p.held += n;
                 }
@@ -287,7 +304,9 @@ impl<'a> FlowState<'a> {
         Ok(None)
     }
 
-    /// Splice src -> dst (one of them a pipe).
+    /// Splice src -> dst (one of them a pipe), again and again while bytes
+    /// move: a splice that moved less than asked (one 64 KiB pipe's worth,
+    /// say) is not a reason to go back to poll, EAGAIN is.
     fn direct_once(&mut self, t: &mut FlagTable) -> StepResult {
         if self.eof {
             return Ok(Some(self.finish_eof(t)));
@@ -299,30 +318,45 @@ impl<'a> FlowState<'a> {
             Ok(0) => self.eof = true,
             Ok(n) => {
                 self.bytes += n as u64;
-                // Short: src is probably empty (or dst nearly full); either
-                // way poll tells which, at no extra cost.
-                if n < CHUNK {
+                // What poll said before is used up now.
+                self.src_ready = false;
+                self.dst_ready = false;
+                // A small message (interactive traffic): src is most likely
+                // empty; wait for it without the EAGAIN splice (if it is not
+                // empty, poll returns at once, at the same cost).
+                if n < SMALL {
+                    self.dst_full_guess = false;
                     return blocked(true, false);
                 }
             }
-            Err(Errno::EAGAIN) => {
-                // EAGAIN does not say which side blocked. Blame the side poll
-                // did not vouch for; when poll vouched for neither, wait for
-                // both (the next EAGAIN then resolves it); when it vouched
-                // for both (not seen in practice), wait for dst.
-                let (s, d) = (self.src_ready, self.dst_ready);
-                return match (s, d) {
-                    (true, _) => blocked(false, true),
-                    (false, true) => blocked(true, false),
-                    (false, false) => blocked(true, true),
-                };
-            }
+            Err(Errno::EAGAIN) => return self.direct_blocked(),
             Err(Errno::EINTR) => {}
             Err(Errno::EINVAL) => self.mode = Mode::Copy,
             Err(e) if dst_gone_errno(e) => return Ok(Some(self.dst_gone(t))),
             Err(e) => return Err(self.err(Op::Splice, e)),
         }
         Ok(None)
+    }
+
+    /// A direct splice said EAGAIN, which does not say which side blocked.
+    /// Nothing moved since poll vouched for src: dst is full. Nothing moved
+    /// since poll vouched for dst only: src is empty. Otherwise (bytes moved
+    /// first, or no poll yet) guess the side that blocked last time: a
+    /// transfer is usually limited by the same side throughout. A wrong
+    /// guess costs one poll that returns at once, never a sleep or a spin:
+    /// the side waited for is ready, the next EAGAIN is then decided above.
+    fn direct_blocked(&mut self) -> StepResult {
+        let dst_full = match (self.src_ready, self.dst_ready) {
+            (true, _) => true,
+            (false, true) => false,
+            (false, false) => self.dst_full_guess,
+        };
+        self.dst_full_guess = dst_full;
+        if dst_full {
+            blocked(false, true)
+        } else {
+            blocked(true, false)
+        }
     }
 
     /// src reached EOF and every byte reached dst.

@@ -9,9 +9,15 @@
 //! * A direction with a pipe at either end splices directly; a direction
 //!   whose ends are both sockets/files goes through an intermediate pipe
 //!   (grown to 1 MiB with F_SETPIPE_SZ when allowed; EPERM is tolerated).
+//!   A pipe handed to the relay (fd 0/1 from borg's subprocess: 64 KiB) is
+//!   grown the same way, so one wake-up moves up to 1 MiB, not 64 KiB.
+//! * A direction keeps splicing while bytes move (a splice that moved one
+//!   pipe's worth is not a short read) and goes back to poll on EAGAIN, or
+//!   after a small message (< 4 KiB: interactive traffic, src is empty).
 //!   splice's EAGAIN does not say which side blocked, so the relay counts
 //!   the bytes its pipe holds (non-empty: dst is full; empty: src is
-//!   empty), and for a direct splice blames the side poll did not vouch for.
+//!   empty), and for a direct splice blames the side poll did not vouch for,
+//!   or, after bytes moved, the side that blocked last time.
 //! * A direction splice refuses (EINVAL: tty, O_APPEND file) falls back to
 //!   read/write through one fixed 64 KiB buffer.
 //! * Half-close is exact: EOF on src is passed on only after dst got every

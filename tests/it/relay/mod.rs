@@ -4,5 +4,6 @@ mod api;
 mod cli;
 mod listen;
 mod matrix;
+mod pipes;
 mod prop;
 mod robust;
