@@ -10,6 +10,7 @@ pub mod child;
 pub mod codec;
 pub mod destination;
 pub mod header;
+pub mod job;
 pub mod relay;
 pub mod ssh_command;
 pub mod status;
