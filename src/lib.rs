@@ -9,6 +9,7 @@ pub mod borg_argv;
 pub mod child;
 pub mod codec;
 pub mod destination;
+pub mod dom0;
 pub mod header;
 pub mod job;
 pub mod relay;
