@@ -142,8 +142,16 @@ pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
     if untrusted_line.len() >= MAX_LINE {
         return Err(LineError::TooLong);
     }
-    let text = std::str::from_utf8(untrusted_line).map_err(|_| bad())?;
-    let (key, rest) = text.split_once(' ').ok_or_else(bad)?;
+    let sp = memchr::memchr(b' ', untrusted_line).ok_or_else(bad)?;
+    let (key, raw_rest) = (&untrusted_line[..sp], &untrusted_line[sp + 1..]);
+    // Text lines keep any bytes (sanitized); every other line is ASCII.
+    match key {
+        b"warning" => return Ok(Event::Warning(sanitize(raw_rest, MAX_TEXT))),
+        b"error" => return Ok(Event::Error(sanitize(raw_rest, MAX_TEXT))),
+        _ => {}
+    }
+    let key = std::str::from_utf8(key).map_err(|_| bad())?;
+    let rest = std::str::from_utf8(raw_rest).map_err(|_| bad())?;
     match key {
         "phase" => PHASES
             .iter()
@@ -165,8 +173,6 @@ pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
                 files: n[3],
             }))
         }
-        "warning" => Ok(Event::Warning(sanitize(rest.as_bytes(), MAX_TEXT))),
-        "error" => Ok(Event::Error(sanitize(rest.as_bytes(), MAX_TEXT))),
         "done" => match rest {
             "ok" => Ok(Event::Done(true)),
             "failed" => Ok(Event::Done(false)),
