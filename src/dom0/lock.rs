@@ -84,7 +84,7 @@ pub fn acquire(dir: &Path) -> Result<Lock, LockError> {
     };
     locked.set_len(0).map_err(io)?;
     locked.rewind().map_err(io)?;
-    write!(locked, "{}\n", std::process::id()).map_err(io)?;
+    writeln!(locked, "{}", std::process::id()).map_err(io)?;
     Ok(Lock {
         _file: locked,
         stale_pid: before.filter(|p| *p != std::process::id()),

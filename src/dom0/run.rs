@@ -431,6 +431,7 @@ pub fn summary(results: &[QubeResult]) -> String {
 }
 
 /// Runs `backup`. `now` is seconds since the epoch (archive names, backup_timestamp).
+#[allow(clippy::too_many_arguments)] // I/O passed in, as the programs' rule asks
 pub fn backup(
     cfg: &Config,
     opts: &Options,
