@@ -163,7 +163,7 @@ fn lvm_thin_volumes_are_activated_and_looped_from_the_committed_lv() {
     f.expect(LS, Reply::ok("vault|AppVM|Running|True\n"))
         .expect("qvm-volume info vault:private pool", Reply::ok("lvm\n"))
         .expect("qvm-volume info vault:private vid", Reply::ok("qubes_dom0/vm-vault-private\n"))
-        .expect("qvm-volume info vault:private usage", Reply::ok("10\n"))
+        .expect("qvm-volume info vault:private size", Reply::ok("10\n"))
         .expect("qvm-pool info lvm", Reply::ok("name          lvm\ndriver        lvm_thin\nthin_pool     vm-pool\nvolume_group  qubes_dom0\n"))
         .expect("lvchange --activate=y -- /dev/qubes_dom0/vm-vault-private", Reply::ok(""))
         .expect("losetup --read-only --find --show /dev/qubes_dom0/vm-vault-private", Reply::ok("/dev/loop0\n"))
