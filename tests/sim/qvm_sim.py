@@ -1055,6 +1055,24 @@ def sim_main(argv):
     return 2
 
 
+def inject_fault(state):
+    """Test hook: STATE/dom0sim/fault holding "N SIGNAL" makes the N-th stand-in call from now
+    send SIGNAL (INT, TERM, KILL) to its caller (the dom0 tool) before doing its work, so a test
+    can interrupt the tool at every step. Called with the store lock held."""
+    path = os.path.join(state, "dom0sim", "fault")
+    try:
+        with open(path, encoding="utf-8") as f:
+            count, sig = f.read().split()
+    except (OSError, ValueError):
+        return
+    if int(count) > 1:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{int(count) - 1} {sig}\n")
+        return
+    os.unlink(path)
+    os.kill(os.getppid(), getattr(signal, "SIG" + sig))
+
+
 def main(argv):
     tool = os.path.basename(argv[0])
     if tool == "qvm_sim.py":
@@ -1065,6 +1083,7 @@ def main(argv):
     state = sim_state()
     log_call(state, [tool] + argv[1:])
     store = Store(state)
+    inject_fault(state)
     try:
         return TOOLS[tool](argv[1:], store)
     except QubesError as err:
