@@ -993,12 +993,19 @@ def make_private_image(state, sim_dir, name, data_mib, size_mib, seed):
     run([sys.executable, "-I", os.path.join(sim_dir, "treedata.py"), "make",
          os.path.join(top, "home", "user", "data"), str(data_mib), str(seed)])
     run(["chown", "-R", "1000:1000", os.path.join(top, "home", "user")])
+    # mke2fs -d (e2fsprogs 1.47) stores whole seconds: make the kept tree say the same
+    for d, dirs, files in os.walk(top, topdown=False):
+        for n in files + dirs:
+            st = os.lstat(os.path.join(d, n))
+            whole = (st.st_atime_ns // 10**9 * 10**9, st.st_mtime_ns // 10**9 * 10**9)
+            os.utime(os.path.join(d, n), ns=whole, follow_symlinks=False)
     vid = f"appvms/{name}/private"
     img = os.path.join(state, "dom0sim", "var-lib-qubes", vid + ".img")
     os.makedirs(os.path.dirname(img), exist_ok=True)
     with open(img, "wb") as f:
         f.truncate(size_mib << 20)
-    run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", top, img])
+    # 256-byte inodes: nanosecond timestamps (mke2fs picks 128 bytes for a filesystem this small)
+    run(["mkfs.ext4", "-q", "-F", "-I", "256", "-E", "root_owner=0:0", "-d", top, img])
     return {"pool": POOL["name"], "vid": vid, "size": size_mib << 20, "rw": True,
             "save_on_stop": True, "snap_on_start": False, "revisions_to_keep": 0,
             "ephemeral": False}
