@@ -31,8 +31,7 @@ assert_nothing_left() {
     att=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json")
     assert_eq 0 "$att" "attachments left"
     assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
-    loops=$(losetup --list --noheadings -O NAME,BACK-FILE | grep -E '/var/lib/qubes|qubes-borg|/loop' |
-        grep -v 'appvms/work/private-dirty.img' || true)
+    loops=$(python3 "$SIM_DIR/loops.py" list "$S" | grep -v 'appvms/work/private-dirty.img' || true)
     assert_eq "" "$loops" "loop devices left"
     case "$(d0 cat /proc/self/mounts)" in *xvd*|*/var/lib/qubes-borg/*) fail "mount left in dom0" ;; esac
 }
@@ -150,7 +149,7 @@ test_stale_lock_is_taken_over_a_held_one_is_not() {
     d0 sh -c 'mkdir -p /run/qubes-borg && echo 999999 > /run/qubes-borg/lock'
     run_backup personal || fail "stale lock: $(cat "$S/last-run.log")"
     # a lock held by a live process
-    d0 sh -c 'exec 9>>/run/qubes-borg/lock; flock -x 9; echo "$$" > /run/qubes-borg/lock; sleep 30' &
+    "$QEXEC" dom0 sh -c 'exec 9>>/run/qubes-borg/lock; flock -x 9; echo "$$" > /run/qubes-borg/lock; exec sleep 30' &
     local holder=$! rc=0
     sleep 1
     run_backup personal || rc=$?

@@ -595,7 +595,15 @@ def reset_from(src, dst):
 
 
 def losetup(*args):
-    return run(["losetup", *args])
+    # --find can lose a race with another losetup (another simulation on the same kernel)
+    for attempt in range(5):
+        try:
+            return run(["losetup", *args])
+        except subprocess.CalledProcessError as err:
+            if b"busy" not in (err.stderr or b"") or attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def wait_loop_gone(dev, timeout=10.0):
@@ -652,9 +660,10 @@ def start_qube(store, name):
 def stop_qube(store, name):
     q = store.qube(name)
     state = store.state
-    for att in [a for a in store.data["attachments"] if a["frontend"] == name]:
-        detach(store, att)
     kill_qube(state, name)
+    # domain-shutdown: its devices are detached once the domain is gone (and has let go of them)
+    for att in [a for a in store.data["attachments"] if a["frontend"] == name]:
+        detach(store, att, timeout=10.0)
     for loop in q.pop("disk_loops", []):
         with contextlib.suppress(subprocess.CalledProcessError):
             losetup("-d", loop)
@@ -811,9 +820,26 @@ def attach(store, vm, backend, port, options):
             str(os.major(st.st_rdev)), str(os.minor(st.st_rdev)))
 
 
-def detach(store, att):
+def wait_released(dev, timeout):
+    """Until nothing holds DEV open exclusively (a mount in the qube does): Xen's blkback lets
+    go of a backend device only when the frontend has, or the domain is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def detach(store, att, timeout=2.0):
     with contextlib.suppress(subprocess.CalledProcessError, OSError, ValueError):
         in_qube(store.state, att["frontend"], "rm", "-f", f"/dev/{att['dev']}")
+    if not wait_released(att.get("extra_loop") or f"/dev/{att['port']}", timeout):
+        raise QubesError(f"Device {att['backend']}:{att['port']} is still in use by "
+                         f"{att['frontend']} (mounted?)")
     if att.get("extra_loop"):
         with contextlib.suppress(subprocess.CalledProcessError):
             losetup("-d", att["extra_loop"])
