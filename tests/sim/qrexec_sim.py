@@ -831,6 +831,9 @@ class Daemon:
 
 # -- dom0 as the caller (qvm-run --service in the simulated dom0, tests/sim/qvm_sim.py) -------
 
+ROOT_SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def dom0_call(state, target, service_desc, user):
     """qrexec-client -d TARGET USER:QUBESRPC SERVICE dom0, as qvm-run --service runs it: calls
     made by dom0 are not subject to the policy; the service runs in the target as USER with
@@ -841,7 +844,10 @@ def dom0_call(state, target, service_desc, user):
     with open(os.path.join(state, "qubes", target, "pid"), encoding="utf-8") as f:
         pid = int(f.read().strip())
     (svc_in, our_in), (svc_out, our_out), (err_r, err_w) = service_fds()
-    env = service_env({"LANG": "C.UTF-8", "PATH": SERVICE_PATH}, desc, "dom0")
+    # qrexec-agent runs a service under PAM through `/bin/sh -lc` (agent/qrexec-agent.c); a
+    # Debian login shell gives root the sbin directories too (/etc/profile)
+    path = ROOT_SERVICE_PATH if user == "root" else SERVICE_PATH
+    env = service_env({"LANG": "C.UTF-8", "PATH": path}, desc, "dom0")
     argv = ["nsenter", f"--target={pid}", "--mount", "--net", "--uts", "--",
             "/usr/bin/python3", "-I", f"{QUBE_SIM_LIB}/qrexec_sim.py", "agent-exec",
             desc, "dom0", user]

@@ -595,7 +595,15 @@ def reset_from(src, dst):
 
 
 def losetup(*args):
-    return run(["losetup", *args])
+    # --find can lose a race with another losetup (another simulation on the same kernel)
+    for attempt in range(5):
+        try:
+            return run(["losetup", *args])
+        except subprocess.CalledProcessError as err:
+            if b"busy" not in (err.stderr or b"") or attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def wait_loop_gone(dev, timeout=10.0):
@@ -652,9 +660,10 @@ def start_qube(store, name):
 def stop_qube(store, name):
     q = store.qube(name)
     state = store.state
-    for att in [a for a in store.data["attachments"] if a["frontend"] == name]:
-        detach(store, att)
     kill_qube(state, name)
+    # domain-shutdown: its devices are detached once the domain is gone (and has let go of them)
+    for att in [a for a in store.data["attachments"] if a["frontend"] == name]:
+        detach(store, att, timeout=10.0)
     for loop in q.pop("disk_loops", []):
         with contextlib.suppress(subprocess.CalledProcessError):
             losetup("-d", loop)
@@ -811,9 +820,26 @@ def attach(store, vm, backend, port, options):
             str(os.major(st.st_rdev)), str(os.minor(st.st_rdev)))
 
 
-def detach(store, att):
+def wait_released(dev, timeout):
+    """Until nothing holds DEV open exclusively (a mount in the qube does): Xen's blkback lets
+    go of a backend device only when the frontend has, or the domain is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def detach(store, att, timeout=2.0):
     with contextlib.suppress(subprocess.CalledProcessError, OSError, ValueError):
         in_qube(store.state, att["frontend"], "rm", "-f", f"/dev/{att['dev']}")
+    if not wait_released(att.get("extra_loop") or f"/dev/{att['port']}", timeout):
+        raise QubesError(f"Device {att['backend']}:{att['port']} is still in use by "
+                         f"{att['frontend']} (mounted?)")
     if att.get("extra_loop"):
         with contextlib.suppress(subprocess.CalledProcessError):
             losetup("-d", att["extra_loop"])
@@ -993,12 +1019,19 @@ def make_private_image(state, sim_dir, name, data_mib, size_mib, seed):
     run([sys.executable, "-I", os.path.join(sim_dir, "treedata.py"), "make",
          os.path.join(top, "home", "user", "data"), str(data_mib), str(seed)])
     run(["chown", "-R", "1000:1000", os.path.join(top, "home", "user")])
+    # mke2fs -d (e2fsprogs 1.47) stores whole seconds: make the kept tree say the same
+    for d, dirs, files in os.walk(top, topdown=False):
+        for n in files + dirs:
+            st = os.lstat(os.path.join(d, n))
+            whole = (st.st_atime_ns // 10**9 * 10**9, st.st_mtime_ns // 10**9 * 10**9)
+            os.utime(os.path.join(d, n), ns=whole, follow_symlinks=False)
     vid = f"appvms/{name}/private"
     img = os.path.join(state, "dom0sim", "var-lib-qubes", vid + ".img")
     os.makedirs(os.path.dirname(img), exist_ok=True)
     with open(img, "wb") as f:
         f.truncate(size_mib << 20)
-    run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", top, img])
+    # 256-byte inodes: nanosecond timestamps (mke2fs picks 128 bytes for a filesystem this small)
+    run(["mkfs.ext4", "-q", "-F", "-I", "256", "-E", "root_owner=0:0", "-d", top, img])
     return {"pool": POOL["name"], "vid": vid, "size": size_mib << 20, "rw": True,
             "save_on_stop": True, "snap_on_start": False, "revisions_to_keep": 0,
             "ephemeral": False}
@@ -1055,6 +1088,24 @@ def sim_main(argv):
     return 2
 
 
+def inject_fault(state):
+    """Test hook: STATE/dom0sim/fault holding "N SIGNAL" makes the N-th stand-in call from now
+    send SIGNAL (INT, TERM, KILL) to its caller (the dom0 tool) before doing its work, so a test
+    can interrupt the tool at every step. Called with the store lock held."""
+    path = os.path.join(state, "dom0sim", "fault")
+    try:
+        with open(path, encoding="utf-8") as f:
+            count, sig = f.read().split()
+    except (OSError, ValueError):
+        return
+    if int(count) > 1:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{int(count) - 1} {sig}\n")
+        return
+    os.unlink(path)
+    os.kill(os.getppid(), getattr(signal, "SIG" + sig))
+
+
 def main(argv):
     tool = os.path.basename(argv[0])
     if tool == "qvm_sim.py":
@@ -1065,6 +1116,7 @@ def main(argv):
     state = sim_state()
     log_call(state, [tool] + argv[1:])
     store = Store(state)
+    inject_fault(state)
     try:
         return TOOLS[tool](argv[1:], store)
     except QubesError as err:
