@@ -455,8 +455,12 @@ pub fn backup(
         err,
         display: Display::new(tty),
     };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
+    // Only a run holding the lock may undo a ledger: a dry run (no lock) may be running next to
+    // a real one whose ledger is live.
+    if !opts.dry_run {
+        for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+            ctx.note(&n);
+        }
     }
     let listed = match ctx
         .call(&[
