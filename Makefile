@@ -60,7 +60,9 @@ install-dom0: build
 	install -m 0755 $(addprefix $(RELEASE)/,$(DOM0_BINS)) $(DESTDIR)$(BINDIR)/
 	install -d -m 0700 $(DESTDIR)/etc/qubes-borg
 	install -m 0600 conf/backup.conf $(DESTDIR)/etc/qubes-borg/
-	install -m 0644 systemd/qvm-backup-borg.service systemd/qvm-backup-borg.timer $(DESTDIR)$(UNITDIR)/
+	install -m 0644 systemd/qvm-backup-borg.service systemd/qvm-backup-borg.timer systemd/qvm-backup-borg-notify.service $(DESTDIR)$(UNITDIR)/
+	install -d $(DESTDIR)$(LIBEXECDIR)
+	install -m 0755 scripts/qvm-backup-borg-notify $(DESTDIR)$(LIBEXECDIR)/
 	install -d $(DESTDIR)/etc/qubes/policy.d
 	install -m 0664 policy/*.policy $(DESTDIR)/etc/qubes/policy.d/
 	# Salt formula (layout: salt/FORMULA): states, the policy they render, pillar, file_roots

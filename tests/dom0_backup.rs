@@ -163,7 +163,7 @@ fn lvm_thin_volumes_are_activated_and_looped_from_the_committed_lv() {
     f.expect(LS, Reply::ok("vault|AppVM|Running|True\n"))
         .expect("qvm-volume info vault:private pool", Reply::ok("lvm\n"))
         .expect("qvm-volume info vault:private vid", Reply::ok("qubes_dom0/vm-vault-private\n"))
-        .expect("qvm-volume info vault:private usage", Reply::ok("10\n"))
+        .expect("qvm-volume info vault:private size", Reply::ok("10\n"))
         .expect("qvm-pool info lvm", Reply::ok("name          lvm\ndriver        lvm_thin\nthin_pool     vm-pool\nvolume_group  qubes_dom0\n"))
         .expect("lvchange --activate=y -- /dev/qubes_dom0/vm-vault-private", Reply::ok(""))
         .expect("losetup --read-only --find --show /dev/qubes_dom0/vm-vault-private", Reply::ok("/dev/loop0\n"))
@@ -366,11 +366,8 @@ fn an_interrupt_during_the_job_cleans_up_and_stops_the_run() {
 fn leftovers_of_a_killed_run_are_undone_first() {
     let d = tmp("left");
     let c = cfg(&d, "");
-    std::fs::write(
-        d.join("cleanup"),
-        "loop loop5\nshutdown sys-backup-mnt 120\ndetach sys-backup-mnt loop5\n",
-    )
-    .unwrap();
+    let ledger = "loop loop5\nshutdown sys-backup-mnt 120\ndetach sys-backup-mnt loop5\n";
+    std::fs::write(d.join("cleanup"), ledger).unwrap();
     let mut f = Fake::default();
     f.expect("qvm-block detach sys-backup-mnt dom0:loop5", Reply::ok(""))
         .expect(
@@ -378,18 +375,41 @@ fn leftovers_of_a_killed_run_are_undone_first() {
             Reply::ok(""),
         )
         .expect("losetup --detach /dev/loop5", Reply::ok(""))
-        .expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
-    let (r, out, _) = run(
-        &c,
-        &Options {
-            dry_run: true,
-            ..opts()
-        },
-        &mut f,
-    );
-    assert_eq!(r, Outcome::Ok);
+        .expect(LS, Reply::ok("work|AppVM|Halted|False\n"));
+    let (r, _, err) = run(&c, &opts(), &mut f);
+    assert_eq!(r, Outcome::NoPlan, "{err}");
     assert!(f.expected.is_empty());
-    assert!(out.contains("work") && out.contains("dry run"), "{out}");
+    assert!(
+        err.contains("undoing 3 step(s) left by an interrupted run"),
+        "{err}"
+    );
+    assert!(!d.join("cleanup").exists());
+}
+
+#[test]
+fn a_dry_run_changes_nothing_not_even_another_runs_leftovers() {
+    let d = tmp("dry");
+    let c = cfg(&d, "[qube vault]\nmode = image\n");
+    let ledger = "loop loop5\n";
+    std::fs::write(d.join("cleanup"), ledger).unwrap();
+    let mut f = Fake::default();
+    f.expect(
+        LS,
+        Reply::ok("work|AppVM|Running|True\nvault|AppVM|Halted|True\n"),
+    );
+    let dry = Options {
+        dry_run: true,
+        ..opts()
+    };
+    let (r, out, _) = run(&c, &dry, &mut f);
+    assert_eq!(r, Outcome::Ok);
+    assert_eq!(f.calls.len(), 1, "only qvm-ls: {:?}", f.calls);
+    assert_eq!(std::fs::read_to_string(d.join("cleanup")).unwrap(), ledger);
+    assert!(
+        out.contains("vault                image  -> vault-2026-11-29T16:34:56Z"),
+        "{out}"
+    );
+    assert!(out.contains("(running: as of its last start)"), "{out}");
 }
 
 #[test]

@@ -159,16 +159,8 @@ fn main() {
     } else {
         secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e))
     };
-    let log = std::env::var_os("QUBES_BORG_CALL_LOG").and_then(|p| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(p)
-            .ok()
-    });
     let mut q = Real {
         signals: Some(signals),
-        log,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

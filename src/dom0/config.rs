@@ -302,14 +302,11 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
                 "unknown key (see docs/USAGE.md for the list)".into(),
             ));
         };
-        match (whr, &section) {
-            (Where::Global, Some(q)) => {
-                return Err(err(
-                    key,
-                    format!("not allowed in [qube {q}]; put it before the first section"),
-                ))
-            }
-            _ => {}
+        if let (Where::Global, Some(q)) = (whr, &section) {
+            return Err(err(
+                key,
+                format!("not allowed in [qube {q}]; put it before the first section"),
+            ));
         }
         if count == Count::Once {
             if seen.contains(&(section.clone(), k)) {

@@ -17,6 +17,14 @@ pub struct Lock {
     pub stale_pid: Option<u32>,
 }
 
+impl Drop for Lock {
+    /// A run that ends (even with an error) empties the file: a pid found there later was
+    /// left by a run that crashed or was killed.
+    fn drop(&mut self) {
+        let _ = self._file.set_len(0);
+    }
+}
+
 #[derive(Debug)]
 pub enum LockError {
     Held { path: PathBuf, pid: Option<u32> },
@@ -84,7 +92,7 @@ pub fn acquire(dir: &Path) -> Result<Lock, LockError> {
     };
     locked.set_len(0).map_err(io)?;
     locked.rewind().map_err(io)?;
-    write!(locked, "{}\n", std::process::id()).map_err(io)?;
+    writeln!(locked, "{}", std::process::id()).map_err(io)?;
     Ok(Lock {
         _file: locked,
         stale_pid: before.filter(|p| *p != std::process::id()),
@@ -114,7 +122,11 @@ mod tests {
             "{msg}"
         );
         drop(l);
-        assert!(acquire(&dir).is_ok());
+        let again = acquire(&dir).unwrap();
+        assert_eq!(
+            again.stale_pid, None,
+            "a run that ended normally leaves no stale pid"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -61,7 +61,6 @@ pub trait Qubes {
 /// The real tools.
 pub struct Real {
     pub signals: Option<Signals>,
-    pub log: Option<std::fs::File>,
 }
 
 fn command(argv: &[String]) -> Command {
@@ -78,18 +77,8 @@ fn read_bounded(r: &mut impl Read, max: usize) -> Vec<u8> {
     v
 }
 
-impl Real {
-    fn record(&mut self, argv: &[String]) {
-        if let Some(f) = &mut self.log {
-            let quoted: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
-            let _ = writeln!(f, "[{}]", quoted.join(", "));
-        }
-    }
-}
-
 impl Qubes for Real {
     fn run(&mut self, argv: &[String]) -> Result<Output, CallError> {
-        self.record(argv);
         let mut child = command(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -116,7 +105,6 @@ impl Qubes for Real {
         request: &[u8],
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<Output, CallError> {
-        self.record(argv);
         let mut child = command(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -12,7 +12,7 @@ use super::plan::{self, Item, QubeInfo};
 use super::qubes::{CallError, Output, Qubes};
 use super::volumes::{parse_loop, Cleanup, Undo};
 use crate::job::progress::{sanitize, Event, LineSplitter, Stats};
-use crate::job::spec::{self, Create, Op, Prune, Spec};
+use crate::job::spec::{self, Create, Mode, Op, Prune, Spec};
 
 /// The qrexec service of the job in the disposable.
 pub const JOB_SERVICE: &str = "qubes-borg.BackupJob";
@@ -305,8 +305,15 @@ fn back_up_one(
     let vol = format!("{q}:private");
     let pool = ctx.value(&["qvm-volume", "info", &vol, "pool"])?;
     let vid = ctx.value(&["qvm-volume", "info", &vol, "vid"])?;
+    // Progress is measured against what borg reads: the used bytes (files) or the whole
+    // volume (image).
+    let measure = if item.mode == Mode::Image {
+        "size"
+    } else {
+        "usage"
+    };
     let usage: u64 = ctx
-        .value(&["qvm-volume", "info", &vol, "usage"])?
+        .value(&["qvm-volume", "info", &vol, measure])?
         .parse()
         .unwrap_or(0);
     spec::check_qube(&pool).map_err(|w| format!("pool name {w}"))?;
@@ -431,6 +438,7 @@ pub fn summary(results: &[QubeResult]) -> String {
 }
 
 /// Runs `backup`. `now` is seconds since the epoch (archive names, backup_timestamp).
+#[allow(clippy::too_many_arguments)] // I/O passed in, as the programs' rule asks
 pub fn backup(
     cfg: &Config,
     opts: &Options,
@@ -447,8 +455,12 @@ pub fn backup(
         err,
         display: Display::new(tty),
     };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
+    // Only a run holding the lock may undo a ledger: a dry run (no lock) may be running next to
+    // a real one whose ledger is live.
+    if !opts.dry_run {
+        for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+            ctx.note(&n);
+        }
     }
     let listed = match ctx
         .call(&[

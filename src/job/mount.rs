@@ -30,9 +30,13 @@ pub fn mount_argv(device: &str, dir: &str, options: &str) -> Vec<String> {
         .collect()
 }
 
+/// PATH for the programs the job starts (qrexec services may get one without the sbin dirs).
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn run(argv: &[String]) -> Result<(), String> {
     let out = Command::new(&argv[0])
         .args(&argv[1..])
+        .env("PATH", PATH)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
     if out.status.success() {

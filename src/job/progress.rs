@@ -315,10 +315,7 @@ mod tests {
                 bad
             );
         }
-        assert_eq!(
-            decode(format!("progress {}", MAX_NUMBER + 1).as_bytes()).is_err(),
-            true
-        );
+        assert!(decode(format!("progress {}", MAX_NUMBER + 1).as_bytes()).is_err());
     }
 
     #[test]
