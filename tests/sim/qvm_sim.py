@@ -1059,11 +1059,15 @@ def sim_init(state, sim_dir):
                              prefs={"label": "red", "include_in_backups": False,
                                     "provides_network": True})
     apps = (("work", "blue", 6, 1), ("personal", "green", 3, 2), ("vault-data", "black", 3, 3))
+    # QUBES_SIM_APP_MIB=N: N MiB of data in each app qube instead (benchmarks)
+    big = int(os.environ.get("QUBES_SIM_APP_MIB", "0"))
     for name, label, mib, seed in apps:
+        mib = big or mib
+        size = max(48, 2 * mib + 16)
         q[name] = new_qube("AppVM", "app", prefs={"label": label, "template": "debian-12",
                                                   "netvm": None},
                            volumes={"private": make_private_image(state, sim_dir, name, mib,
-                                                                  48, seed)})
+                                                                  size, seed)})
         os.makedirs(os.path.join(state, "qubes", name, "sim"), exist_ok=True)
         os.makedirs(os.path.join(state, "qubes", name, "upper"), exist_ok=True)
     with open(os.path.join(state, "dom0sim", "qubes.json"), "w", encoding="utf-8") as f:
