@@ -1,6 +1,6 @@
-//! Development machine: dom0's `qvm-backup-borg backup` against the fake Qubes: the exact qvm-*/losetup call
-//! sequences, cleanup on every failure, one failing qube not stopping the others, and what
-//! the job sends being contained.
+//! Development machine: dom0's `qvm-backup-borg backup` against the fake Qubes: the exact
+//! qvm-*/losetup call sequences, cleanup on every failure, one failing qube not stopping the
+//! others, and what the job sends being contained.
 
 use std::path::Path;
 
