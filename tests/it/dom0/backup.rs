@@ -306,6 +306,9 @@ fn a_failed_job_fails_its_qube_and_hostile_output_is_contained() {
     expect_setup(&mut f, "work", "loop3", "loop4");
     let mut hostile = b"progress 99999999999\n\x1b]0;pwned\x07\n".to_vec();
     hostile.extend(vec![b'A'; 100_000]);
+    for _ in 0..10_000 {
+        hostile.extend(b"\nwarning flood");
+    }
     hostile.extend(b"\nerror mount: wrong fs type \x1b[2J\x9b1m\nstats 1 2 3 4\ndone ok\n");
     f.expect(
         JOB,
@@ -327,6 +330,14 @@ fn a_failed_job_fails_its_qube_and_hostile_output_is_contained() {
         );
     }
     assert!(err.contains("longer than 512 bytes"), "{err}");
+    assert!(
+        err.lines().count() < 200,
+        "a flood of warnings is cut short"
+    );
+    assert!(
+        err.contains("more warnings from the job not shown"),
+        "{err}"
+    );
     assert!(out.contains("FAILED: mount: wrong fs type"), "{out}");
     assert!(
         !f.calls.iter().any(|c| c[0] == "qvm-prefs"),
