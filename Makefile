@@ -12,7 +12,9 @@ PILLARDIR  ?= /srv/pillar/base/qubes-borg
 
 # Programs installed in the templates of sys-backup-mnt, sys-backup and ssh-backup.
 VM_BINS      := qubes-relay qubes-ssh-client
-VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter
+VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter qubes-borg-job
+# Programs installed in dom0.
+DOM0_BINS    := qvm-backup-borg
 
 .PHONY: all build test lint demo bench install-vm install-dom0 clean dist rpm deb
 
@@ -45,7 +47,7 @@ install-vm: build
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_BINS)) $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(addprefix $(RELEASE)/,$(VM_LIBEXEC)) $(DESTDIR)$(LIBEXECDIR)/
 	install -d $(DESTDIR)/etc/qubes-rpc
-	install -m 0755 qubes-rpc/qubes-borg.Ssh qubes-rpc/qubes-borg.SshAgent $(DESTDIR)/etc/qubes-rpc/
+	install -m 0755 qubes-rpc/qubes-borg.Ssh qubes-rpc/qubes-borg.SshAgent qubes-rpc/qubes-borg.BackupJob $(DESTDIR)/etc/qubes-rpc/
 	# sys-backup: persistent /etc/qubes-borg for the qubes-borg.Ssh destinations (docs/PROTOCOL.md)
 	install -d $(DESTDIR)$(BINDDIRSDIR) $(DESTDIR)/etc/qubes-borg/destinations
 	install -m 0644 qubes-bind-dirs/50_qubes-borg.conf $(DESTDIR)$(BINDDIRSDIR)/
@@ -57,7 +59,15 @@ install-vm: build
 	# Straight into a system (no DESTDIR): enable the units as the packages' scriptlets do.
 	if [ -z "$(DESTDIR)" ]; then systemctl daemon-reload && systemctl preset qubes-borg-agent@.service; fi
 
-install-dom0:
+install-dom0: build
+	# qvm-backup-borg, its configuration (root-only) and its timer (shipped disabled)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(addprefix $(RELEASE)/,$(DOM0_BINS)) $(DESTDIR)$(BINDIR)/
+	install -d -m 0700 $(DESTDIR)/etc/qubes-borg
+	install -m 0600 conf/backup.conf $(DESTDIR)/etc/qubes-borg/
+	install -m 0644 systemd/qvm-backup-borg.service systemd/qvm-backup-borg.timer systemd/qvm-backup-borg-notify.service $(DESTDIR)$(UNITDIR)/
+	install -d $(DESTDIR)$(LIBEXECDIR)
+	install -m 0755 scripts/qvm-backup-borg-notify $(DESTDIR)$(LIBEXECDIR)/
 	install -d $(DESTDIR)/etc/qubes/policy.d
 	install -m 0664 policy/*.policy $(DESTDIR)/etc/qubes/policy.d/
 	# Salt formula (layout: salt/FORMULA): states, the policy they render, pillar, file_roots

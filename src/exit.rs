@@ -12,6 +12,9 @@ use std::fmt;
 /// Success (qubes-agent-filter: the client closed the connection; qubes-relay: `--connect`,
 /// `--listen` ended cleanly).
 pub const OK: u8 = 0;
+/// qvm-backup-borg: some qube, the prune or a cleanup failed, or nothing could be backed up
+/// (the other qubes still ran); qubes-borg-job: a step failed (its `error` lines say which).
+pub const FAILED: u8 = 1;
 /// sysexits EX_USAGE: a command line or service argument that is not accepted.
 pub const USAGE: u8 = 64;
 /// sysexits EX_DATAERR: the agent client broke the SSH agent protocol (qubes-agent-filter).
@@ -26,6 +29,8 @@ pub const SOFTWARE: u8 = 70;
 pub const OSERR: u8 = 71;
 /// sysexits EX_IOERR: reading from or writing to the agent client failed (qubes-agent-filter).
 pub const IOERR: u8 = 74;
+/// sysexits EX_TEMPFAIL: another qvm-backup-borg run holds the lock; try again later.
+pub const TEMPFAIL: u8 = 75;
 /// sysexits EX_PROTOCOL: the other side did not speak the qubes-borg.Ssh protocol (bad header,
 /// bad status line, early close).
 pub const PROTOCOL: u8 = 76;
@@ -59,14 +64,18 @@ pub enum Program {
     SshService,
     AgentFilter,
     Relay,
+    BackupJob,
+    QvmBackupBorg,
 }
 
 impl Program {
-    pub const ALL: [Program; 4] = [
+    pub const ALL: [Program; 6] = [
         Program::SshClient,
         Program::SshService,
         Program::AgentFilter,
         Program::Relay,
+        Program::BackupJob,
+        Program::QvmBackupBorg,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +84,8 @@ impl Program {
             Program::SshService => "qubes-ssh-service",
             Program::AgentFilter => "qubes-agent-filter",
             Program::Relay => "qubes-relay",
+            Program::BackupJob => "qubes-borg-job",
+            Program::QvmBackupBorg => "qvm-backup-borg",
         }
     }
 }
@@ -119,7 +130,7 @@ const fn text(program: Program, code: &'static str, meaning: &'static str) -> Ro
     }
 }
 
-use Program::{AgentFilter, Relay, SshClient, SshService};
+use Program::{AgentFilter, BackupJob, QvmBackupBorg, Relay, SshClient, SshService};
 
 /// Every exit code of every program, in the order the help texts and docs list them.
 pub const TABLE: &[Row] = &[
@@ -155,6 +166,16 @@ pub const TABLE: &[Row] = &[
     row(Relay, CANNOT_EXECUTE, "CMD was found but could not be executed"),
     row(Relay, NOT_FOUND, "CMD was not found"),
     text(Relay, "128+N", "qubes-relay was killed by signal N (after restoring its stdin/stdout flags)"),
+    row(BackupJob, OK, "the step dom0 asked for is done (its last line is done ok)"),
+    row(BackupJob, FAILED, "a step failed: mount, borg, unmount (its error lines say which)"),
+    row(BackupJob, PROTOCOL, "the request from dom0 was malformed or refused (versions differ?)"),
+    row(QvmBackupBorg, OK, "every planned qube was backed up (and pruned, when configured)"),
+    row(QvmBackupBorg, FAILED, "a qube, the prune or a cleanup failed (the other qubes still ran), or nothing could be planned"),
+    row(QvmBackupBorg, USAGE, "the command line is not accepted"),
+    row(QvmBackupBorg, OSERR, "cannot set up signal handling"),
+    row(QvmBackupBorg, TEMPFAIL, "another qvm-backup-borg run holds the lock (the message gives its pid)"),
+    row(QvmBackupBorg, CONFIG, "backup.conf or a secret file is missing, malformed or not root-only (file:line: key)"),
+    text(QvmBackupBorg, "128+N", "interrupted by signal N (SIGINT, SIGTERM, SIGHUP) after undoing everything it set up"),
 ];
 
 /// The rows of one program, in table order.

@@ -8,7 +8,9 @@
 pub mod agent;
 pub mod child;
 pub mod codec;
+pub mod dom0;
 pub mod exit;
+pub mod job;
 pub mod pipe;
 pub mod relay;
 pub mod safe_path;

@@ -7,7 +7,12 @@ use std::process::Command;
 
 /// Files whose exit-code tables follow `src/exit.rs`, each table under a line
 /// `<!-- exit-codes: PROGRAM ... -->`.
-const DOCS: &[&str] = &["README.md", "docs/PROTOCOL.md", "docs/SPLIT-SSH.md"];
+const DOCS: &[&str] = &[
+    "README.md",
+    "docs/PROTOCOL.md",
+    "docs/SPLIT-SSH.md",
+    "docs/USAGE.md",
+];
 
 fn binary(p: Program) -> &'static str {
     match p {
@@ -15,6 +20,8 @@ fn binary(p: Program) -> &'static str {
         Program::SshService => SERVICE,
         Program::AgentFilter => FILTER,
         Program::Relay => RELAY,
+        Program::BackupJob => env!("CARGO_BIN_EXE_qubes-borg-job"),
+        Program::QvmBackupBorg => env!("CARGO_BIN_EXE_qvm-backup-borg"),
     }
 }
 

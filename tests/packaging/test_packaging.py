@@ -89,7 +89,7 @@ def build_rpms(topdir, prebuilt):
         env.pop("RPM_PREBUILT", None)
     run(["rpm/build-rpms", "build"], env=env)
     vm = os.path.join(topdir, "RPMS", "x86_64", "qubes-borg-%s-1.x86_64.rpm" % VERSION)
-    dom0 = os.path.join(topdir, "RPMS", "noarch", "qubes-borg-dom0-%s-1.noarch.rpm" % VERSION)
+    dom0 = os.path.join(topdir, "RPMS", "x86_64", "qubes-borg-dom0-%s-1.x86_64.rpm" % VERSION)
     return vm, dom0
 
 
@@ -522,7 +522,7 @@ class Metadata(unittest.TestCase):
         dom0 = set(rpm_query(Env.dom0_rpm, "--requires").split("\n"))
         for dep in ("qubes-mgmt-salt", "qubes-mgmt-salt-dom0-qvm", "qubes-core-qrexec-dom0"):
             self.assertIn(dep, dom0)
-        self.assertEqual(rpm_query(Env.dom0_rpm, "--qf", "%{ARCH}"), "noarch")
+        self.assertEqual(rpm_query(Env.dom0_rpm, "--qf", "%{ARCH}"), "x86_64")
         self.assertEqual(rpm_query(Env.vm_rpm, "--qf", "%{ARCH}"), "x86_64")
 
 

@@ -6,6 +6,8 @@ SIM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SIM_DIR/../.." && pwd)
 # The three qubes that run project code, and the outside world.
 SIM_QUBES=(sys-backup-mnt sys-backup ssh-backup)
+# App qubes whose private volumes dom0 backs up (started and stopped by the qvm-* stand-ins).
+SIM_APP_QUBES=(work personal vault-data)
 # Addresses on the only link: sys-backup <-> internet (TEST-NET-1, only inside our namespaces).
 SIM_NET_SYSBACKUP=192.0.2.2
 SIM_NET_SSHD=192.0.2.10
@@ -32,7 +34,11 @@ sim_require_root() {
 # The keeper process of a qube (or of "internet"): its namespaces are the qube.
 sim_pid() {
     local state=$1 qube=$2 f
-    if [ "$qube" = internet ]; then f=$state/internet/pid; else f=$state/qubes/$qube/pid; fi
+    case "$qube" in
+        internet) f=$state/internet/pid ;;
+        dom0) f=$state/dom0sim/pid ;;
+        *) f=$state/qubes/$qube/pid ;;
+    esac
     [ -s "$f" ] || sim_die "no such qube '$qube' in $state"
     cat "$f"
 }

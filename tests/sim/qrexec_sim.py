@@ -829,6 +829,42 @@ class Daemon:
         return wait_code(status)
 
 
+# -- dom0 as the caller (qvm-run --service in the simulated dom0, tests/sim/qvm_sim.py) -------
+
+ROOT_SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def dom0_call(state, target, service_desc, user):
+    """qrexec-client -d TARGET USER:QUBESRPC SERVICE dom0, as qvm-run --service runs it: calls
+    made by dom0 are not subject to the policy; the service runs in the target as USER with
+    QREXEC_REMOTE_DOMAIN=dom0, its stderr goes to the target's log; returns its exit status."""
+    desc, _service, _arg, _target = parse_request(service_desc, target)
+    root = os.path.join(state, "roots", target)
+    logfile = qube_log(root)
+    with open(os.path.join(state, "qubes", target, "pid"), encoding="utf-8") as f:
+        pid = int(f.read().strip())
+    (svc_in, our_in), (svc_out, our_out), (err_r, err_w) = service_fds()
+    # qrexec-agent runs a service under PAM through `/bin/sh -lc` (agent/qrexec-agent.c); a
+    # Debian login shell gives root the sbin directories too (/etc/profile)
+    path = ROOT_SERVICE_PATH if user == "root" else SERVICE_PATH
+    env = service_env({"LANG": "C.UTF-8", "PATH": path}, desc, "dom0")
+    argv = ["nsenter", f"--target={pid}", "--mount", "--net", "--uts", "--",
+            "/usr/bin/python3", "-I", f"{QUBE_SIM_LIB}/qrexec_sim.py", "agent-exec",
+            desc, "dom0", user]
+    log_line(logfile, f"qrexec: {desc} from dom0 (user {user})")
+    proc = subprocess.Popen(argv, stdin=svc_in.fileno(), stdout=svc_out.fileno(),
+                            stderr=err_w, env=env, close_fds=True)
+    svc_in.close()
+    svc_out.close()
+    os.close(err_w)
+    logger = log_stderr(err_r, logfile, f"{desc}-dom0".encode())
+    code = run_client_relay(our_in.detach(), our_out.detach(), [],
+                            lambda: wait_code(os.waitpid(proc.pid, 0)[1]))
+    logger.join(timeout=2)
+    log_line(logfile, f"qrexec: {desc} from dom0 exit {code}")
+    return code
+
+
 def main(argv):
     name = os.path.basename(argv[0])
     if name == "qrexec-client-vm":

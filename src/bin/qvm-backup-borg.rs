@@ -1,0 +1,197 @@
+//! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md).
+//! `qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]`
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use qubes_borg::dom0::config::{self, Config};
+use qubes_borg::dom0::run::{self, Options, Outcome, Secrets};
+use qubes_borg::dom0::{lock, qubes::Real, signals::Signals};
+
+use qubes_borg::exit::{self, Program};
+
+const EXIT_OK: u8 = exit::OK;
+const EXIT_FAILED: u8 = exit::FAILED;
+const EXIT_USAGE: u8 = exit::USAGE;
+const EXIT_CONFIG: u8 = exit::CONFIG;
+const EXIT_LOCKED: u8 = exit::TEMPFAIL;
+
+const USAGE: &str =
+    "usage: qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]
+  Backs up the qubes chosen in /etc/qubes-borg/backup.conf (or the QUBEs named) with borg,
+  through the disposable sys-backup-mnt. See docs/USAGE.md.
+  --config FILE  another configuration file
+  --dry-run      show the plan, change nothing
+  --shutdown     shut running qubes down first (and start them again after)";
+
+fn help() -> String {
+    format!(
+        "{USAGE}\nExit status:\n{}",
+        exit::help(Program::QvmBackupBorg)
+    )
+}
+
+fn die(code: u8, msg: &str) -> ! {
+    eprintln!("qvm-backup-borg: {msg}");
+    std::process::exit(code.into())
+}
+
+/// A root-only secret file: regular, owned by root (or us), not readable by group or others.
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file()
+        || meta.mode() & 0o077 != 0
+        || (meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw())
+    {
+        return Err(format!(
+            "{}: must be a regular file owned by root with mode 0600 or 0400",
+            path.display()
+        ));
+    }
+    let mut v = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024 + 1).read_to_end(&mut v))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if v.len() > 64 * 1024 {
+        return Err(format!("{}: larger than 64 KiB", path.display()));
+    }
+    Ok(v)
+}
+
+fn ask_passphrase() -> Result<Vec<u8>, String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| format!("no passphrase file and no terminal to ask on: {e}"))?;
+    let old = tcgetattr(&tty).map_err(|e| format!("terminal: {e}"))?;
+    let mut quiet = old.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    write!(tty, "Passphrase of the borg repository: ").map_err(|e| e.to_string())?;
+    tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).map_err(|e| format!("terminal: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while tty.read(&mut b).map_err(|e| e.to_string())? == 1
+        && b[0] != b'\n'
+        && line.len() <= 64 * 1024
+    {
+        line.push(b[0]);
+    }
+    let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, &old);
+    let _ = writeln!(tty);
+    Ok(line)
+}
+
+fn secrets(cfg: &Config) -> Result<Secrets, String> {
+    let mut passphrase = if cfg.passphrase_file.exists() {
+        read_secret(&cfg.passphrase_file)?
+    } else {
+        ask_passphrase()?
+    };
+    // A trailing newline of an edited file is not part of the passphrase (as borg's --passphrase-fd reads a line).
+    if passphrase.last() == Some(&b'\n') {
+        passphrase.pop();
+    }
+    let key_file = match &cfg.key_file {
+        Some(p) => Some(read_secret(p)?),
+        None => None,
+    };
+    Ok(Secrets {
+        passphrase,
+        key_file,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("backup") {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            print!("{}", help());
+            std::process::exit(EXIT_OK.into());
+        }
+        die(EXIT_USAGE, &format!("expected a command (backup)\n{USAGE}"));
+    }
+    let mut config_path = PathBuf::from(config::DEFAULT_PATH);
+    let mut opts = Options {
+        dry_run: false,
+        shutdown: false,
+        qubes: vec![],
+    };
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config_path = it
+                    .next()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| die(EXIT_USAGE, "--config needs a file"))
+            }
+            "--dry-run" => opts.dry_run = true,
+            "--shutdown" => opts.shutdown = true,
+            "--help" | "-h" => {
+                print!("{}", help());
+                std::process::exit(EXIT_OK.into())
+            }
+            s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
+            s => {
+                if let Err(w) = qubes_borg::job::spec::check_qube(s) {
+                    die(EXIT_USAGE, &format!("qube name '{s}' {w}"));
+                }
+                opts.qubes.push(s.to_string())
+            }
+        }
+    }
+    let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
+    // Signals first: every thread and child started later sees them blocked/reset.
+    let signals = Signals::install()
+        .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string())))
+    };
+    if let Some(p) = lock.as_ref().and_then(|l| l.stale_pid) {
+        eprintln!("qvm-backup-borg: note: lock of an earlier run (pid {p}) was stale; that run ended without cleaning up, its leftovers are undone now");
+    }
+    let sec = if opts.dry_run {
+        Secrets {
+            passphrase: vec![],
+            key_file: None,
+        }
+    } else {
+        secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e))
+    };
+    let mut q = Real {
+        signals: Some(signals),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let tty = std::io::stderr().is_terminal();
+    let outcome = run::backup(
+        &cfg,
+        &opts,
+        &sec,
+        &mut q,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        tty,
+        now,
+    );
+    drop(lock);
+    let signal = q
+        .signals
+        .as_ref()
+        .and_then(|s| s.which())
+        .map(|s| s as i32 as u8);
+    let code = match outcome {
+        Outcome::Ok => EXIT_OK,
+        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
+        Outcome::Interrupted => exit::SIGNALED + signal.unwrap_or(nix::libc::SIGINT as u8),
+    };
+    std::process::exit(code.into())
+}

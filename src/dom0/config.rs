@@ -1,0 +1,509 @@
+//! dom0: `/etc/qubes-borg/backup.conf`, the configuration of `qvm-backup-borg`.
+//!
+//! Format: `key = value` lines, `#` comments, and `[qube NAME]` sections for per-qube keys.
+//! One table (`KEYS`) says which keys exist, where, and how many times; every error names the
+//! file, the line and the key. See docs/USAGE.md for the meaning of each key.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::job::spec::{self, Keep, KeepKind, Mode};
+
+pub const DEFAULT_PATH: &str = "/etc/qubes-borg/backup.conf";
+/// Largest configuration file.
+pub const MAX_FILE: u64 = 256 * 1024;
+
+/// Excludes applied to every files-mode qube unless `default_excludes = no`: caches and
+/// trash, which borg would otherwise store every day. Paths are relative to the private
+/// volume's root (`home/` is the qube's /home, `rw/`-less because the volume *is* /rw).
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "sh:home/*/.cache",
+    "sh:home/*/.local/share/Trash",
+    "sh:home/*/.mozilla/firefox/*/cache2",
+    "sh:home/*/.config/chromium/*/Cache",
+    "sh:lost+found",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Global,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Once,
+    Many,
+}
+
+const KEYS: &[(&str, Where, Count)] = &[
+    ("repository", Where::Global, Count::Once),
+    ("admin_repository", Where::Global, Count::Once),
+    ("qubes", Where::Global, Count::Many),
+    ("tag", Where::Global, Count::Many),
+    ("exclude_qubes", Where::Global, Count::Many),
+    ("compression", Where::Both, Count::Once),
+    ("mode", Where::Both, Count::Once),
+    ("exclude", Where::Both, Count::Many),
+    ("default_excludes", Where::Both, Count::Once),
+    ("keep_within", Where::Global, Count::Once),
+    ("keep_last", Where::Global, Count::Once),
+    ("keep_hourly", Where::Global, Count::Once),
+    ("keep_daily", Where::Global, Count::Once),
+    ("keep_weekly", Where::Global, Count::Once),
+    ("keep_monthly", Where::Global, Count::Once),
+    ("keep_yearly", Where::Global, Count::Once),
+    ("passphrase_file", Where::Global, Count::Once),
+    ("key_file", Where::Global, Count::Once),
+    ("disposable", Where::Global, Count::Once),
+    ("persistent_state", Where::Global, Count::Once),
+    ("state_image", Where::Global, Count::Once),
+    ("state_size_mib", Where::Global, Count::Once),
+    ("shutdown_timeout", Where::Global, Count::Once),
+    ("run_dir", Where::Global, Count::Once),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QubeConfig {
+    pub mode: Option<Mode>,
+    pub compression: Option<String>,
+    pub excludes: Vec<String>,
+    pub default_excludes: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub repository: String,
+    pub admin_repository: Option<String>,
+    /// Explicit list (empty: every qube with include_in_backups).
+    pub qubes: Vec<String>,
+    pub tags: Vec<String>,
+    pub exclude_qubes: Vec<String>,
+    pub compression: String,
+    pub mode: Mode,
+    pub excludes: Vec<String>,
+    pub default_excludes: bool,
+    pub keep: Keep,
+    pub passphrase_file: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub disposable: String,
+    pub persistent_state: bool,
+    pub state_image: PathBuf,
+    pub state_size_mib: u64,
+    pub shutdown_timeout: u32,
+    pub run_dir: PathBuf,
+    pub per_qube: Vec<(String, QubeConfig)>,
+}
+
+impl Config {
+    pub fn qube(&self, name: &str) -> Option<&QubeConfig> {
+        self.per_qube
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Io {
+        file: PathBuf,
+        err: String,
+    },
+    Unsafe {
+        file: PathBuf,
+        why: &'static str,
+    },
+    Line {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        why: String,
+    },
+    Missing {
+        file: PathBuf,
+        key: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { file, err } => write!(f, "{}: {err}", file.display()),
+            ConfigError::Unsafe { file, why } => write!(
+                f,
+                "{}: {why} (it holds backup settings: chown root:root and chmod 0600 it)",
+                file.display()
+            ),
+            ConfigError::Line {
+                file,
+                line,
+                key,
+                why,
+            } => {
+                write!(f, "{}:{line}: {key}: {why}", file.display())
+            }
+            ConfigError::Missing { file, key } => {
+                write!(
+                    f,
+                    "{}: '{key}' is required (see docs/USAGE.md)",
+                    file.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses the file; it must be a root-owned regular file not writable by others.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let io = |e: std::io::Error| ConfigError::Io {
+        file: path.to_path_buf(),
+        err: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(ConfigError::Unsafe {
+            file: path.into(),
+            why: "not a regular file",
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(ConfigError::Unsafe {
+            file: path.into(),
+            why: "not owned by root",
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(ConfigError::Unsafe {
+            file: path.into(),
+            why: "writable by group or others",
+        });
+    }
+    if meta.len() > MAX_FILE {
+        return Err(ConfigError::Unsafe {
+            file: path.into(),
+            why: "larger than 256 KiB",
+        });
+    }
+    let text = std::fs::read(path).map_err(io)?;
+    parse(path, &text)
+}
+
+fn yes_no(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => Err("must be yes or no".into()),
+    }
+}
+
+fn abs_path(v: &str) -> Result<PathBuf, String> {
+    if !v.starts_with('/') || v.contains("/../") || v.ends_with("/..") {
+        return Err("must be an absolute path without '..'".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn number(v: &str, max: u64) -> Result<u64, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or(format!("must be a number from 1 to {max}"))
+}
+
+fn names(v: &str) -> Result<Vec<String>, String> {
+    v.split_whitespace()
+        .map(|q| {
+            spec::check_qube(q)
+                .map(|_| q.to_string())
+                .map_err(|w| format!("'{q}' {w}"))
+        })
+        .collect()
+}
+
+/// Parses the text of the file at `path`.
+pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
+    let file = path.to_path_buf();
+    let text = std::str::from_utf8(text).map_err(|_| ConfigError::Io {
+        file: file.clone(),
+        err: "not UTF-8 text".into(),
+    })?;
+    let mut c = Config {
+        path: file.clone(),
+        repository: String::new(),
+        admin_repository: None,
+        qubes: vec![],
+        tags: vec![],
+        exclude_qubes: vec![],
+        compression: "zstd,3".into(),
+        mode: Mode::Files,
+        excludes: vec![],
+        default_excludes: true,
+        keep: Keep::default(),
+        passphrase_file: "/etc/qubes-borg/passphrase".into(),
+        key_file: None,
+        disposable: "sys-backup-mnt".into(),
+        persistent_state: true,
+        state_image: "/var/lib/qubes-borg/state.img".into(),
+        state_size_mib: 4096,
+        shutdown_timeout: 120,
+        run_dir: "/run/qubes-borg".into(),
+        per_qube: vec![],
+    };
+    let mut seen: Vec<(Option<String>, &str)> = Vec::new();
+    let mut section: Option<String> = None;
+    let mut have_repo = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |key: &str, why: String| ConfigError::Line {
+            file: file.clone(),
+            line,
+            key: key.to_string(),
+            why,
+        };
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if l.chars().any(|ch| ch.is_control() && ch != '\t') {
+            return Err(err("(line)", "contains a control character".into()));
+        }
+        if let Some(inner) = l.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| err("(section)", "expected [qube NAME]".into()))?;
+            let name = inner
+                .strip_prefix("qube ")
+                .ok_or_else(|| err("(section)", "expected [qube NAME]".into()))?
+                .trim();
+            spec::check_qube(name)
+                .map_err(|w| err("(section)", format!("qube name '{name}' {w}")))?;
+            if c.per_qube.iter().any(|(n, _)| n == name) {
+                return Err(err("(section)", format!("[qube {name}] given twice")));
+            }
+            c.per_qube.push((name.to_string(), QubeConfig::default()));
+            section = Some(name.to_string());
+            continue;
+        }
+        let (key, value) = l.split_once('=').ok_or_else(|| {
+            err(
+                l.split_whitespace().next().unwrap_or(""),
+                "expected 'key = value'".into(),
+            )
+        })?;
+        let (key, value) = (key.trim(), value.trim());
+        let Some(&(k, whr, count)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
+            return Err(err(
+                key,
+                "unknown key (see docs/USAGE.md for the list)".into(),
+            ));
+        };
+        if let (Where::Global, Some(q)) = (whr, &section) {
+            return Err(err(
+                key,
+                format!("not allowed in [qube {q}]; put it before the first section"),
+            ));
+        }
+        if count == Count::Once {
+            if seen.contains(&(section.clone(), k)) {
+                return Err(err(key, "given twice".into()));
+            }
+            seen.push((section.clone(), k));
+        }
+        if value.is_empty() {
+            return Err(err(key, "has no value".into()));
+        }
+        let e = |why: String| err(key, why);
+        if let Some(q) = &section {
+            let qc = &mut c
+                .per_qube
+                .iter_mut()
+                .find(|(n, _)| n == q)
+                .expect("section exists")
+                .1;
+            match k {
+                "mode" => {
+                    qc.mode =
+                        Some(Mode::parse(value).ok_or_else(|| e("must be files or image".into()))?)
+                }
+                "compression" => {
+                    spec::check_compression(value).map_err(|w| e(w.into()))?;
+                    qc.compression = Some(value.into())
+                }
+                "exclude" => {
+                    spec::check_pattern(value).map_err(|w| e(w.into()))?;
+                    qc.excludes.push(value.into())
+                }
+                "default_excludes" => qc.default_excludes = Some(yes_no(value).map_err(e)?),
+                _ => unreachable!("KEYS lists only these as per-qube"),
+            }
+            continue;
+        }
+        match k {
+            "repository" => {
+                spec::check_repository(value)
+                    .map_err(|w| e(format!("{w} (expected ssh://DESTINATION/PATH)")))?;
+                c.repository = value.into();
+                have_repo = true;
+            }
+            "admin_repository" => {
+                spec::check_repository(value)
+                    .map_err(|w| e(format!("{w} (expected ssh://DESTINATION/PATH)")))?;
+                c.admin_repository = Some(value.into());
+            }
+            "qubes" => c.qubes.extend(names(value).map_err(e)?),
+            "tag" => c.tags.extend(names(value).map_err(e)?),
+            "exclude_qubes" => c.exclude_qubes.extend(names(value).map_err(e)?),
+            "compression" => {
+                spec::check_compression(value).map_err(|w| e(w.into()))?;
+                c.compression = value.into()
+            }
+            "mode" => {
+                c.mode = Mode::parse(value).ok_or_else(|| e("must be files or image".into()))?
+            }
+            "exclude" => {
+                spec::check_pattern(value).map_err(|w| e(w.into()))?;
+                c.excludes.push(value.into())
+            }
+            "default_excludes" => c.default_excludes = yes_no(value).map_err(e)?,
+            "keep_within" => {
+                spec::check_within(value).map_err(|w| e(w.into()))?;
+                c.keep.within = Some(value.into())
+            }
+            "passphrase_file" => c.passphrase_file = abs_path(value).map_err(e)?,
+            "key_file" => c.key_file = Some(abs_path(value).map_err(e)?),
+            "disposable" => {
+                spec::check_qube(value).map_err(|w| e(w.into()))?;
+                c.disposable = value.into()
+            }
+            "persistent_state" => c.persistent_state = yes_no(value).map_err(e)?,
+            "state_image" => c.state_image = abs_path(value).map_err(e)?,
+            "state_size_mib" => c.state_size_mib = number(value, 1 << 20).map_err(e)?,
+            "shutdown_timeout" => c.shutdown_timeout = number(value, 3600).map_err(e)? as u32,
+            "run_dir" => c.run_dir = abs_path(value).map_err(e)?,
+            other => {
+                let kind = other
+                    .strip_prefix("keep_")
+                    .and_then(KeepKind::parse)
+                    .expect("KEYS lists keep_*");
+                let n = number(value, spec::MAX_KEEP as u64).map_err(e)?;
+                c.keep.counts.push((kind, n as u32));
+            }
+        }
+    }
+    if !have_repo {
+        return Err(ConfigError::Missing {
+            file,
+            key: "repository",
+        });
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/etc/qubes-borg/backup.conf"), text.as_bytes())
+    }
+
+    fn line_err(text: &str) -> (usize, String, String) {
+        match p(text).unwrap_err() {
+            ConfigError::Line { line, key, why, .. } => (line, key, why),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = p("# comment\nrepository = ssh://borgbase/./repo\nadmin_repository = ssh://borgbase-admin/./repo\n\
+                   qubes = work personal\ntag = backup\nexclude_qubes = untrusted\ncompression = lz4\nexclude = sh:home/*/Downloads\n\
+                   keep_daily = 7\nkeep_within = 2d\npersistent_state = no\n\n[qube vault]\nmode = image\n[qube work]\nexclude = pp:home/user/tmp\ndefault_excludes = no\n")
+            .unwrap();
+        assert_eq!(c.repository, "ssh://borgbase/./repo");
+        assert_eq!(c.qubes, ["work", "personal"]);
+        assert_eq!(c.tags, ["backup"]);
+        assert_eq!(c.exclude_qubes, ["untrusted"]);
+        assert_eq!(c.keep.counts, [(KeepKind::Daily, 7)]);
+        assert_eq!(c.keep.within.as_deref(), Some("2d"));
+        assert!(!c.persistent_state);
+        assert_eq!(c.qube("vault").unwrap().mode, Some(Mode::Image));
+        assert_eq!(c.qube("work").unwrap().excludes, ["pp:home/user/tmp"]);
+        assert_eq!(c.qube("work").unwrap().default_excludes, Some(false));
+    }
+
+    #[test]
+    fn defaults_need_only_a_repository() {
+        let c = p("repository = ssh://b/./r\n").unwrap();
+        assert_eq!(c.mode, Mode::Files);
+        assert!(c.default_excludes && c.persistent_state && c.qubes.is_empty());
+        assert_eq!(c.disposable, "sys-backup-mnt");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        assert_eq!(line_err("repository = ssh://b/./r\n\ncolour = red\n").0, 3);
+        assert_eq!(
+            line_err("repository = ssh://b/./r\ncolour = red\n").1,
+            "colour"
+        );
+        let (l, k, w) = line_err("repository = ssh://b/./r\nkeep_daily = seven\n");
+        assert_eq!((l, k.as_str()), (2, "keep_daily"));
+        assert!(w.contains("number"), "{w}");
+        let (_, k, w) = line_err("repository = ssh://b/./r\nrepository = ssh://c/./r\n");
+        assert_eq!((k.as_str(), w.as_str()), ("repository", "given twice"));
+        assert_eq!(line_err("repository = /local/repo\n").1, "repository");
+        assert_eq!(
+            line_err("repository = ssh://b/./r\nqubes = work ../etc\n").1,
+            "qubes"
+        );
+        assert_eq!(
+            line_err("repository = ssh://b/./r\n[qube work]\nrepository = ssh://c/./r\n").1,
+            "repository"
+        );
+        assert_eq!(
+            line_err("repository = ssh://b/./r\n[vm work]\n").1,
+            "(section)"
+        );
+        assert_eq!(line_err("repository = ssh://b/./r\nmode = tar\n").1, "mode");
+        assert_eq!(
+            line_err("repository = ssh://b/./r\npassphrase_file = etc/pass\n").1,
+            "passphrase_file"
+        );
+        assert_eq!(
+            line_err("repository = ssh://b/./r\nexclude = a\x1b[2J\n").1,
+            "(line)"
+        );
+        assert_eq!(line_err("repository\n").1, "repository");
+        let msg = p("repository = ssh://b/./r\ncolour = red\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("/etc/qubes-borg/backup.conf:2: colour: unknown key"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_repository_is_an_error() {
+        let e = p("# nothing\n").unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Missing {
+                key: "repository",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/backup.conf")).unwrap();
+        p(std::str::from_utf8(&text).unwrap()).unwrap();
+    }
+}

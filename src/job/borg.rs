@@ -1,0 +1,212 @@
+//! sys-backup-mnt: borg's command lines and environment for one job, and the small readers
+//! for borg's `--log-json` / `--json` output.
+//!
+//! Secrets never go into argv or the environment: the passphrase reaches borg through an
+//! inherited pipe named by `BORG_PASSPHRASE_FD`, a key file through a 0600 file on tmpfs named by
+//! `BORG_KEY_FILE`.
+
+use super::spec::{Create, Keep, Mode};
+
+/// What borg uses as its remote shell: the qubes-borg.Ssh client (`qubes-ssh-client NAME ...`).
+pub const BORG_RSH: &str = "qubes-ssh-client";
+/// A fixed host id: every disposable is the same "host" for borg's locks.
+pub const BORG_HOST_ID: &str = "qubes-borg@sys-backup-mnt";
+
+/// Environment for every borg run (besides BORG_PASSPHRASE_FD and BORG_KEY_FILE).
+pub fn env(base_dir: &str, files_cache_suffix: Option<&str>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = [
+        ("BORG_RSH", BORG_RSH),
+        ("BORG_HOST_ID", BORG_HOST_ID),
+        ("BORG_BASE_DIR", base_dir),
+        // Refuse, never ask: nobody answers in a disposable.
+        ("BORG_RELOCATED_REPO_ACCESS_IS_OK", "no"),
+        ("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "no"),
+        ("BORG_CHECK_I_KNOW_WHAT_I_AM_DOING", "NO"),
+        ("BORG_DELETE_I_KNOW_WHAT_I_AM_DOING", "NO"),
+        ("BORG_DISPLAY_PASSPHRASE", "no"),
+        ("LANG", "C.UTF-8"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(s) = files_cache_suffix {
+        // One files cache per qube: all qubes are mounted at the same path.
+        v.push(("BORG_FILES_CACHE_SUFFIX".into(), s.into()));
+    }
+    v
+}
+
+/// `borg create` for one qube. Files mode runs in the mount point and archives `.`; image mode
+/// archives the device itself (`--read-special`).
+pub fn create_argv(repo: &str, c: &Create) -> Vec<String> {
+    let mut v: Vec<String> = ["borg", "create", "--json", "--progress", "--log-json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(format!("--compression={}", c.compression));
+    match c.mode {
+        Mode::Files => {
+            v.push("--one-file-system".into());
+            v.push("--numeric-ids".into());
+            for e in &c.excludes {
+                v.push(format!("--exclude={e}"));
+            }
+            v.push(format!("{repo}::{}", c.archive));
+            v.push(".".into());
+        }
+        Mode::Image => {
+            v.push("--read-special".into());
+            v.push(format!("{repo}::{}", c.archive));
+            v.push(c.device.clone());
+        }
+    }
+    v
+}
+
+/// The glob matching exactly this qube's archives (`QUBE-YYYY-MM-DDT...`), so pruning `work`
+/// never touches `work-web`'s archives.
+pub fn archive_glob(qube: &str) -> String {
+    format!("{qube}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*")
+}
+
+pub fn prune_argv(repo: &str, qube: &str, keep: &Keep) -> Vec<String> {
+    let mut v: Vec<String> = vec!["borg".into(), "prune".into(), "--log-json".into()];
+    v.push(format!("--glob-archives={}", archive_glob(qube)));
+    if let Some(w) = &keep.within {
+        v.push(format!("--keep-within={w}"));
+    }
+    for (k, n) in &keep.counts {
+        let name = match k.as_str() {
+            "last" => "last".to_string(),
+            s => s.to_string(),
+        };
+        v.push(format!("--keep-{name}={n}"));
+    }
+    v.push(repo.into());
+    v
+}
+
+pub fn compact_argv(repo: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "compact".into(),
+        "--log-json".into(),
+        repo.into(),
+    ]
+}
+
+/// The number after `"KEY": ` in a JSON text (borg's flat log lines and --json output),
+/// without a JSON parser: the text comes from borg in the same qube; a wrong value only
+/// shows a wrong number.
+pub fn json_number(text: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let at = text.find(&pat)? + pat.len();
+    let rest = text[at..].trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The string after `"KEY": "` up to its closing quote (escapes kept as written).
+pub fn json_string(text: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let at = text.find(&pat)? + pat.len();
+    let rest = text[at..].trim_start().strip_prefix('"')?;
+    let mut out = String::new();
+    let mut esc = false;
+    for c in rest.chars() {
+        if esc {
+            out.push(c);
+            esc = false;
+        } else if c == '\\' {
+            esc = true;
+        } else if c == '"' {
+            return Some(out);
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::spec::KeepKind;
+
+    fn create(mode: Mode) -> Create {
+        Create {
+            qube: "work".into(),
+            archive: "work-2026-11-29T18:00:00Z".into(),
+            mode,
+            device: "/dev/xvdi".into(),
+            compression: "zstd,3".into(),
+            excludes: vec!["sh:home/*/.cache".into()],
+        }
+    }
+
+    #[test]
+    fn files_mode_archives_the_mount_point_with_excludes() {
+        let v = create_argv("ssh://b/./r", &create(Mode::Files));
+        assert_eq!(
+            v[..5],
+            ["borg", "create", "--json", "--progress", "--log-json"]
+        );
+        assert!(v.contains(&"--exclude=sh:home/*/.cache".to_string()));
+        assert!(v.contains(&"--one-file-system".to_string()));
+        assert_eq!(
+            v[v.len() - 2..],
+            ["ssh://b/./r::work-2026-11-29T18:00:00Z", "."]
+        );
+    }
+
+    #[test]
+    fn image_mode_reads_the_device_and_never_mounts() {
+        let v = create_argv("ssh://b/./r", &create(Mode::Image));
+        assert!(v.contains(&"--read-special".to_string()));
+        assert_eq!(v.last().unwrap(), "/dev/xvdi");
+        assert!(!v.iter().any(|a| a.starts_with("--exclude")));
+    }
+
+    #[test]
+    fn prune_is_limited_to_one_qubes_archives() {
+        let keep = Keep {
+            within: Some("2d".into()),
+            counts: vec![(KeepKind::Daily, 7)],
+        };
+        let v = prune_argv("ssh://b/./r", "work", &keep);
+        assert_eq!(
+            v,
+            [
+                "borg",
+                "prune",
+                "--log-json",
+                "--glob-archives=work-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*",
+                "--keep-within=2d",
+                "--keep-daily=7",
+                "ssh://b/./r"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_secret_in_environment() {
+        for (k, _) in env("/run/x", Some("work")) {
+            assert!(
+                !k.contains("PASSPHRASE") || k == "BORG_DISPLAY_PASSPHRASE",
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_fields_are_read_from_borg_output() {
+        let line =
+            r#"{"type": "archive_progress", "original_size": 1234, "nfiles": 5, "path": "a\"b"}"#;
+        assert_eq!(json_number(line, "original_size"), Some(1234));
+        assert_eq!(json_number(line, "nfiles"), Some(5));
+        assert_eq!(json_string(line, "path").as_deref(), Some("a\"b"));
+        assert_eq!(json_number(line, "missing"), None);
+    }
+}

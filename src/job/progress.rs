@@ -1,0 +1,327 @@
+//! sys-backup-mnt to dom0: the lines the job writes on stdout while it runs, and dom0's strict
+//! reader for them. Everything the disposable sends is hostile (it parses untrusted
+//! filesystems): lines are bounded, parsed against a fixed grammar, and text is reduced to
+//! printable ASCII before anyone prints it.
+//!
+//! ```text
+//! phase mount|create|unmount|prune|compact|state
+//! progress BYTES                         bytes of the volume read so far
+//! stats ORIGINAL DEDUPLICATED COMPRESSED FILES
+//! warning TEXT
+//! error TEXT
+//! done ok|failed
+//! ```
+
+use std::fmt;
+use std::io::Read;
+
+/// Longest line (with its newline) dom0 accepts.
+pub const MAX_LINE: usize = 512;
+/// Longest text of a `warning`/`error` line.
+pub const MAX_TEXT: usize = 400;
+/// Largest number accepted (borg's sizes are far below).
+pub const MAX_NUMBER: u64 = 1 << 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    State,
+    Mount,
+    Create,
+    Unmount,
+    Prune,
+    Compact,
+}
+
+const PHASES: &[(&str, Phase)] = &[
+    ("state", Phase::State),
+    ("mount", Phase::Mount),
+    ("create", Phase::Create),
+    ("unmount", Phase::Unmount),
+    ("prune", Phase::Prune),
+    ("compact", Phase::Compact),
+];
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        PHASES
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("?")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub original: u64,
+    pub deduplicated: u64,
+    pub compressed: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Phase(Phase),
+    Progress(u64),
+    Stats(Stats),
+    Warning(String),
+    Error(String),
+    Done(bool),
+}
+
+/// Printable ASCII only (space to `~`), at most MAX_TEXT bytes: anything else becomes `?`.
+/// Used on the job side before sending and on dom0's side before printing.
+pub fn sanitize(text: &[u8], max: usize) -> String {
+    let mut s: String = text
+        .iter()
+        .take(max)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.len() > max {
+        s.push_str("...");
+    }
+    s
+}
+
+/// One event as a line (with its newline).
+pub fn encode(ev: &Event) -> Vec<u8> {
+    let s = match ev {
+        Event::Phase(p) => format!("phase {}", p.as_str()),
+        Event::Progress(n) => format!("progress {}", n.min(&MAX_NUMBER)),
+        Event::Stats(s) => format!(
+            "stats {} {} {} {}",
+            s.original.min(MAX_NUMBER),
+            s.deduplicated.min(MAX_NUMBER),
+            s.compressed.min(MAX_NUMBER),
+            s.files.min(MAX_NUMBER)
+        ),
+        Event::Warning(t) => format!("warning {}", sanitize(t.as_bytes(), MAX_TEXT)),
+        Event::Error(t) => format!("error {}", sanitize(t.as_bytes(), MAX_TEXT)),
+        Event::Done(ok) => format!("done {}", if *ok { "ok" } else { "failed" }),
+    };
+    let mut v = s.into_bytes();
+    v.push(b'\n');
+    v
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    /// The line was longer than MAX_LINE (the rest up to its newline is dropped).
+    TooLong,
+    /// Not one of the known lines; carries a sanitized prefix for the log.
+    Malformed(String),
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::TooLong => {
+                write!(f, "the backup job sent a line longer than {MAX_LINE} bytes")
+            }
+            LineError::Malformed(s) => write!(f, "the backup job sent an unexpected line: {s}"),
+        }
+    }
+}
+
+fn number(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|n| *n <= MAX_NUMBER)
+}
+
+/// Parses one line (without its newline).
+pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
+    let bad = || LineError::Malformed(sanitize(untrusted_line, 80));
+    if untrusted_line.len() >= MAX_LINE {
+        return Err(LineError::TooLong);
+    }
+    let sp = memchr::memchr(b' ', untrusted_line).ok_or_else(bad)?;
+    let (key, raw_rest) = (&untrusted_line[..sp], &untrusted_line[sp + 1..]);
+    // Text lines keep any bytes (sanitized); every other line is ASCII.
+    match key {
+        b"warning" => return Ok(Event::Warning(sanitize(raw_rest, MAX_TEXT))),
+        b"error" => return Ok(Event::Error(sanitize(raw_rest, MAX_TEXT))),
+        _ => {}
+    }
+    let key = std::str::from_utf8(key).map_err(|_| bad())?;
+    let rest = std::str::from_utf8(raw_rest).map_err(|_| bad())?;
+    match key {
+        "phase" => PHASES
+            .iter()
+            .find(|(n, _)| *n == rest)
+            .map(|(_, p)| Event::Phase(*p))
+            .ok_or_else(bad),
+        "progress" => number(rest).map(Event::Progress).ok_or_else(bad),
+        "stats" => {
+            let f: Vec<&str> = rest.split(' ').collect();
+            if f.len() != 4 {
+                return Err(bad());
+            }
+            let n: Option<Vec<u64>> = f.iter().map(|s| number(s)).collect();
+            let n = n.ok_or_else(bad)?;
+            Ok(Event::Stats(Stats {
+                original: n[0],
+                deduplicated: n[1],
+                compressed: n[2],
+                files: n[3],
+            }))
+        }
+        "done" => match rest {
+            "ok" => Ok(Event::Done(true)),
+            "failed" => Ok(Event::Done(false)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// Splits a byte stream into bounded lines: bytes are pushed in as they arrive, complete lines
+/// come out; a line longer than MAX_LINE is reported once as `TooLong` and skipped up to its
+/// newline, so memory stays bounded whatever the job sends.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    skipping: bool,
+}
+
+impl LineSplitter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; returns the decoded lines completed by them.
+    pub fn push(&mut self, untrusted_bytes: &[u8]) -> Vec<Result<Event, LineError>> {
+        let mut out = Vec::new();
+        for &b in untrusted_bytes {
+            if b == b'\n' {
+                if self.skipping {
+                    self.skipping = false;
+                } else {
+                    out.push(decode(&self.buf));
+                }
+                self.buf.clear();
+            } else if !self.skipping {
+                self.buf.push(b);
+                if self.buf.len() >= MAX_LINE {
+                    out.push(Err(LineError::TooLong));
+                    self.buf.clear();
+                    self.skipping = true;
+                }
+            }
+        }
+        out
+    }
+
+    /// At end of stream: a last line without newline is an error (a job always ends lines).
+    pub fn finish(&mut self) -> Option<LineError> {
+        if self.buf.is_empty() || self.skipping {
+            return None;
+        }
+        let e = LineError::Malformed(sanitize(&self.buf, 80));
+        self.buf.clear();
+        Some(e)
+    }
+}
+
+/// Reads a whole stream through a `LineSplitter` (tests and simple callers).
+pub fn read_all<R: Read>(r: &mut R) -> std::io::Result<Vec<Result<Event, LineError>>> {
+    let mut sp = LineSplitter::new();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend(sp.push(&buf[..n]));
+    }
+    if let Some(e) = sp.finish() {
+        out.push(Err(e));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips() {
+        let evs = [
+            Event::Phase(Phase::Create),
+            Event::Progress(123456789),
+            Event::Stats(Stats {
+                original: 10,
+                deduplicated: 5,
+                compressed: 4,
+                files: 3,
+            }),
+            Event::Warning("file changed".into()),
+            Event::Error("borg failed: rc 2".into()),
+            Event::Done(true),
+            Event::Done(false),
+        ];
+        for ev in evs {
+            let line = encode(&ev);
+            assert_eq!(decode(&line[..line.len() - 1]), Ok(ev));
+        }
+    }
+
+    #[test]
+    fn escape_sequences_in_text_never_reach_the_terminal() {
+        let ev = decode(b"error \x1b]0;owned\x07\x1b[2J\xc2\x9b31m\r\x08ok").unwrap();
+        let Event::Error(t) = ev else { panic!() };
+        assert!(t.bytes().all(|b| (0x20..0x7f).contains(&b)), "{t:?}");
+        assert!(!t.contains('\x1b'));
+    }
+
+    #[test]
+    fn huge_lines_are_dropped_with_bounded_memory() {
+        let mut sp = LineSplitter::new();
+        let mut res = Vec::new();
+        for _ in 0..1000 {
+            res.extend(sp.push(&[b'A'; 10_000]));
+            assert!(sp.buf.len() < MAX_LINE);
+        }
+        res.extend(sp.push(b"\nprogress 5\n"));
+        assert_eq!(res, vec![Err(LineError::TooLong), Ok(Event::Progress(5))]);
+    }
+
+    #[test]
+    fn lies_and_garbage_are_refused() {
+        for bad in [
+            &b"progress -1"[..],
+            b"progress 99999999999999999999",
+            b"progress 1e9",
+            b"progress  5",
+            b"stats 1 2 3",
+            b"stats 1 2 3 4 5",
+            b"done maybe",
+            b"phase rm",
+            b"PROGRESS 1",
+            b"progress",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(decode(bad), Err(LineError::Malformed(_))),
+                "{:?}",
+                bad
+            );
+        }
+        assert!(decode(format!("progress {}", MAX_NUMBER + 1).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn unterminated_last_line_is_reported() {
+        let r = read_all(&mut &b"progress 1\nprogress 2"[..]).unwrap();
+        assert_eq!(r[0], Ok(Event::Progress(1)));
+        assert!(matches!(r[1], Err(LineError::Malformed(_))));
+    }
+}

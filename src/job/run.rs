@@ -1,0 +1,286 @@
+//! sys-backup-mnt: one `qubes-borg.BackupJob` run: read the request from dom0 on stdin, mount,
+//! run borg, unmount, and report on stdout in the `progress` line format.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::borg;
+use super::mount::{self, EPHEMERAL_DIR, PRIVATE_DIR, STATE_DIR, STATE_OPTIONS, UNTRUSTED_OPTIONS};
+use super::progress::{encode, Event, Phase, Stats};
+use super::spec::{self, Mode, Op, Spec};
+use crate::exit;
+
+const RUN_DIR: &str = "/run/qubes-borg";
+const KEY_FILE: &str = "/run/qubes-borg/key";
+/// Most log lines from borg forwarded per run (the rest are counted).
+const MAX_FORWARDED: usize = 64;
+/// Largest `--json` output read from borg create.
+const MAX_JSON: u64 = 1 << 20;
+
+struct Out<'a, W: Write> {
+    w: &'a mut W,
+}
+
+impl<W: Write> Out<'_, W> {
+    fn send(&mut self, ev: Event) {
+        // dom0 gone: nothing left to tell; the steps still clean up.
+        let _ = self.w.write_all(&encode(&ev));
+        let _ = self.w.flush();
+    }
+}
+
+/// Runs one job; returns its exit status.
+pub fn run<R: Read, W: Write>(input: &mut R, output: &mut W) -> u8 {
+    let mut out = Out { w: output };
+    let spec = match spec::decode(input) {
+        Ok(s) => s,
+        Err(e) => {
+            out.send(Event::Error(e.to_string()));
+            out.send(Event::Done(false));
+            return exit::PROTOCOL;
+        }
+    };
+    let ok = match steps(&spec, &mut out) {
+        Ok(()) => true,
+        Err(e) => {
+            out.send(Event::Error(e));
+            false
+        }
+    };
+    let _ = fs::remove_file(KEY_FILE);
+    out.send(Event::Done(ok));
+    if ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+fn private_dir(path: &str) -> Result<(), String> {
+    fs::create_dir_all(path).map_err(|e| format!("cannot create {path}: {e}"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot chmod {path}: {e}"))
+}
+
+fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
+    private_dir(RUN_DIR)?;
+    let _state;
+    let base = match &spec.state_device {
+        Some(dev) => {
+            out.send(Event::Phase(Phase::State));
+            if mount::ensure_state_fs(dev)? {
+                out.send(Event::Warning(
+                    "borg state volume was blank: made a new filesystem".into(),
+                ));
+            }
+            _state = mount::mount(dev, STATE_DIR, STATE_OPTIONS)?;
+            private_dir(STATE_DIR)?;
+            STATE_DIR
+        }
+        None => {
+            private_dir(EPHEMERAL_DIR)?;
+            EPHEMERAL_DIR
+        }
+    };
+    if let Some(k) = &spec.key_file {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(KEY_FILE)
+            .map_err(|e| format!("cannot write the key file: {e}"))?;
+        f.write_all(k)
+            .map_err(|e| format!("cannot write the key file: {e}"))?;
+    }
+    match &spec.op {
+        Op::Create(c) => {
+            let env = borg::env(base, Some(&c.qube));
+            let argv = borg::create_argv(&spec.repository, c);
+            match c.mode {
+                Mode::Files => {
+                    out.send(Event::Phase(Phase::Mount));
+                    let m = mount::mount(&c.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)?;
+                    out.send(Event::Phase(Phase::Create));
+                    let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, true);
+                    out.send(Event::Phase(Phase::Unmount));
+                    let u = m.unmount();
+                    r?;
+                    u?;
+                }
+                Mode::Image => {
+                    out.send(Event::Phase(Phase::Create));
+                    run_borg(spec, &argv, &env, None, out, true)?;
+                }
+            }
+        }
+        Op::Prune(p) => {
+            let env = borg::env(base, None);
+            let mut failed = Vec::new();
+            for q in &p.qubes {
+                out.send(Event::Phase(Phase::Prune));
+                if let Err(e) = run_borg(
+                    spec,
+                    &borg::prune_argv(&spec.repository, q, &p.keep),
+                    &env,
+                    None,
+                    out,
+                    false,
+                ) {
+                    out.send(Event::Error(format!("prune {q}: {e}")));
+                    failed.push(q.as_str());
+                }
+            }
+            out.send(Event::Phase(Phase::Compact));
+            run_borg(
+                spec,
+                &borg::compact_argv(&spec.repository),
+                &env,
+                None,
+                out,
+                false,
+            )?;
+            if !failed.is_empty() {
+                return Err(format!("prune failed for {}", failed.join(" ")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs borg with the passphrase on an inherited pipe; forwards its progress and log lines;
+/// sends `stats` from `--json` when `want_stats`.
+fn run_borg<W: Write>(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    out: &mut Out<W>,
+    want_stats: bool,
+) -> Result<(), String> {
+    // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
+    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    {
+        let mut w = fs::File::from(pass_w);
+        w.write_all(&spec.passphrase)
+            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("BORG_PASSPHRASE")
+        .env_remove("BORG_PASSCOMMAND")
+        .env_remove("BORG_NEW_PASSPHRASE")
+        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if spec.key_file.is_some() {
+        cmd.env("BORG_KEY_FILE", KEY_FILE);
+    }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
+    drop(pass_r);
+    let stdout = child.stdout.take().expect("piped");
+    let json = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.take(MAX_JSON).read_to_string(&mut s);
+        s
+    });
+    let stderr = child.stderr.take().expect("piped");
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut last = Instant::now() - Duration::from_secs(10);
+    let mut forwarded = 0usize;
+    let mut last_error = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.contains("\"archive_progress\"") {
+            if let Some(n) = borg::json_number(&text, "original_size") {
+                if last.elapsed() >= Duration::from_millis(500) {
+                    out.send(Event::Progress(n));
+                    last = Instant::now();
+                }
+            }
+            continue;
+        }
+        if text.contains("\"progress_percent\"") || text.contains("\"progress_message\"") {
+            continue;
+        }
+        let level = borg::json_string(&text, "levelname").unwrap_or_default();
+        let msg = borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
+        if msg.is_empty() || level == "DEBUG" || level == "INFO" {
+            continue;
+        }
+        if level == "ERROR" || level == "CRITICAL" {
+            last_error = msg.clone();
+        }
+        forwarded += 1;
+        if forwarded <= MAX_FORWARDED {
+            out.send(Event::Warning(format!("borg: {msg}")));
+        }
+    }
+    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
+    let json = json.join().unwrap_or_default();
+    if forwarded > MAX_FORWARDED {
+        out.send(Event::Warning(format!(
+            "borg: {} more messages not shown",
+            forwarded - MAX_FORWARDED
+        )));
+    }
+    // borg: 0 success, 1 warnings (archive made), 2 error, >=128 killed.
+    match status.code() {
+        Some(0) | Some(1) => {}
+        _ => {
+            let what = if last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {last_error}")
+            };
+            return Err(format!("borg {} failed ({status}){what}", argv[1]));
+        }
+    }
+    if want_stats {
+        let n = |k| borg::json_number(&json, k).unwrap_or(0);
+        out.send(Event::Stats(Stats {
+            original: n("original_size"),
+            deduplicated: n("deduplicated_size"),
+            compressed: n("compressed_size"),
+            files: n("nfiles"),
+        }));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::progress::read_all;
+
+    #[test]
+    fn a_refused_request_reports_error_and_failure() {
+        let mut out = Vec::new();
+        let code = run(&mut &b"qubes-borg-job/9\n"[..], &mut out);
+        assert_eq!(code, exit::PROTOCOL);
+        let evs: Vec<Event> = read_all(&mut &out[..])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(matches!(&evs[0], Event::Error(t) if t.contains("not a qubes-borg-job/1")));
+        assert_eq!(evs[1], Event::Done(false));
+    }
+}
