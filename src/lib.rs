@@ -13,4 +13,5 @@ pub mod header;
 pub mod relay;
 pub mod ssh_command;
 pub mod status;
+pub mod stderr_line;
 pub mod validate;
