@@ -139,8 +139,9 @@ fn qrexec_exit_codes_become_clear_messages() {
     let out = run(&mut c, b"", LIMIT);
     assert_eq!(out.code, Some(125));
     assert!(
-        out.stderr
-            .contains("qubes-ssh-client: qrexec could not run qubes-borg.Ssh+nas (target @default)"),
+        out.stderr.contains(
+            "qubes-ssh-client: qrexec could not run qubes-borg.Ssh+nas (target @default)"
+        ),
         "{}",
         out.stderr
     );

@@ -129,7 +129,10 @@ impl Vault {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
             .env("QREXEC_SERVICE_ARGUMENT", name)
-            .env("QREXEC_SERVICE_FULL_NAME", format!("qubes-borg.SshAgent+{name}"))
+            .env(
+                "QREXEC_SERVICE_FULL_NAME",
+                format!("qubes-borg.SshAgent+{name}"),
+            )
             .env("QREXEC_REMOTE_DOMAIN", source)
             .env("QUBES_BORG_KEY_DIR", &self.key_dir)
             .env("QUBES_BORG_AGENT_RUNDIR", &self.run_dir)
