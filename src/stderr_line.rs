@@ -1,5 +1,6 @@
-//! Runs in sys-backup (ssh's stderr) and sys-backup-mnt (the service's stderr that qrexec
-//! delivers): makes another program's stderr safe to show, one bounded line at a time.
+//! sys-backup and sys-backup-mnt (shared): makes another program's stderr safe to show, one
+//! bounded line at a time (ssh's in sys-backup, the service's that qrexec delivers in
+//! sys-backup-mnt).
 //!
 //! qrexec sends a service's stderr to the caller (4.3: `MSG_DATA_STDERR`; 4.2: the
 //! multiplexer's tee) and qrexec-client-vm writes it unfiltered unless its stderr is a

@@ -4,10 +4,11 @@
 
 use super::argv::{self, BorgArgv};
 use super::header;
-use super::status::{Status, MAX_STATUS};
+use super::status::{Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
 use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
+use crate::stderr_line;
 use crate::validate;
 use std::ffi::OsString;
 use std::fmt;
@@ -15,6 +16,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub const PROG: &str = "qubes-ssh-client";
 pub const SERVICE: &str = "qubes-borg.Ssh";
@@ -153,6 +156,9 @@ pub enum ClientError {
     Relay { call: String, err: RelayError },
     /// The service ended without a status line.
     NoStatus { call: String, code: u8 },
+    /// qrexec-client-vm exited 255 and the service's last log line never came: the connection
+    /// closed before an exit status (the target qube stopped or its qrexec agent died).
+    Lost { call: String, target: String },
 }
 
 impl ClientError {
@@ -169,6 +175,7 @@ impl ClientError {
             ClientError::BadStatus { .. }
             | ClientError::Relay { .. }
             | ClientError::NoStatus { .. } => exit::PROTOCOL,
+            ClientError::Lost { .. } => exit::QREXEC_LOST,
         }
     }
 
@@ -196,6 +203,10 @@ impl fmt::Display for ClientError {
                 f,
                 "{call}: the service ended without a status line (exit {code})"
             ),
+            ClientError::Lost { call, target } => write!(
+                f,
+                "{call}: the qrexec connection to the target qube ({target}) was lost before the service ended: the qube stopped or crashed, or its qrexec agent died (not an ssh failure); check that the qube runs and its journal"
+            ),
         }
     }
 }
@@ -218,6 +229,7 @@ pub fn run(
         .arg(&call)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| ClientError::Start {
             program: qrexec.to_path_buf(),
@@ -225,6 +237,24 @@ pub fn run(
         })?;
     let mut cin = child.stdin.take().expect("piped");
     let cout = child.stdout.take().expect("piped");
+    let cerr = child.stderr.take().expect("piped");
+
+    // qrexec delivers the service's stderr (ssh's and borg serve's messages, the service's
+    // own log line last) on qrexec-client-vm's stderr: pass it on to borg one sanitized line
+    // at a time; the service's log line only says that the service ended (qrexec sends the exit
+    // status after all of it), its content is the ERR line's or of no interest.
+    let service_ended = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&service_ended);
+    let stderr_thread = std::thread::spawn(move || {
+        stderr_line::copy_lines(cerr, std::io::stderr(), |line| {
+            if line.starts_with(LOG_PREFIX) {
+                ended.store(true, Ordering::SeqCst);
+                None
+            } else {
+                Some(line)
+            }
+        })
+    });
 
     // The header goes out first; if the service is gone already, the status (or qrexec's
     // exit code) says why, so a write error here is not reported by itself.
@@ -232,18 +262,46 @@ pub fn run(
 
     let mut status: Option<Status> = None;
     let mut bad_line: Option<String> = None;
-    let mut on_line = |untrusted_line: &[u8]| match Status::decode(untrusted_line) {
-        Ok(Status::Ok) => {
-            status = Some(Status::Ok);
-            LineVerdict::Forward
+    // Before the mark: whatever the target's login scripts printed (shown, bounded), then the
+    // mark, then the status line (docs/PROTOCOL.md).
+    let mut marked = false;
+    let mut before_mark = 0usize;
+    let mut on_line = |untrusted_line: &[u8]| {
+        if !marked {
+            before_mark += untrusted_line.len();
+            if before_mark > MAX_BEFORE_MARK {
+                bad_line = Some(format!(
+                    "more than {MAX_BEFORE_MARK} bytes came before the status line (login scripts in the target qube printing?)"
+                ));
+                return LineVerdict::Stop;
+            }
+            match Line::of(untrusted_line) {
+                Line::Blank => {}
+                Line::Mark => marked = true,
+                Line::Other => {
+                    let line = untrusted_line.strip_suffix(b"\n").unwrap_or(untrusted_line);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{PROG}: {name}: the target printed before the service started (login scripts?): {}",
+                        stderr_line::sanitize(line)
+                    );
+                }
+            }
+            return LineVerdict::Skip;
         }
-        Ok(s) => {
-            status = Some(s);
-            LineVerdict::Stop
-        }
-        Err(e) => {
-            bad_line = Some(e.to_string());
-            LineVerdict::Stop
+        match Status::decode(untrusted_line) {
+            Ok(Status::Ok) => {
+                status = Some(Status::Ok);
+                LineVerdict::Forward
+            }
+            Ok(s) => {
+                status = Some(s);
+                LineVerdict::Stop
+            }
+            Err(e) => {
+                bad_line = Some(e.to_string());
+                LineVerdict::Stop
+            }
         }
     };
     let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
@@ -258,9 +316,18 @@ pub fn run(
         Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
         Err(e) => return Err(ClientError::Wait(e)),
     };
+    // qrexec-client-vm has exited: its stderr is at EOF, every line of it is out
+    let _ = stderr_thread.join();
+    let lost = code == exit::QREXEC_LOST && !service_ended.load(Ordering::SeqCst);
 
     if let Some(message) = bad_line {
         return Err(ClientError::BadStatus { call, message });
+    }
+    if lost && !matches!(status, Some(Status::Err { .. })) {
+        return Err(ClientError::Lost {
+            call,
+            target: req.target.clone(),
+        });
     }
     match (result, status) {
         (Ok(_), Some(Status::Ok)) => Ok(code),
@@ -299,19 +366,24 @@ pub fn hold_before_eof(stderr: BorrowedFd<'_>) {
     }
 }
 
-/// Explain qrexec-client-vm's own exit codes (qubes-core-qrexec: agent/qrexec-client-vm.rst,
-/// libqrexec/qrexec.h).
+/// Explain qrexec-client-vm's own exit codes (qubes-core-qrexec at b2822df and v4.2.25:
+/// libqrexec/qrexec.h; 126 from daemon/qrexec-daemon.c reap_children() for a policy denial and
+/// for a target qubesd cannot start alike; 125 only from the target's agent; 1 and 2 from
+/// agent/qrexec-client-vm.c itself).
 fn qrexec_message(code: u8, target: &str, call: &str) -> String {
     match code {
         exit::QREXEC_REFUSED => format!(
-            "qrexec policy refused {call} from this qube (target {target}); allow it in dom0's /etc/qubes/policy.d"
+            "qrexec refused {call} from this qube (target {target}): either the dom0 policy does not allow it or the target qube could not be started (qrexec does not say which); check dom0's /etc/qubes/policy.d and that the target qube starts (qvm-start, dom0's journal)"
         ),
         exit::QREXEC_FAILED => format!(
-            "qrexec could not run {call} (target {target}): is the target qube running? see dom0's journal"
+            "the qrexec agent of the target qube ({target}) could not start {call} (service user, PAM or exec failure); see that qube's journal"
         ),
         exit::QREXEC_NOT_FOUND => format!(
             "the target qube has no {} service: install qubes-borg in sys-backup's template",
             call.split('+').next().unwrap_or(call)
+        ),
+        1 | 2 => format!(
+            "qrexec-client-vm failed in this qube (exit {code}, its message is above): is qrexec working here?"
         ),
         _ => format!(
             "{call} closed the connection without a status line (qrexec-client-vm exit {code}); see sys-backup's journal"

@@ -96,6 +96,18 @@ const CLIENT_REFUSED: &[&[&str]] = &[
     &["nas", "bo rg", "serve"],
 ];
 
+/// The service's stdout after the mark that precedes its status line (docs/PROTOCOL.md).
+fn status_text(stdout: &[u8]) -> String {
+    let mark = qubes_borg::ssh::status::MARK;
+    match stdout.strip_prefix(mark) {
+        Some(rest) => String::from_utf8_lossy(rest).into_owned(),
+        None => panic!(
+            "no mark before the status: {:?}",
+            String::from_utf8_lossy(stdout)
+        ),
+    }
+}
+
 #[test]
 fn client_refuses_hostile_argv_before_any_qrexec_call() {
     let w = World::new("client-argv");
@@ -302,7 +314,7 @@ fn service_refuses_hostile_requests_without_starting_ssh() {
         let out = run(&mut w.qrexec("nas"), &input, LIMIT);
         let shown = String::from_utf8_lossy(req);
         assert_eq!(out.code, Some(*code as i32), "{shown:?}: {}", out.stderr);
-        let status = String::from_utf8_lossy(&out.stdout);
+        let status = status_text(&out.stdout);
         assert!(status.starts_with(want), "{shown:?}: got {status:?}");
         assert!(
             status.ends_with('\n') && status.lines().count() == 1,
@@ -326,7 +338,7 @@ fn service_refuses_overlong_header() {
         let out = run(&mut w.qrexec("nas"), &input, LIMIT);
         assert_eq!(out.code, Some(76));
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            status_text(&out.stdout),
             "ERR 76 header request header longer than 1024 bytes\n"
         );
     }
@@ -359,8 +371,9 @@ fn service_gives_up_on_a_header_that_never_ends() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(start.elapsed() >= Duration::from_millis(1400));
-    let mut status = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut status).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut raw).unwrap();
+    let status = status_text(&raw);
     drop(stdin);
     assert_eq!(out.code(), Some(76));
     assert_eq!(
@@ -377,10 +390,10 @@ fn service_handles_a_client_that_closes_early() {
         let out = run(&mut w.qrexec("nas"), input, LIMIT);
         assert_eq!(out.code, Some(76));
         assert!(
-            String::from_utf8_lossy(&out.stdout)
+            status_text(&out.stdout)
                 .starts_with("ERR 76 header client closed the connection after"),
             "{:?}",
-            String::from_utf8_lossy(&out.stdout)
+            status_text(&out.stdout)
         );
     }
     w.assert_no_ssh("early close");
@@ -392,7 +405,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
     let req = b"qubes-ssh/1 ghost borg serve\n";
     let out = run(&mut w.qrexec("ghost"), req, LIMIT);
     assert_eq!(out.code, Some(68));
-    let status = String::from_utf8_lossy(&out.stdout);
+    let status = status_text(&out.stdout);
     assert!(
         status.starts_with(
             "ERR 68 unknown-destination unknown destination 'ghost': sys-backup has no "
@@ -422,7 +435,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
         c.env("QREXEC_SERVICE_ARGUMENT", bad);
         let out = run(&mut c, b"qubes-ssh/1 nas borg serve\n", LIMIT);
         assert_eq!(out.code, Some(77), "{bad:?}");
-        let status = String::from_utf8_lossy(&out.stdout);
+        let status = status_text(&out.stdout);
         assert!(
             status.starts_with("ERR 77 refused destination name "),
             "{bad:?}: {status}"
@@ -437,7 +450,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
     c.env_remove("QREXEC_SERVICE_ARGUMENT");
     let out = run(&mut c, b"qubes-ssh/1 nas borg serve\n", LIMIT);
     assert_eq!(out.code, Some(77));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no destination name"));
+    assert!(status_text(&out.stdout).contains("no destination name"));
     w.assert_no_ssh("names");
 }
 
@@ -448,7 +461,7 @@ fn service_refuses_unsafe_or_malformed_configuration() {
     let req = b"qubes-ssh/1 nas borg serve\n";
     let status_of = |w: &World| {
         let out = run(&mut w.qrexec("nas"), req, LIMIT);
-        (out.code, String::from_utf8_lossy(&out.stdout).into_owned())
+        (out.code, status_text(&out.stdout))
     };
     // malformed
     w.write_conf(
@@ -519,7 +532,7 @@ fn service_logs_one_line_per_connection() {
         out.stderr,
         "qubes-ssh-service: source=sys-backup-mnt destination=nas outcome=ok exit=0 up=5 down=7\n"
     );
-    let mut want = b"OK\n".to_vec();
+    let mut want = qubes_borg::ssh::status::OK_WIRE.to_vec();
     want.extend(stream(2, 7));
     assert_eq!(out.stdout, want);
 }
