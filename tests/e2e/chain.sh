@@ -160,7 +160,7 @@ test_fault_killing_sys_backups_qrexec_agent_mid_backup() {
     fault_kill sys-backup qrexec-agent
     local out
     out=$(cat "$QUBES_SIM_STATE/fault.out")
-    assert_contains "$out" "qrexec connection to the target qube was lost" "borg's stderr"
+    assert_contains "$out" "the qrexec connection to the target qube (@default) was lost" "borg's stderr"
     assert_not_contains "$out" "ssh failed" "borg's stderr"
 }
 
