@@ -216,10 +216,14 @@ impl std::error::Error for ClientError {}
 /// Make the call: run `qrexec` (qrexec-client-vm) for `req`, send the header, relay `stdin` and
 /// `stdout` (borg's pipes) through it, reading the service's status line first. Returns the
 /// exit status to pass on (the remote borg serve's, as ssh reports it).
+///
+/// Both stay open when this returns: after an error the caller prints it and holds (see
+/// `hold_before_eof`) before closing them. A closed stdin would fail borg's next write with
+/// EPIPE, and borg (still sending during a backup) would end on that before it read the line.
 pub fn run(
     req: &Request,
     qrexec: &Path,
-    stdin: OwnedFd,
+    stdin: BorrowedFd<'_>,
     stdout: BorrowedFd<'_>,
 ) -> Result<u8, ClientError> {
     let name = req.argv.name.clone();
@@ -304,7 +308,7 @@ pub fn run(
             }
         }
     };
-    let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
+    let up = Flow::new(stdin, Fd::Owned(OwnedFd::from(cin)));
     let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout);
     down.first_line = Some(FirstLine {
         max: MAX_STATUS,

@@ -210,11 +210,13 @@ test_qrexec_caller_killed_closes_the_service_stderr_and_stdout() {
 
 test_qrexec_caller_killed_service_sees_eof() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'cat > /dev/null; echo "service saw EOF" >&2'
+    # (a file, not stderr: qrexec closes the service's stderr pipe when the caller dies)
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'cat > /dev/null; echo "service saw EOF" > /tmp/saw-eof'
+    in_qube sys-backup rm -f /tmp/saw-eof
     # the caller's stdin stays open (a FIFO we also hold), so only the kill can end the call
     in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in; exec 3<>/tmp/in; qrexec-client-vm @default qubes-borg.Ssh+x <&3 & p=$!; sleep 1; kill -KILL $p; wait $p' || true
     for _ in $(seq 1 50); do
-        qube_log sys-backup | grep -q "service saw EOF" && return 0
+        in_qube sys-backup test -e /tmp/saw-eof && return 0
         sleep 0.1
     done
     fail "service did not see EOF after its caller died (log: $(qube_log sys-backup))"
