@@ -220,6 +220,13 @@ mod tests {
     }
 
     #[test]
+    fn every_program_of_the_table_is_in_program_all() {
+        for r in TABLE {
+            assert!(Program::ALL.contains(&r.program), "{r:?}");
+        }
+    }
+
+    #[test]
     fn help_lists_every_row_and_wraps_at_79_columns() {
         for p in Program::ALL {
             let h = help(p);

@@ -394,3 +394,74 @@ fn qrexec_message(code: u8, target: &str, call: &str) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn our_options_come_before_borgs_words_and_the_environment_is_the_fallback() {
+        let borg = ["nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), None) else {
+            panic!("plain call refused")
+        };
+        assert_eq!(
+            (r.target.as_str(), r.argv.name.as_str()),
+            ("@default", "nas")
+        );
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), Some("sys-backup".into())) else {
+            panic!("env target refused")
+        };
+        assert_eq!(r.target, "sys-backup");
+        let with_flag = ["--target=@dispvm:backup-dvm", "nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&with_flag), Some("sys-backup".into())) else {
+            panic!("--target refused")
+        };
+        assert_eq!(r.target, "@dispvm:backup-dvm");
+        assert!(matches!(
+            parse_cli(args(&["--help", "x"]), None),
+            Ok(Cli::Help)
+        ));
+        assert!(matches!(
+            parse_cli(args(&["--version"]), None),
+            Ok(Cli::Version)
+        ));
+    }
+
+    #[test]
+    fn bad_targets_and_words_are_usage_errors_that_say_what_to_do() {
+        for target in ["-x", "a;b", "_x", &"q".repeat(32), "@dispvm:", "@anyvm"] {
+            let e = parse_cli(args(&["nas", "borg", "serve"]), Some(target.into()))
+                .err()
+                .unwrap_or_else(|| panic!("target {target:?} accepted"));
+            assert!(e.to_string().ends_with("(see --help)"), "{e}");
+        }
+        let e = parse_cli(args(&["-oProxyCommand=x", "nas", "borg", "serve"]), None);
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn qrexec_codes_keep_their_number_and_anything_else_is_a_protocol_error() {
+        let q = |code| ClientError::Qrexec {
+            code,
+            target: "@default".into(),
+            call: "qubes-borg.Ssh+nas".into(),
+        };
+        for code in [
+            exit::QREXEC_FAILED,
+            exit::QREXEC_REFUSED,
+            exit::QREXEC_NOT_FOUND,
+        ] {
+            assert_eq!(q(code).exit_code(), code);
+        }
+        assert_eq!(q(0).exit_code(), exit::PROTOCOL);
+        assert_eq!(q(1).exit_code(), exit::PROTOCOL);
+        assert!(q(exit::QREXEC_REFUSED)
+            .to_string()
+            .contains("policy refused"));
+    }
+}

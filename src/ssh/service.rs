@@ -494,3 +494,53 @@ fn run_ssh(
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        v.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn the_environment_is_read_once_and_ssh_gets_only_home_user_logname() {
+        let env = ServiceEnv::from_vars(vars(&[
+            ("LOGNAME", "l"),
+            ("QREXEC_SERVICE_ARGUMENT", "nas"),
+            ("QREXEC_REMOTE_DOMAIN", "sys-backup-mnt"),
+            ("SSH_AUTH_SOCK", "/tmp/evil"),
+            ("HOME", "/home/user"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ]));
+        assert_eq!(env.untrusted_service_argument.as_deref(), Some("nas"));
+        assert_eq!(log_source(&env), "sys-backup-mnt");
+        assert_eq!(env.runtime_dir.as_deref(), Some("/run/user/1000"));
+        assert_eq!(
+            env.ssh_vars,
+            vars(&[("HOME", "/home/user"), ("LOGNAME", "l")])
+        );
+    }
+
+    #[test]
+    fn the_destination_name_comes_from_argv_or_the_environment_and_both_must_agree() {
+        let name = |a: &[&str], e: Option<&str>| {
+            let a: Vec<OsString> = a.iter().map(OsString::from).collect();
+            destination_name(&a, e).map_err(|f| (f.code, f.message))
+        };
+        assert_eq!(name(&["nas"], None), Ok("nas".to_string()));
+        assert_eq!(name(&[], Some("nas")), Ok("nas".to_string()));
+        assert_eq!(name(&["nas"], Some("nas")), Ok("nas".to_string()));
+        for (a, e) in [
+            (&["nas"][..], Some("other")),
+            (&[][..], None),
+            (&[][..], Some("")),
+            (&["a", "b"][..], None),
+            (&["../etc"][..], None),
+            (&["_x"][..], None),
+        ] {
+            let r = name(a, e);
+            assert!(matches!(r, Err((exit::REFUSED, _))), "{a:?} {e:?}: {r:?}");
+        }
+    }
+}
