@@ -460,8 +460,21 @@ mod tests {
         }
         assert_eq!(q(0).exit_code(), exit::PROTOCOL);
         assert_eq!(q(1).exit_code(), exit::PROTOCOL);
-        assert!(q(exit::QREXEC_REFUSED)
+        // 126 is a policy refusal or a target dom0 could not start: the message names both
+        let refused = q(exit::QREXEC_REFUSED).to_string();
+        assert!(
+            refused.contains("the dom0 policy does not allow it"),
+            "{refused}"
+        );
+        assert!(refused.contains("could not be started"), "{refused}");
+        assert!(q(exit::QREXEC_FAILED)
             .to_string()
-            .contains("policy refused"));
+            .contains("qrexec agent of the target"));
+        let lost = ClientError::Lost {
+            call: "qubes-borg.Ssh+nas".into(),
+            target: "@default".into(),
+        };
+        assert_eq!(lost.exit_code(), exit::QREXEC_LOST);
+        assert!(lost.to_string().contains("not an ssh failure"), "{lost}");
     }
 }
