@@ -579,6 +579,14 @@ class StderrPump:
             pass
 
 
+def log_stderr(fd, logfile, tag):
+    """A service's stderr to its qube's log only, in a thread (for callers that do not pass it
+    on: see StderrPump for what qrexec does with a VM's call)."""
+    t = threading.Thread(target=StderrPump(fd, logfile, tag, None).run, daemon=True)
+    t.start()
+    return t
+
+
 def copy_lines(fd, logfile):
     """The agent's own messages (agent_exec's log fd) into the qube's log."""
     with os.fdopen(fd, "rb") as src:
@@ -820,7 +828,8 @@ def qube_log(root):
     return os.path.join(d, "qrexec-services.log")
 
 
-def run_client_relay(svc_in, svc_out, local_argv, wait_remote, opts):
+def run_client_relay(svc_in, svc_out, local_argv, wait_remote, opts=None):
+    opts = opts or {"filter_stdout": False, "filter_stderr": False}
     local_proc = None
     if local_argv:
         local_proc, up_src, down_dst = start_local_program(local_argv)
@@ -1145,6 +1154,10 @@ def main(argv):
         return client_main(argv)
     if len(argv) == 8 and argv[1] == "agent-exec":
         agent_exec(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7] == "1")
+    if len(argv) == 5 and argv[1] == "agent-exec":
+        # short form (DESC SOURCE USER): the version from QREXEC_SIM_VERSION, agent messages
+        # on stderr
+        agent_exec(argv[2], argv[3], argv[4], sim_version(), os.dup(2), fork_server_mode())
     if len(argv) >= 3 and argv[1] == "daemon":
         return Daemon(argv[2]).serve(argv[3:])
     if len(argv) == 6 and argv[1] == "policy-eval":
