@@ -153,7 +153,7 @@ pub const TABLE: &[Row] = &[
     row(AgentFilter, USAGE, "bad service argument or environment (not started by qrexec?)"),
     row(AgentFilter, DATAERR, "the client broke the protocol (framing, size, per-connection limits)"),
     row(AgentFilter, IOERR, "reading from or writing to the client failed"),
-    row(AgentFilter, CONFIG, "the backup public key is missing or malformed (run qubes-borg-keygen NAME)"),
+    row(AgentFilter, CONFIG, "the backup public key or server.conf is missing, unsafe or malformed (run qubes-borg-keygen NAME)"),
     text(Relay, "0-255", "-- CMD: CMD's exit status (128+N: CMD was killed by signal N)"),
     row(Relay, OK, "--connect, --listen: success (--listen exits 0 on SIGTERM/SIGINT/SIGHUP)"),
     row(Relay, RELAY_FAILED, "qubes-relay itself failed: usage, I/O error, cannot connect or listen (one line on stderr)"),

@@ -11,6 +11,8 @@ pub mod codec;
 pub mod exit;
 pub mod pipe;
 pub mod relay;
+pub mod safe_path;
 pub mod ssh;
 pub mod stderr_line;
+pub mod tempdir;
 pub mod validate;

@@ -8,7 +8,8 @@
 #
 # One source of truth: the rules are the project's policy/70-qubes-borg.policy, which the dom0
 # package also installs at that path and ships here as files/70-qubes-borg.policy. This state
-# only replaces the default qube names (whole policy tokens and target=NAME) by the pillar's.
+# only replaces the default qube names (whole policy tokens, target=NAME and default_target=NAME)
+# by the pillar's.
 # With the default names it writes the packaged file unchanged; with other names the file
 # differs from the package's copy (rpm -V shows it; an upgrade keeps it and saves the new
 # version as .rpmnew, as for any edited %config(noreplace) file: rerun this state then).
@@ -40,6 +41,8 @@
         {%- do out.append(rename[tok]) %}
       {%- elif tok.startswith('target=') and tok[7:] in rename %}
         {%- do out.append('target=' ~ rename[tok[7:]]) %}
+      {%- elif tok.startswith('default_target=') and tok[15:] in rename %}
+        {%- do out.append('default_target=' ~ rename[tok[15:]]) %}
       {%- else %}
         {%- do out.append(tok) %}
       {%- endif %}

@@ -5,20 +5,32 @@
 //! and never reaches the agent):
 //! 1. `REQUEST_IDENTITIES` (11): answered with the backup key alone, and
 //!    only if the agent really holds it (else an empty list).
-//! 2. `SIGN_REQUEST` (13) whose key blob is exactly the backup key, whose
+//! 2. `session-bind@openssh.com` (extension, 27): passed to the agent, which
+//!    verifies the server host key's signature over the session id, only if
+//!    the host key is one of the key set's ([`LoginPolicy`]), the session id
+//!    has the length of a key exchange hash, it is not a forwarding bind,
+//!    and the connection is not bound yet.
+//! 3. `SIGN_REQUEST` (13) whose key blob is exactly the backup key, whose
 //!    flags are 0 (ed25519 has no signature variants), and whose data is a
-//!    well-formed SSH user-authentication request (RFC 4252 section 7, or
-//!    OpenSSH's `publickey-hostbound-v00@openssh.com`) for that same key and
-//!    the `ssh-connection` service. So the key signs SSH logins only: no
-//!    `SSHSIG` file/commit signatures, no arbitrary data.
+//!    well-formed SSH user-authentication request (RFC 4252 section 7) for
+//!    that key, the `ssh-connection` service and the key set's user, in the
+//!    session bound on this connection: method
+//!    `publickey-hostbound-v00@openssh.com` naming the bound host key (or
+//!    plain `publickey` when the key set allows it). So the key signs logins
+//!    to the configured server only: no `SSHSIG` file/commit signatures, no
+//!    arbitrary data, no other server.
 //!
 //! Modelled on: the message layout of draft-miller-ssh-agent; the
-//! user-authentication blob as OpenSSH's agent checks it for
-//! destination-constrained keys (`openssh-portable:ssh-agent.c`,
-//! `parse_userauth_request`).
+//! session-bind message of `openssh-portable:PROTOCOL.agent`; what ssh
+//! signs (`sshconnect2.c`, `sign_and_send_pubkey`) and sends the agent first
+//! (`get_agent_identities`: session-bind, then the identities request); the
+//! user-authentication blob as OpenSSH's agent checks it
+//! (`ssh-agent.c`, `parse_userauth_request`, `process_ext_session_bind`),
+//! all at tag V_9_2_P1.
 
 use std::fmt;
 
+use super::keyset::LoginPolicy;
 use super::wire::{self, ParseError, Reader};
 use crate::codec;
 
@@ -26,14 +38,23 @@ use crate::codec;
 const ED25519_BLOB_LEN: usize = 4 + 11 + 4 + 32;
 /// Bounds for fields inside a sign request (generous for real clients).
 const MAX_KEY_BLOB: usize = 16 * 1024;
-const MAX_SESSION_ID: usize = 128;
 const MAX_USER: usize = 512;
 const MAX_NAME: usize = 256;
+/// Session id lengths accepted: the exchange hash of the key exchanges OpenSSH
+/// offers by default (`myproposal.h`): SHA-256 (curve25519-sha256, ecdh-sha2-nistp256,
+/// diffie-hellman-group14-sha256, group-exchange-sha256, mlkem768x25519-sha256),
+/// SHA-384 (ecdh-sha2-nistp384), SHA-512 (sntrup761x25519-sha512, ecdh-sha2-nistp521,
+/// diffie-hellman-group16/18-sha512). SHA-1 exchanges (20 bytes) are refused.
+pub const SESSION_ID_LENS: [usize; 3] = [32, 48, 64];
 /// Most identities accepted in the agent's answer (OpenSSH's client bound,
 /// `MAX_AGENT_IDENTITIES` in `authfd.c`).
 const MAX_IDENTITIES: u32 = 2048;
 /// SSH_MSG_USERAUTH_REQUEST (RFC 4250).
 const SSH_MSG_USERAUTH_REQUEST: u8 = 50;
+/// The extension ssh sends before asking for identities (OpenSSH 8.9+).
+pub const SESSION_BIND: &[u8] = b"session-bind@openssh.com";
+/// The host-bound public key method (OpenSSH 8.9+).
+pub const HOSTBOUND: &[u8] = b"publickey-hostbound-v00@openssh.com";
 
 /// The one public key this key set may use, as a wire blob.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,25 +135,45 @@ impl fmt::Debug for BackupKey {
     }
 }
 
+/// A connection's binding to one SSH session: the server host key the
+/// client bound it to and the session id (the exchange hash). Recorded only
+/// after the ssh-agent verified the host key's signature over the session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub host_key: Vec<u8>,
+    pub session_id: Vec<u8>,
+}
+
+impl Binding {
+    pub fn host_fingerprint(&self) -> String {
+        codec::fingerprint(&self.host_key)
+    }
+}
+
 /// What the filter does with one client request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Ask the agent for its identities and answer with the backup key.
     Identities,
+    /// Forward this session-bind to the agent unchanged; on its SUCCESS the
+    /// connection is bound to this session.
+    Bind(Binding),
     /// Forward this (fully validated) sign request to the agent unchanged.
     Sign(SignInfo),
     /// Answer SSH_AGENT_FAILURE; never reaches the agent.
     Refuse(Refusal),
 }
 
-/// What a permitted signature is for (for the log line).
+/// What a permitted signature is for (for the log line). Every field was
+/// checked against the key set's policy and the connection's binding.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SignInfo {
-    /// Remote user name in the authentication request, escaped for logs.
+    /// Remote user (equal to the key set's `user`).
     pub user: String,
-    /// Fingerprint of the server's host key, when the client sent it
-    /// (`publickey-hostbound-v00@openssh.com`, OpenSSH 8.9+).
-    pub host_key: Option<String>,
+    /// `publickey-hostbound-v00@openssh.com` or `publickey`.
+    pub method: &'static str,
+    /// Fingerprint of the host key the session is bound to.
+    pub host_key: String,
 }
 
 /// Why a request was refused.
@@ -140,13 +181,17 @@ pub struct SignInfo {
 pub enum Refusal {
     /// Adding, removing, locking, smartcards: never allowed.
     Forbidden(&'static str),
-    /// An extension request (e.g. session-bind@openssh.com, query).
+    /// An extension request other than session-bind (e.g. query).
     Extension(String),
+    /// A session-bind the key set does not allow, or malformed.
+    Bind(String),
     /// A sign request for a key other than the backup key.
     OtherKey(String),
     /// A sign request for the backup key whose data is not an SSH
     /// user-authentication request for that key.
     NotUserAuth(&'static str),
+    /// A well-formed login the key set's policy does not allow.
+    NotAllowed(String),
     /// A message number we do not know.
     Unknown(u8),
 }
@@ -156,6 +201,7 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Forbidden(what) => write!(f, "{what} is not allowed"),
             Refusal::Extension(name) => write!(f, "extension {name} is not allowed"),
+            Refusal::Bind(why) => write!(f, "session-bind refused: {why}"),
             Refusal::OtherKey(fp) => write!(
                 f,
                 "sign request for a key that is not the backup key ({fp})"
@@ -166,6 +212,7 @@ impl fmt::Display for Refusal {
                     "sign request that is not an SSH login for the backup key: {why}"
                 )
             }
+            Refusal::NotAllowed(why) => write!(f, "login not allowed for this key set: {why}"),
             Refusal::Unknown(t) => write!(f, "unknown message type {t}"),
         }
     }
@@ -188,8 +235,14 @@ pub fn escape_for_log(bytes: &[u8], max: usize) -> String {
     s
 }
 
-/// Decide what to do with one request frame body (type byte + contents).
-pub fn classify(body: &[u8], key: &BackupKey) -> Verdict {
+/// Decide what to do with one request frame body (type byte + contents),
+/// given the key set's policy and the connection's binding so far.
+pub fn classify(
+    body: &[u8],
+    key: &BackupKey,
+    policy: &LoginPolicy,
+    bound: Option<&Binding>,
+) -> Verdict {
     let Some((&kind, contents)) = body.split_first() else {
         return Verdict::Refuse(Refusal::Unknown(0));
     };
@@ -198,7 +251,7 @@ pub fn classify(body: &[u8], key: &BackupKey) -> Verdict {
         wire::SSH_AGENTC_REQUEST_IDENTITIES => {
             Verdict::Refuse(Refusal::Forbidden("request identities with trailing bytes"))
         }
-        wire::SSH_AGENTC_SIGN_REQUEST => classify_sign(contents, key),
+        wire::SSH_AGENTC_SIGN_REQUEST => classify_sign(contents, key, policy, bound),
         wire::SSH_AGENTC_ADD_IDENTITY | wire::SSH_AGENTC_ADD_ID_CONSTRAINED => {
             Verdict::Refuse(Refusal::Forbidden("adding a key"))
         }
@@ -215,17 +268,64 @@ pub fn classify(body: &[u8], key: &BackupKey) -> Verdict {
         wire::SSH_AGENTC_UNLOCK => Verdict::Refuse(Refusal::Forbidden("unlocking the agent")),
         wire::SSH_AGENTC_EXTENSION => {
             let mut r = Reader::new(contents);
-            let name = r
-                .string(MAX_NAME)
-                .map(|n| escape_for_log(n, 64))
-                .unwrap_or_else(|_| "(malformed)".into());
-            Verdict::Refuse(Refusal::Extension(name))
+            match r.string(MAX_NAME) {
+                Ok(SESSION_BIND) => classify_bind(&mut r, policy, bound),
+                Ok(n) => Verdict::Refuse(Refusal::Extension(escape_for_log(n, 64))),
+                Err(_) => Verdict::Refuse(Refusal::Extension("(malformed)".into())),
+            }
         }
         other => Verdict::Refuse(Refusal::Unknown(other)),
     }
 }
 
-fn classify_sign(contents: &[u8], key: &BackupKey) -> Verdict {
+/// `session-bind@openssh.com`: string hostkey, string session id, string
+/// signature, bool is_forwarding (PROTOCOL.agent section 1).
+fn classify_bind(r: &mut Reader, policy: &LoginPolicy, bound: Option<&Binding>) -> Verdict {
+    let refuse = |why: String| Verdict::Refuse(Refusal::Bind(why));
+    let parsed = (|| {
+        let hk = r.string(MAX_KEY_BLOB)?;
+        let sid = r.string(MAX_KEY_BLOB)?;
+        let _sig = r.string(MAX_KEY_BLOB)?;
+        let fwd = r.boolean()?;
+        r.finish()?;
+        Ok::<_, ParseError>((hk, sid, fwd))
+    })();
+    let (hk, sid, fwd) = match parsed {
+        Ok(p) => p,
+        Err(e) => return refuse(format!("malformed: {e}")),
+    };
+    if fwd {
+        return refuse(
+            "it binds a forwarded agent connection (agent forwarding is not used)".into(),
+        );
+    }
+    if !SESSION_ID_LENS.contains(&sid.len()) {
+        return refuse(format!(
+            "session id of {} bytes is not a SHA-256/384/512 exchange hash",
+            sid.len()
+        ));
+    }
+    if bound.is_some() {
+        return refuse("the connection is already bound to a session".into());
+    }
+    if !policy.allows_host_key(hk) {
+        return refuse(format!(
+            "server host key {} is not one of the key set's host keys",
+            codec::fingerprint(hk)
+        ));
+    }
+    Verdict::Bind(Binding {
+        host_key: hk.to_vec(),
+        session_id: sid.to_vec(),
+    })
+}
+
+fn classify_sign(
+    contents: &[u8],
+    key: &BackupKey,
+    policy: &LoginPolicy,
+    bound: Option<&Binding>,
+) -> Verdict {
     let mut r = Reader::new(contents);
     let blob = match r.string(MAX_KEY_BLOB) {
         Ok(b) => b,
@@ -247,20 +347,32 @@ fn classify_sign(contents: &[u8], key: &BackupKey) -> Verdict {
             "signature flags set (ed25519 has none)",
         ));
     }
-    match parse_userauth(data, key) {
+    let login = match parse_userauth(data, key) {
+        Ok(l) => l,
+        Err(e) => return Verdict::Refuse(Refusal::NotUserAuth(e.0)),
+    };
+    match check_login(&login, policy, bound) {
         Ok(info) => Verdict::Sign(info),
-        Err(e) => Verdict::Refuse(Refusal::NotUserAuth(e.0)),
+        Err(why) => Verdict::Refuse(Refusal::NotAllowed(why)),
     }
+}
+
+/// The fields of a well-formed user-authentication request.
+struct Login<'a> {
+    session_id: &'a [u8],
+    user: &'a [u8],
+    /// The host key for the hostbound method, `None` for plain publickey.
+    host_key: Option<&'a [u8]>,
 }
 
 /// The data ssh signs for public key authentication (RFC 4252 section 7):
 /// string session id, byte 50, string user, string "ssh-connection",
 /// string method, boolean TRUE, string algorithm, string key blob
 /// [, string host key for the hostbound method]; nothing after.
-fn parse_userauth(data: &[u8], key: &BackupKey) -> Result<SignInfo, ParseError> {
+fn parse_userauth<'a>(data: &'a [u8], key: &BackupKey) -> Result<Login<'a>, ParseError> {
     let mut r = Reader::new(data);
-    let sid = r.string(MAX_SESSION_ID)?;
-    if sid.is_empty() {
+    let session_id = r.string(MAX_KEY_BLOB)?;
+    if session_id.is_empty() {
         return Err(ParseError("empty session identifier"));
     }
     if r.u8()? != SSH_MSG_USERAUTH_REQUEST {
@@ -282,20 +394,77 @@ fn parse_userauth(data: &[u8], key: &BackupKey) -> Result<SignInfo, ParseError> 
     }
     let host_key = match method {
         b"publickey" => None,
-        b"publickey-hostbound-v00@openssh.com" => {
+        HOSTBOUND => {
             let hk = r.string(MAX_KEY_BLOB)?;
             if hk.is_empty() {
                 return Err(ParseError("empty host key"));
             }
-            Some(codec::fingerprint(hk))
+            Some(hk)
         }
         _ => return Err(ParseError("method is not publickey")),
     };
     r.finish()?;
-    Ok(SignInfo {
-        user: escape_for_log(user, 64),
+    Ok(Login {
+        session_id,
+        user,
         host_key,
     })
+}
+
+/// A well-formed login against the key set's policy and the binding.
+fn check_login(
+    login: &Login,
+    policy: &LoginPolicy,
+    bound: Option<&Binding>,
+) -> Result<SignInfo, String> {
+    if !SESSION_ID_LENS.contains(&login.session_id.len()) {
+        return Err(format!(
+            "session id of {} bytes is not a SHA-256/384/512 exchange hash",
+            login.session_id.len()
+        ));
+    }
+    let Some(b) = bound else {
+        return Err("the connection is not bound to a session (ssh older than OpenSSH 8.9, or it sent no session-bind)".into());
+    };
+    if login.session_id != b.session_id.as_slice() {
+        return Err("the session id differs from the bound session's".into());
+    }
+    if login.user != policy.user.as_bytes() {
+        return Err(format!(
+            "remote user '{}' is not the key set's user '{}'",
+            escape_for_log(login.user, 64),
+            policy.user
+        ));
+    }
+    let method = match login.host_key {
+        Some(hk) if hk == b.host_key.as_slice() => "publickey-hostbound-v00@openssh.com",
+        Some(hk) => {
+            return Err(format!(
+                "the login names server host key {}, the session is bound to {}",
+                codec::fingerprint(hk),
+                b.host_fingerprint()
+            ))
+        }
+        None if policy.plain_publickey => "publickey",
+        None => {
+            return Err("method publickey without host binding (the server lacks publickey-hostbound-v00@openssh.com; set plain-publickey = yes for it)".into())
+        }
+    };
+    Ok(SignInfo {
+        user: policy.user.clone(),
+        method,
+        host_key: b.host_fingerprint(),
+    })
+}
+
+/// Check the agent's answer to a forwarded session-bind: SUCCESS (it
+/// verified the host key's signature over the session id) or FAILURE.
+pub fn check_bind_reply(reply: &[u8]) -> Result<bool, AgentReplyError> {
+    match reply {
+        [wire::SSH_AGENT_SUCCESS] => Ok(true),
+        [wire::SSH_AGENT_FAILURE] => Ok(false),
+        _ => Err(AgentReplyError("not a success or failure answer")),
+    }
 }
 
 /// Error in an answer from the agent (the agent is trusted, but the filter
@@ -397,13 +566,39 @@ mod tests {
         BackupKey::from_blob(blob).unwrap()
     }
 
-    fn userauth(key: &BackupKey, method: &[u8], host: Option<&[u8]>) -> Vec<u8> {
+    const HOST: &[u8] = b"\0\0\0\x0bssh-ed25519\0\0\0\x20host-key-bytes-host-key-bytes-12";
+    const SID: [u8; 32] = [9; 32];
+
+    fn policy(plain: bool) -> LoginPolicy {
+        LoginPolicy {
+            user: "borg".into(),
+            host_keys: vec![HOST.to_vec()],
+            plain_publickey: plain,
+            logins_per_hour: 60,
+        }
+    }
+
+    fn bound() -> Binding {
+        Binding {
+            host_key: HOST.to_vec(),
+            session_id: SID.to_vec(),
+        }
+    }
+
+    fn userauth_as(key: &BackupKey, sid: &[u8], user: &[u8], host: Option<&[u8]>) -> Vec<u8> {
         let mut d = Vec::new();
-        put_string(&mut d, &[9; 32]);
+        put_string(&mut d, sid);
         d.push(50);
-        put_string(&mut d, b"borg");
+        put_string(&mut d, user);
         put_string(&mut d, b"ssh-connection");
-        put_string(&mut d, method);
+        put_string(
+            &mut d,
+            if host.is_some() {
+                HOSTBOUND
+            } else {
+                b"publickey"
+            },
+        );
         d.push(1);
         put_string(&mut d, b"ssh-ed25519");
         put_string(&mut d, key.blob());
@@ -413,12 +608,30 @@ mod tests {
         d
     }
 
+    fn userauth(key: &BackupKey, host: Option<&[u8]>) -> Vec<u8> {
+        userauth_as(key, &SID, b"borg", host)
+    }
+
     fn sign(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
         let mut m = vec![13];
         put_string(&mut m, blob);
         put_string(&mut m, data);
         m.extend_from_slice(&flags.to_be_bytes());
         m
+    }
+
+    fn bind_msg(host: &[u8], sid: &[u8], fwd: u8) -> Vec<u8> {
+        let mut m = vec![27];
+        put_string(&mut m, SESSION_BIND);
+        put_string(&mut m, host);
+        put_string(&mut m, sid);
+        put_string(&mut m, b"\0\0\0\x0bssh-ed25519\0\0\0\x40signature");
+        m.push(fwd);
+        m
+    }
+
+    fn c(body: &[u8], k: &BackupKey, b: Option<&Binding>) -> Verdict {
+        classify(body, k, &policy(false), b)
     }
 
     #[test]
@@ -437,100 +650,188 @@ mod tests {
     }
 
     #[test]
-    fn identities_and_backup_key_logins_pass() {
+    fn identities_and_hostbound_logins_in_the_bound_session_pass() {
         let k = key(1);
-        assert_eq!(classify(&[11], &k), Verdict::Identities);
-        let v = classify(&sign(k.blob(), &userauth(&k, b"publickey", None), 0), &k);
+        assert_eq!(c(&[11], &k, None), Verdict::Identities);
+        let v = c(
+            &sign(k.blob(), &userauth(&k, Some(HOST)), 0),
+            &k,
+            Some(&bound()),
+        );
         assert_eq!(
             v,
             Verdict::Sign(SignInfo {
                 user: "borg".into(),
-                host_key: None
+                method: "publickey-hostbound-v00@openssh.com",
+                host_key: codec::fingerprint(HOST),
             })
         );
-        let v = classify(
-            &sign(
-                k.blob(),
-                &userauth(&k, b"publickey-hostbound-v00@openssh.com", Some(b"hostkey")),
-                0,
-            ),
-            &k,
-        );
-        assert!(matches!(
-            v,
-            Verdict::Sign(SignInfo {
-                host_key: Some(_),
-                ..
-            })
-        ));
     }
 
     #[test]
-    fn management_and_extensions_are_refused() {
+    fn session_bind_is_checked_before_it_reaches_the_agent() {
+        let k = key(1);
+        for len in SESSION_ID_LENS {
+            assert_eq!(
+                c(&bind_msg(HOST, &vec![1; len], 0), &k, None),
+                Verdict::Bind(Binding {
+                    host_key: HOST.to_vec(),
+                    session_id: vec![1; len]
+                }),
+                "{len}"
+            );
+        }
+        for len in [0, 1, 20, 31, 33, 47, 63, 65, 128] {
+            let v = c(&bind_msg(HOST, &vec![1; len], 0), &k, None);
+            assert!(
+                matches!(&v, Verdict::Refuse(Refusal::Bind(w)) if w.contains("exchange hash")),
+                "{len}: {v:?}"
+            );
+        }
+        let v = c(&bind_msg(HOST, &SID, 1), &k, None);
+        assert!(
+            matches!(&v, Verdict::Refuse(Refusal::Bind(w)) if w.contains("forwarded")),
+            "{v:?}"
+        );
+        let v = c(&bind_msg(b"another host key", &SID, 0), &k, None);
+        assert!(
+            matches!(&v, Verdict::Refuse(Refusal::Bind(w)) if w.contains("not one of")),
+            "{v:?}"
+        );
+        let v = c(&bind_msg(HOST, &SID, 0), &k, Some(&bound()));
+        assert!(
+            matches!(&v, Verdict::Refuse(Refusal::Bind(w)) if w.contains("already bound")),
+            "{v:?}"
+        );
+        let mut trailing = bind_msg(HOST, &SID, 0);
+        trailing.push(0);
+        assert!(matches!(
+            c(&trailing, &k, None),
+            Verdict::Refuse(Refusal::Bind(_))
+        ));
+        let full = bind_msg(HOST, &SID, 0);
+        for cut in 1..full.len() {
+            assert!(
+                matches!(c(&full[..cut], &k, None), Verdict::Refuse(_)),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn logins_outside_the_key_sets_policy_are_refused() {
+        let k = key(1);
+        let b = bound();
+        let not_allowed = |v: Verdict, want: &str| match v {
+            Verdict::Refuse(Refusal::NotAllowed(w)) => assert!(w.contains(want), "{w}"),
+            v => panic!("want NotAllowed({want}), got {v:?}"),
+        };
+        let hb = sign(k.blob(), &userauth(&k, Some(HOST)), 0);
+        not_allowed(c(&hb, &k, None), "not bound");
+        let other_sid = sign(k.blob(), &userauth_as(&k, &[8; 32], b"borg", Some(HOST)), 0);
+        not_allowed(c(&other_sid, &k, Some(&b)), "session id differs");
+        for len in [1, 20, 31, 65] {
+            let m = sign(
+                k.blob(),
+                &userauth_as(&k, &vec![9; len], b"borg", Some(HOST)),
+                0,
+            );
+            not_allowed(c(&m, &k, Some(&b)), "exchange hash");
+        }
+        let root = sign(k.blob(), &userauth_as(&k, &SID, b"root", Some(HOST)), 0);
+        not_allowed(
+            c(&root, &k, Some(&b)),
+            "'root' is not the key set's user 'borg'",
+        );
+        let esc = sign(k.blob(), &userauth_as(&k, &SID, b"b\x1b[0m", Some(HOST)), 0);
+        not_allowed(c(&esc, &k, Some(&b)), "b\\x1b[0m");
+        let other_host = sign(k.blob(), &userauth(&k, Some(b"other host key")), 0);
+        not_allowed(c(&other_host, &k, Some(&b)), "the session is bound to");
+        let plain = sign(k.blob(), &userauth(&k, None), 0);
+        not_allowed(c(&plain, &k, Some(&b)), "plain-publickey = yes");
+        // ... unless the key set allows plain publickey: then the bound host key is logged.
+        assert_eq!(
+            classify(&plain, &k, &policy(true), Some(&b)),
+            Verdict::Sign(SignInfo {
+                user: "borg".into(),
+                method: "publickey",
+                host_key: codec::fingerprint(HOST),
+            })
+        );
+        not_allowed(classify(&plain, &k, &policy(true), None), "not bound");
+    }
+
+    #[test]
+    fn management_and_other_extensions_are_refused() {
         let k = key(1);
         for t in [17u8, 18, 19, 20, 21, 22, 23, 25, 26] {
             assert!(
                 matches!(
-                    classify(&[t, 0, 0, 0, 0], &k),
+                    c(&[t, 0, 0, 0, 0], &k, None),
                     Verdict::Refuse(Refusal::Forbidden(_))
                 ),
                 "type {t}"
             );
         }
         let mut ext = vec![27];
-        put_string(&mut ext, b"session-bind@openssh.com");
+        put_string(&mut ext, b"query");
         assert_eq!(
-            classify(&ext, &k),
-            Verdict::Refuse(Refusal::Extension("session-bind@openssh.com".into()))
+            c(&ext, &k, None),
+            Verdict::Refuse(Refusal::Extension("query".into()))
         );
         for t in [0u8, 1, 3, 7, 9, 12, 14, 28, 30, 255] {
-            assert_eq!(classify(&[t], &k), Verdict::Refuse(Refusal::Unknown(t)));
+            assert_eq!(c(&[t], &k, None), Verdict::Refuse(Refusal::Unknown(t)));
         }
-        assert!(matches!(classify(&[11, 0], &k), Verdict::Refuse(_)));
+        assert!(matches!(c(&[11, 0], &k, None), Verdict::Refuse(_)));
     }
 
     #[test]
     fn signing_anything_but_a_backup_key_login_is_refused() {
         let k = key(1);
         let other = key(2);
-        let v = classify(
-            &sign(other.blob(), &userauth(&other, b"publickey", None), 0),
-            &k,
-        );
+        let b = Some(bound());
+        let b = b.as_ref();
+        let v = c(&sign(other.blob(), &userauth(&other, Some(HOST)), 0), &k, b);
         assert!(matches!(v, Verdict::Refuse(Refusal::OtherKey(_))));
         // Backup key, but the data names another key.
-        let v = classify(
-            &sign(k.blob(), &userauth(&other, b"publickey", None), 0),
-            &k,
-        );
+        let v = c(&sign(k.blob(), &userauth(&other, Some(HOST)), 0), &k, b);
         assert!(matches!(v, Verdict::Refuse(Refusal::NotUserAuth(_))));
         // Arbitrary data (e.g. an SSHSIG blob).
-        let v = classify(&sign(k.blob(), b"SSHSIG\0\0\0\x03git", 0), &k);
+        let v = c(&sign(k.blob(), b"SSHSIG\0\0\0\x03git", 0), &k, b);
         assert!(matches!(v, Verdict::Refuse(Refusal::NotUserAuth(_))));
         // Flags, trailing bytes, other method, truncated.
-        let good = userauth(&k, b"publickey", None);
+        let good = userauth(&k, Some(HOST));
         assert!(matches!(
-            classify(&sign(k.blob(), &good, 2), &k),
+            c(&sign(k.blob(), &good, 0), &k, b),
+            Verdict::Sign(_)
+        ));
+        assert!(matches!(
+            c(&sign(k.blob(), &good, 2), &k, b),
             Verdict::Refuse(_)
         ));
         let mut trailing = sign(k.blob(), &good, 0);
         trailing.push(0);
-        assert!(matches!(classify(&trailing, &k), Verdict::Refuse(_)));
+        assert!(matches!(c(&trailing, &k, b), Verdict::Refuse(_)));
         let mut data_trailing = good.clone();
         data_trailing.push(0);
         assert!(matches!(
-            classify(&sign(k.blob(), &data_trailing, 0), &k),
+            c(&sign(k.blob(), &data_trailing, 0), &k, b),
             Verdict::Refuse(_)
         ));
-        let hb = userauth(&k, b"hostbased", None);
+        let mut hostbased = good.clone();
+        let at = hostbased
+            .windows(HOSTBOUND.len())
+            .position(|w| w == HOSTBOUND)
+            .unwrap();
+        hostbased[at..at + 9].copy_from_slice(b"hostbased");
         assert!(matches!(
-            classify(&sign(k.blob(), &hb, 0), &k),
-            Verdict::Refuse(_)
+            c(&sign(k.blob(), &hostbased, 0), &k, b),
+            Verdict::Refuse(Refusal::NotUserAuth(_))
         ));
         let full = sign(k.blob(), &good, 0);
         for cut in 1..full.len() {
             assert!(
-                matches!(classify(&full[..cut], &k), Verdict::Refuse(_)),
+                matches!(c(&full[..cut], &k, b), Verdict::Refuse(_)),
                 "cut at {cut}"
             );
         }
@@ -563,7 +864,7 @@ mod tests {
     }
 
     #[test]
-    fn sign_replies_are_checked() {
+    fn sign_and_bind_replies_are_checked() {
         let mut sig = Vec::new();
         put_string(&mut sig, b"ssh-ed25519");
         put_string(&mut sig, &[3; 64]);
@@ -574,6 +875,10 @@ mod tests {
         assert!(check_sign_reply(&[6]).is_err());
         reply.push(0);
         assert!(check_sign_reply(&reply).is_err());
+        assert_eq!(check_bind_reply(&[6]), Ok(true));
+        assert_eq!(check_bind_reply(&[5]), Ok(false));
+        assert!(check_bind_reply(&[6, 0]).is_err());
+        assert!(check_bind_reply(&[14]).is_err());
     }
 
     #[test]

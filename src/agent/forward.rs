@@ -11,8 +11,10 @@
 //! the listener (SIGTERM: it removes its socket and cuts open connections)
 //! and removes the directory. If the owning process dies without dropping
 //! it, the listener gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and
-//! removes the socket; the empty directory left behind is swept by the next
-//! `start` in the same runtime directory.
+//! removes the socket; the directory left behind is swept by the next
+//! `start` in the same runtime directory (`crate::tempdir`), and removed at
+//! once on SIGTERM/SIGINT/SIGHUP when the program called
+//! `tempdir::cleanup_on_signals`.
 //!
 //! The listener and the `qrexec-client-vm` it runs per connection do not get
 //! our stderr: under qrexec that is the service's stderr, and qrexec ends a
@@ -26,38 +28,38 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
 
 use super::{validate_key_set_name, NameError};
+use crate::tempdir::PrivateDir;
 
-/// Prefix of the private directories made under the runtime directory.
-pub const DIR_PREFIX: &str = "qubes-borg-agent.";
+/// Prefix of the private directories made under the runtime directory
+/// (`PREFIX.PID.RANDOM`).
+pub const DIR_PREFIX: &str = "qubes-borg-agent";
 /// Name of the socket inside the private directory.
 pub const SOCKET_NAME: &str = "agent.sock";
 /// The qrexec service called for each connection (`+NAME` appended).
 pub const SERVICE: &str = "qubes-borg.SshAgent";
 
-/// Settings of [`AgentSocket::start`]. `Default` reads the documented
-/// environment overrides.
+/// Settings of [`AgentSocket::start`]. `Default` gives the installed
+/// paths; no environment variable changes them (tests set the fields, or put
+/// their programs at these paths in a mount namespace).
 #[derive(Debug, Clone)]
 pub struct AgentSocketOptions {
-    /// Where the private directory is made. Default: `$QUBES_BORG_RUNTIME_DIR`,
-    /// else `$XDG_RUNTIME_DIR`, else `/run/user/UID` if it exists, else the
-    /// system temp dir (`$TMPDIR` or `/tmp`).
+    /// Where the private directory is made. Default: `$XDG_RUNTIME_DIR`, else
+    /// `/run/user/UID` if it exists, else `/tmp`.
     pub runtime_dir: Option<PathBuf>,
-    /// `qrexec-client-vm` to run per connection. Default:
-    /// `$QUBES_BORG_QREXEC_CLIENT_VM`, else `/usr/bin/qrexec-client-vm`.
+    /// `qrexec-client-vm` to run per connection. Default: `/usr/bin/qrexec-client-vm`.
     pub qrexec_client: PathBuf,
     /// qrexec target. Default `@default` (dom0 policy picks ssh-backup).
     pub target: String,
-    /// The relay binary. Default: `$QUBES_BORG_RELAY`, else `/usr/bin/qubes-relay`.
+    /// The relay binary. Default: `/usr/bin/qubes-relay`.
     pub relay: PathBuf,
     /// How long to wait for the listener's socket to appear.
     pub ready_timeout: Duration,
@@ -65,17 +67,11 @@ pub struct AgentSocketOptions {
 
 impl Default for AgentSocketOptions {
     fn default() -> Self {
-        let env_path = |k: &str, d: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(d))
-        };
         AgentSocketOptions {
             runtime_dir: None,
-            qrexec_client: env_path("QUBES_BORG_QREXEC_CLIENT_VM", "/usr/bin/qrexec-client-vm"),
+            qrexec_client: PathBuf::from("/usr/bin/qrexec-client-vm"),
             target: "@default".into(),
-            relay: env_path("QUBES_BORG_RELAY", "/usr/bin/qubes-relay"),
+            relay: PathBuf::from("/usr/bin/qubes-relay"),
             ready_timeout: Duration::from_secs(5),
         }
     }
@@ -106,7 +102,7 @@ impl fmt::Display for AgentError {
             AgentError::Name(e) => write!(f, "agent key set: {e}"),
             AgentError::Dir { path, err } => write!(
                 f,
-                "cannot make a private agent directory in {}: {err} (set QUBES_BORG_RUNTIME_DIR to a directory you own)",
+                "cannot make a private agent directory in {}: {err} (XDG_RUNTIME_DIR names the directory)",
                 path.display()
             ),
             AgentError::Unsafe { path, why } => {
@@ -114,7 +110,7 @@ impl fmt::Display for AgentError {
             }
             AgentError::Spawn { program, err } => write!(
                 f,
-                "cannot start the agent socket listener {}: {err} (is qubes-borg installed? QUBES_BORG_RELAY overrides the path)",
+                "cannot start the agent socket listener {}: {err} (is qubes-borg installed?)",
                 program.display()
             ),
             AgentError::ListenerExited { status } => write!(
@@ -139,9 +135,10 @@ impl std::error::Error for AgentError {}
 /// A per-connection agent socket; see the module documentation.
 #[derive(Debug)]
 pub struct AgentSocket {
-    dir: PathBuf,
     path: PathBuf,
     listener: Option<Child>,
+    /// Dropped after `shutdown` (field order): removes what is left.
+    dir: PrivateDir,
 }
 
 fn is_dir_usable(p: &Path) -> bool {
@@ -149,85 +146,14 @@ fn is_dir_usable(p: &Path) -> bool {
 }
 
 fn default_runtime_dir() -> PathBuf {
-    for var in ["QUBES_BORG_RUNTIME_DIR", "XDG_RUNTIME_DIR"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return PathBuf::from(v);
-        }
+    if let Some(v) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(v);
     }
     let run_user = PathBuf::from(format!("/run/user/{}", geteuid()));
     if is_dir_usable(&run_user) {
         return run_user;
     }
-    std::env::temp_dir()
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    // getrandom failing is not recoverable in any useful way; the pid in
-    // the name still keeps names apart between processes.
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Check that `p` is a real directory (not a symlink) owned by us with no
-/// access for group or others.
-fn check_private_dir(p: &Path) -> Result<(), AgentError> {
-    let m = fs::symlink_metadata(p).map_err(|err| AgentError::Dir {
-        path: p.to_path_buf(),
-        err,
-    })?;
-    let unsafe_ = |why| AgentError::Unsafe {
-        path: p.to_path_buf(),
-        why,
-    };
-    if !m.file_type().is_dir() {
-        return Err(unsafe_("not a directory"));
-    }
-    if m.uid() != geteuid().as_raw() {
-        return Err(unsafe_("owned by another user"));
-    }
-    if m.mode() & 0o077 != 0 {
-        return Err(unsafe_("accessible to group or others"));
-    }
-    Ok(())
-}
-
-/// Remove private directories left by owners that died without cleaning
-/// up (their pid is in the name and no longer runs). Only our own
-/// directories of the exact form, holding at most a socket, are touched.
-fn sweep_stale(runtime: &Path) {
-    let Ok(entries) = fs::read_dir(runtime) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let Some((pid, hex)) = rest.split_once('.') else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<i32>() else {
-            continue;
-        };
-        if pid <= 0 || hex.len() != 16 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-            continue;
-        }
-        if kill(Pid::from_raw(pid), None) != Err(Errno::ESRCH) {
-            continue; // still running (or not ours to probe)
-        }
-        let dir = e.path();
-        if check_private_dir(&dir).is_err() {
-            continue;
-        }
-        let sock = dir.join(SOCKET_NAME);
-        if let Ok(m) = fs::symlink_metadata(&sock) {
-            if m.file_type().is_socket() {
-                let _ = fs::remove_file(&sock);
-            }
-        }
-        let _ = fs::remove_dir(&dir); // fails (and is left) if anything else is inside
-    }
+    PathBuf::from("/tmp")
 }
 
 impl AgentSocket {
@@ -247,34 +173,27 @@ impl AgentSocket {
                 err: io::Error::from(io::ErrorKind::NotFound),
             });
         }
-        let dir = runtime.join(format!(
-            "{DIR_PREFIX}{}.{}",
-            std::process::id(),
-            random_hex()
-        ));
-        let path = dir.join(SOCKET_NAME);
-        // sun_path holds 108 bytes including the terminating NUL.
-        if path.as_os_str().len() > 107 {
+        // DIR_PREFIX.PID.16HEX/agent.sock; sun_path holds 108 bytes including the NUL.
+        let longest = runtime
+            .join(format!("{DIR_PREFIX}.{}.{}", u32::MAX, "f".repeat(16)))
+            .join(SOCKET_NAME);
+        if longest.as_os_str().len() > 107 {
             return Err(AgentError::Unsafe {
-                path,
-                why: "longer than a UNIX socket path may be (107 bytes); set QUBES_BORG_RUNTIME_DIR to a shorter directory",
+                path: longest,
+                why: "longer than a UNIX socket path may be (107 bytes); use a shorter runtime directory",
             });
         }
-        sweep_stale(&runtime);
-        // mkdir fails if the name exists (no symlink games in a shared /tmp).
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|err| AgentError::Dir {
-                path: runtime.clone(),
-                err,
-            })?;
+        // mkdir fails if the name exists (no symlink games in a shared /tmp); stale
+        // directories of dead owners are swept first.
+        let dir = PrivateDir::create(&runtime, DIR_PREFIX).map_err(|err| AgentError::Dir {
+            path: runtime.clone(),
+            err,
+        })?;
         let mut me = AgentSocket {
-            path,
-            dir,
+            path: dir.path().join(SOCKET_NAME),
             listener: None,
+            dir,
         };
-        check_private_dir(&me.dir)?;
 
         let mut service = OsString::from(SERVICE);
         service.push("+");
@@ -359,7 +278,7 @@ impl AgentSocket {
 
     /// The private directory holding the socket.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Process id of the listener (`qubes-relay --listen`), while it runs.
@@ -402,12 +321,12 @@ impl AgentSocket {
             }
             _ => {}
         }
-        match fs::remove_dir(&self.dir) {
+        match fs::remove_dir(self.dir.path()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(err) => {
                 first_err.get_or_insert(AgentError::Cleanup {
-                    path: self.dir.clone(),
+                    path: self.dir.path().to_path_buf(),
                     err,
                 });
             }

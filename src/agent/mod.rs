@@ -2,6 +2,8 @@
 //!
 //! - [`wire`]: agent protocol framing and fields, with hard bounds.
 //! - [`filter`]: the policy (which requests may reach the agent).
+//! - [`keyset`]: which server and user a key set may log in to (`server.conf`).
+//! - [`rate`]: the login limit across connections and the notification interval.
 //! - [`service`]: the `qubes-borg.SshAgent` service in ssh-backup, one client
 //!   connection in front of the dedicated ssh-agent.
 //! - [`forward`]: the per-connection agent socket in sys-backup.
@@ -10,6 +12,8 @@
 
 pub mod filter;
 pub mod forward;
+pub mod keyset;
+pub mod rate;
 pub mod service;
 pub mod wire;
 

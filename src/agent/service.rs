@@ -1,6 +1,7 @@
 //! ssh-backup: the `qubes-borg.SshAgent+NAME` service: one client connection
 //! (qrexec gives us stdin/stdout socketpairs) served through the filter in
-//! front of the dedicated ssh-agent of key set NAME.
+//! front of the dedicated ssh-agent of key set NAME, under the key set's
+//! login policy (`keyset`) and login rate limit (`rate`).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -10,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::filter::{self, BackupKey, SignReply, Verdict};
+use super::filter::{self, BackupKey, Binding, SignReply, Verdict};
+use super::keyset::{self, LoginPolicy, PolicyError};
+use super::rate;
 use super::wire::{self, WireError};
 use super::{validate_key_set_name, NameError};
 use crate::exit;
@@ -19,10 +22,10 @@ use crate::exit;
 pub const PROG: &str = "qubes-agent-filter";
 
 /// Default directory holding `NAME/agent.sock` (systemd RuntimeDirectory of
-/// `qubes-borg-agent@NAME.service`). Override: `QUBES_BORG_AGENT_RUNDIR`.
+/// `qubes-borg-agent@NAME.service`). No override: tests run the filter in a mount namespace.
 pub const DEFAULT_AGENT_RUNDIR: &str = "/run/qubes-borg-agent";
 /// Key directory below the service user's home: `NAME/id_ed25519{,.pub}`.
-/// Override: `QUBES_BORG_KEY_DIR`.
+/// No override (tests: a mount namespace).
 pub const KEY_SUBDIR: &str = ".ssh/qubes-borg";
 
 /// Most requests served on one connection (ssh needs 2-3 per login).
@@ -47,6 +50,8 @@ pub enum FilterError {
     NoHome,
     /// Public key file unreadable or malformed.
     Key(PathBuf, String),
+    /// The key set's login policy (server.conf) is missing, unsafe or malformed.
+    Policy(PolicyError),
     /// Client broke the framing or a per-connection limit.
     Protocol(String),
     /// Reading from / writing to the client failed.
@@ -65,13 +70,14 @@ impl fmt::Display for FilterError {
                 "QREXEC_REMOTE_DOMAIN {why}: this program is the qubes-borg.SshAgent service and must be started by qrexec"
             ),
             FilterError::NoHome => f.write_str(
-                "cannot find the home directory of the service user; set QUBES_BORG_KEY_DIR",
+                "cannot find the home directory of the service user in the user database",
             ),
             FilterError::Key(p, e) => write!(
                 f,
                 "backup public key {}: {e} (create it with: qubes-borg-keygen NAME)",
                 p.display()
             ),
+            FilterError::Policy(e) => write!(f, "key set login policy: {e}"),
             FilterError::Protocol(e) => write!(f, "closing the connection: {e}"),
             FilterError::Client(e) => write!(f, "connection to the client failed: {e}"),
         }
@@ -83,7 +89,7 @@ impl FilterError {
     pub fn exit_code(&self) -> u8 {
         match self {
             FilterError::Name(_) | FilterError::ArgMismatch | FilterError::Source(_) => exit::USAGE,
-            FilterError::NoHome | FilterError::Key(..) => exit::CONFIG,
+            FilterError::NoHome | FilterError::Key(..) | FilterError::Policy(_) => exit::CONFIG,
             FilterError::Protocol(_) => exit::DATAERR,
             FilterError::Client(_) => exit::IOERR,
         }
@@ -97,6 +103,22 @@ pub struct Config {
     pub source: String,
     pub agent_socket: PathBuf,
     pub public_key: PathBuf,
+}
+
+impl Config {
+    /// The key set's directory (`id_ed25519.pub`, `server.conf`).
+    pub fn key_set_dir(&self) -> &Path {
+        self.public_key
+            .parent()
+            .expect("built as DIR/NAME/id_ed25519.pub")
+    }
+
+    /// The key set's agent runtime directory (socket, login counter).
+    pub fn run_dir(&self) -> &Path {
+        self.agent_socket
+            .parent()
+            .expect("built as DIR/NAME/agent.sock")
+    }
 }
 
 fn env_get(env: &[(OsString, OsString)], name: &str) -> Option<OsString> {
@@ -135,13 +157,10 @@ pub fn config_from(
         .ok_or(FilterError::Source("is not a valid qube name"))?
         .to_string();
 
-    let rundir = env_get(env, "QUBES_BORG_AGENT_RUNDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_RUNDIR));
-    let keydir = match env_get(env, "QUBES_BORG_KEY_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => home.ok_or(FilterError::NoHome)?.join(KEY_SUBDIR),
-    };
+    // Paths are fixed: the environment sets none of them (qrexec builds it in the vault, but
+    // the installed program has no test-only switches either).
+    let rundir = PathBuf::from(DEFAULT_AGENT_RUNDIR);
+    let keydir = home.ok_or(FilterError::NoHome)?.join(KEY_SUBDIR);
     Ok(Config {
         agent_socket: rundir.join(&key_set).join("agent.sock"),
         public_key: keydir.join(&key_set).join("id_ed25519.pub"),
@@ -161,11 +180,23 @@ pub fn load_key(path: &Path) -> Result<BackupKey, FilterError> {
     BackupKey::from_public_line(&text).map_err(|e| err(e.to_string()))
 }
 
-/// Events the service reports (to the journal, and for signatures to the
-/// desktop).
+/// Load the key set's login policy (`server.conf` next to the public key), which must be
+/// owned by the service user or root.
+pub fn load_policy(cfg: &Config) -> Result<LoginPolicy, FilterError> {
+    let me = nix::unistd::geteuid().as_raw();
+    keyset::load(cfg.key_set_dir(), &[me, 0]).map_err(FilterError::Policy)
+}
+
+/// Events the service reports (to the journal, and to the desktop at most
+/// once per [`rate::NOTIFY_INTERVAL_SECS`]).
 pub trait Events {
     fn log(&mut self, line: &str);
-    fn signed(&mut self, _cfg: &Config, _info: &filter::SignInfo) {}
+    /// Show a desktop notification with this (validated, plain) text.
+    fn notify(&mut self, _text: &str) {}
+    /// Seconds since boot, for the login limit (tests may override).
+    fn now(&mut self) -> io::Result<u64> {
+        rate::now()
+    }
 }
 
 /// What one connection did.
@@ -212,6 +243,7 @@ impl Agent<'_> {
 }
 
 const FAILURE: [u8; 1] = [wire::SSH_AGENT_FAILURE];
+const SUCCESS: [u8; 1] = [wire::SSH_AGENT_SUCCESS];
 
 /// Serve one client connection until it closes. Refused requests are
 /// answered with SSH_AGENT_FAILURE and never reach the agent; malformed
@@ -219,6 +251,7 @@ const FAILURE: [u8; 1] = [wire::SSH_AGENT_FAILURE];
 pub fn serve(
     cfg: &Config,
     key: &BackupKey,
+    policy: &LoginPolicy,
     input: &mut impl Read,
     output: &mut impl Write,
     events: &mut impl Events,
@@ -230,6 +263,7 @@ pub fn serve(
     let comment = format!("qubes-borg {} key", cfg.key_set);
     let who = format!("{}: key set {}", cfg.source, cfg.key_set);
     let mut sum = Summary::default();
+    let mut bound: Option<Binding> = None;
     let mut req = Vec::new();
     let mut reply = Vec::new();
     loop {
@@ -245,16 +279,36 @@ pub fn serve(
                 "{who}: more than {MAX_REQUESTS} requests on one connection"
             )));
         }
-        let answer: &[u8] = match filter::classify(&req, key) {
+        let answer: &[u8] = match filter::classify(&req, key, policy, bound.as_ref()) {
             Verdict::Refuse(why) => {
                 sum.refused += 1;
-                // ssh asks every agent for session-bind; that is routine.
-                let routine = matches!(&why, filter::Refusal::Extension(n) if n == "session-bind@openssh.com");
-                if !routine {
-                    events.log(&format!("{who}: refused: {why}"));
-                }
+                events.log(&format!("{who}: refused: {why}"));
                 &FAILURE
             }
+            Verdict::Bind(b) => match agent.call(&req, &mut reply) {
+                Err(e) => {
+                    events.log(&format!("{who}: {e}"));
+                    &FAILURE
+                }
+                Ok(()) => match filter::check_bind_reply(&reply) {
+                    Ok(true) => {
+                        bound = Some(b);
+                        &SUCCESS
+                    }
+                    Ok(false) => {
+                        sum.refused += 1;
+                        events.log(&format!(
+                            "{who}: refused: session-bind to server host key {}: the ssh-agent did not verify the host key's signature over the session id",
+                            b.host_fingerprint()
+                        ));
+                        &FAILURE
+                    }
+                    Err(e) => {
+                        events.log(&format!("{who}: {e}"));
+                        &FAILURE
+                    }
+                },
+            },
             Verdict::Identities => match agent.call(&req, &mut reply) {
                 Err(e) => {
                     events.log(&format!("{who}: {e}"));
@@ -283,6 +337,37 @@ pub fn serve(
                         "{who}: more than {MAX_SIGNATURES} signatures on one connection"
                     )));
                 }
+                let limit = policy.logins_per_hour;
+                let decision = events
+                    .now()
+                    .and_then(|now| rate::record_login(cfg.run_dir(), limit, now));
+                let decision = match decision {
+                    Ok(d) => d,
+                    Err(e) => {
+                        sum.refused += 1;
+                        events.log(&format!(
+                            "{who}: refused: cannot count the login against the limit ({}/{}): {e}",
+                            cfg.run_dir().display(),
+                            rate::FILE_NAME
+                        ));
+                        wire::write_frame(output, &FAILURE).map_err(FilterError::Client)?;
+                        continue;
+                    }
+                };
+                if !decision.allowed {
+                    sum.refused += 1;
+                    events.log(&format!(
+                        "{who}: refused: login limit of {limit} per hour reached (logins-per-hour in server.conf)"
+                    ));
+                    if decision.notify {
+                        events.notify(&format!(
+                            "{} was refused a login with backup key set '{}': limit of {limit} logins per hour reached",
+                            cfg.source, cfg.key_set
+                        ));
+                    }
+                    wire::write_frame(output, &FAILURE).map_err(FilterError::Client)?;
+                    continue;
+                }
                 match agent.call(&req, &mut reply) {
                     Err(e) => {
                         events.log(&format!("{who}: {e}"));
@@ -292,12 +377,19 @@ pub fn serve(
                         Ok(SignReply::Signed) => {
                             sum.signatures += 1;
                             events.log(&format!(
-                                "{who}: signed an SSH login as user '{}' to server host key {} with backup key {}",
+                                "{who}: signed an SSH login ({}) as user '{}' with backup key {} in a session bound to server host key {} (session-bind verified by ssh-agent; login {} of at most {limit} this hour)",
+                                info.method,
                                 info.user,
-                                info.host_key.as_deref().unwrap_or("(not sent by client)"),
-                                key.fingerprint()
+                                key.fingerprint(),
+                                info.host_key,
+                                decision.count
                             ));
-                            events.signed(cfg, &info);
+                            if decision.notify {
+                                events.notify(&format!(
+                                    "{} used backup key set '{}' to log in to the backup server (logins this hour: {})",
+                                    cfg.source, cfg.key_set, decision.count
+                                ));
+                            }
                             &reply
                         }
                         Ok(SignReply::Refused) => {
@@ -341,19 +433,15 @@ impl Events for StderrEvents {
         eprintln!("{PROG}: {line}");
     }
 
-    fn signed(&mut self, cfg: &Config, _info: &filter::SignInfo) {
+    fn notify(&mut self, body: &str) {
         if !self.notify {
             return;
         }
         let Some(prog) = find_in_path("notify-send") else {
             return;
         };
-        // Only validated names go into the text (no markup possible:
-        // both are [A-Za-z0-9_.-]); the user name from the client does not.
-        let body = format!(
-            "{} used backup key set '{}' to log in to the backup server",
-            cfg.source, cfg.key_set
-        );
+        // Only validated names and numbers go into the text (no markup
+        // possible: names are [A-Za-z0-9_.-]); nothing from the client does.
         let child = Command::new(prog)
             .args([
                 "--app-name=qubes-borg",
@@ -406,6 +494,21 @@ mod tests {
         );
         let c = config_from(&[], &e, Some("/h".into())).unwrap();
         assert_eq!(c.key_set, "work");
+        // Former test-only overrides in the environment change nothing.
+        let mut e2 = e.clone();
+        e2.extend(env(&[
+            ("QUBES_BORG_KEY_DIR", "/tmp/evil"),
+            ("QUBES_BORG_AGENT_RUNDIR", "/tmp/evil"),
+        ]));
+        let c2 = config_from(&os(&["work"]), &e2, Some("/home/user".into())).unwrap();
+        assert_eq!(
+            c2.public_key,
+            Path::new("/home/user/.ssh/qubes-borg/work/id_ed25519.pub")
+        );
+        assert_eq!(
+            c2.agent_socket,
+            Path::new("/run/qubes-borg-agent/work/agent.sock")
+        );
     }
 
     #[test]

@@ -16,19 +16,26 @@ Usage: qubes-agent-filter NAME
 The qubes-borg.SshAgent+NAME qrexec service of ssh-backup (installed as
 /etc/qubes-rpc/qubes-borg.SshAgent). Speaks the SSH agent protocol on stdin/stdout
 and passes to the ssh-agent of key set NAME only: 'list keys' (answered with
-the backup key alone) and 'sign' for an SSH login with the backup key. Every
-other request is answered with SSH_AGENT_FAILURE without reaching the agent.
+the backup key alone), the session-bind of a session with one of the key
+set's server host keys (the agent verifies it), and 'sign' for an SSH login
+with the backup key as the key set's user in that bound session
+(publickey-hostbound-v00@openssh.com, or plain publickey if the key set
+allows it), at most logins-per-hour times per hour. Every other request is
+answered with SSH_AGENT_FAILURE without reaching the agent.
 
 NAME: 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit
 (from argv[1] or QREXEC_SERVICE_ARGUMENT). The caller's qube comes from
 QREXEC_REMOTE_DOMAIN (set by qrexec).
 
 Files:
-  ~/.ssh/qubes-borg/NAME/id_ed25519.pub   the backup key (QUBES_BORG_KEY_DIR)
-  /run/qubes-borg-agent/NAME/agent.sock    its ssh-agent (QUBES_BORG_AGENT_RUNDIR)
+  ~/.ssh/qubes-borg/NAME/id_ed25519.pub   the backup key
+  ~/.ssh/qubes-borg/NAME/server.conf      user, host-key (1-16), plain-publickey,
+                                          logins-per-hour (docs/SPLIT-SSH.md)
+  /run/qubes-borg-agent/NAME/agent.sock    its ssh-agent
+  /run/qubes-borg-agent/NAME/logins        login count of the last hour
 Each signature is logged to stderr (the journal) with the calling qube and,
-if notify-send exists, shown as a desktop notification
-(QUBES_BORG_NOTIFY=0 turns that off).
+if notify-send exists, shown as a desktop notification at most once a
+minute per key set (QUBES_BORG_NOTIFY=0 turns that off).
 
 Exit codes:
 ";
@@ -47,7 +54,10 @@ fn stdio() -> std::io::Result<(File, File)> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+    // Help only outside qrexec: under qrexec the caller chooses argv[1], and "--help" is
+    // refused and logged like any other bad key set name.
+    let under_qrexec = std::env::var_os("QREXEC_REMOTE_DOMAIN").is_some();
+    if !under_qrexec && args.len() == 1 && (args[0] == "--help" || args[0] == "-h") {
         print!("{HELP}{}", exit::help(Program::AgentFilter));
         return ExitCode::SUCCESS;
     }
@@ -59,12 +69,14 @@ fn main() -> ExitCode {
     let run = || -> Result<service::Summary, service::FilterError> {
         let cfg = service::config_from(&args, &env, home)?;
         let key = service::load_key(&cfg.public_key)?;
+        let policy = service::load_policy(&cfg)?;
         let (input, output) = stdio().map_err(service::FilterError::Client)?;
         let notify = std::env::var_os("QUBES_BORG_NOTIFY").map_or(true, |v| v != "0");
         let mut events = StderrEvents { notify };
         service::serve(
             &cfg,
             &key,
+            &policy,
             &mut BufReader::new(input),
             &mut BufWriter::new(output),
             &mut events,

@@ -3,7 +3,6 @@
 use qubes_borg::exit;
 use qubes_borg::relay;
 use qubes_borg::ssh::client::{self, Cli, DEFAULT_QREXEC, PROG};
-use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -29,13 +28,16 @@ fn main() -> ExitCode {
         }
         Err(e) => return die(exit::USAGE, e),
     };
-    let qrexec = std::env::var_os("QUBES_SSH_CLIENT_QREXEC")
-        .unwrap_or_else(|| OsString::from(DEFAULT_QREXEC));
     let (stdin, stdout) = match relay::take_stdio() {
         Ok(p) => p,
         Err(e) => return die(exit::OSERR, format!("cannot take stdin/stdout: {e}")),
     };
-    match client::run(&req, Path::new(&qrexec), stdin.as_fd(), stdout.as_fd()) {
+    match client::run(
+        &req,
+        Path::new(DEFAULT_QREXEC),
+        stdin.as_fd(),
+        stdout.as_fd(),
+    ) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = die(e.exit_code(), &e);

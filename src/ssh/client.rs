@@ -18,11 +18,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 pub const PROG: &str = "qubes-ssh-client";
 pub const SERVICE: &str = "qubes-borg.Ssh";
 pub const DEFAULT_QREXEC: &str = "/usr/bin/qrexec-client-vm";
 pub const DEFAULT_TARGET: &str = "@default";
+/// How long the client waits for sys-backup's status line by default. It comes once ssh is
+/// logged in and borg serve answered (ssh's ConnectTimeout is 30 s), or after a dom0
+/// confirmation dialog for an admin key set, which waits for the user.
+pub const DEFAULT_STATUS_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest `--status-timeout` (a day).
+pub const MAX_STATUS_TIMEOUT_SECS: u64 = 86_400;
 
 const HELP: &str = "\
 qubes-ssh-client: borg's ssh replacement in a network-less qube (qubes-borg).
@@ -39,10 +49,14 @@ or remote path in the repository URL must agree with it (better: leave them out)
 
 Options (before borg's words):
   --target=QUBE     qrexec target (default @default; env QUBES_SSH_CLIENT_TARGET)
+  --status-timeout=SECONDS
+                    give up (exit 76) when sys-backup sent no status line within SECONDS
+                    (1-86400, default 300: covers ssh's 30 s connect timeout and a dom0
+                    confirmation dialog for an admin key set)
   --help, --version
 Environment:
   QUBES_SSH_CLIENT_TARGET   qrexec target, as --target
-  QUBES_SSH_CLIENT_QREXEC   path of qrexec-client-vm (tests; default /usr/bin/qrexec-client-vm)
+qrexec-client-vm is /usr/bin/qrexec-client-vm.
 
 Exit codes:
 ";
@@ -67,6 +81,8 @@ pub enum Cli {
 pub struct Request {
     pub target: String,
     pub argv: BorgArgv,
+    /// Longest wait for the status line.
+    pub status_timeout: Duration,
 }
 
 /// The command line was refused (exit code `exit::USAGE`).
@@ -100,6 +116,7 @@ fn check_target(t: &str) -> Result<(), String> {
 /// words. `env_target` is `QUBES_SSH_CLIENT_TARGET`, used when there is no `--target=`.
 pub fn parse_cli(args: Vec<OsString>, env_target: Option<String>) -> Result<Cli, UsageError> {
     let mut target = None;
+    let mut status_timeout = DEFAULT_STATUS_TIMEOUT;
     let mut words = Vec::with_capacity(args.len());
     for (i, a) in args.into_iter().enumerate() {
         let a = a
@@ -115,6 +132,18 @@ pub fn parse_cli(args: Vec<OsString>, env_target: Option<String>) -> Result<Cli,
             return Ok(Cli::Version);
         } else if let Some(t) = w.strip_prefix("--target=") {
             target = Some(t.to_string());
+        } else if let Some(t) = w.strip_prefix("--status-timeout=") {
+            let ok = !t.is_empty() && t.len() <= 5 && t.bytes().all(|b| b.is_ascii_digit());
+            match t.parse::<u64>() {
+                Ok(n @ 1..=MAX_STATUS_TIMEOUT_SECS) if ok && !t.starts_with('0') => {
+                    status_timeout = Duration::from_secs(n)
+                }
+                _ => {
+                    return Err(UsageError(format!(
+                        "--status-timeout needs a number of seconds from 1 to {MAX_STATUS_TIMEOUT_SECS}"
+                    )))
+                }
+            }
         } else {
             break;
         }
@@ -125,7 +154,11 @@ pub fn parse_cli(args: Vec<OsString>, env_target: Option<String>) -> Result<Cli,
         .or(env_target)
         .unwrap_or_else(|| DEFAULT_TARGET.to_string());
     check_target(&target).map_err(UsageError)?;
-    Ok(Cli::Run(Request { target, argv }))
+    Ok(Cli::Run(Request {
+        target,
+        argv,
+        status_timeout,
+    }))
 }
 
 /// Why a call failed; `exit_code` is the client's exit status.
@@ -159,6 +192,8 @@ pub enum ClientError {
     /// qrexec-client-vm exited 255 and the service's last log line never came: the connection
     /// closed before an exit status (the target qube stopped or its qrexec agent died).
     Lost { call: String, target: String },
+    /// No status line came within the status timeout.
+    StatusTimeout { call: String, secs: u64 },
 }
 
 impl ClientError {
@@ -174,7 +209,8 @@ impl ClientError {
             },
             ClientError::BadStatus { .. }
             | ClientError::Relay { .. }
-            | ClientError::NoStatus { .. } => exit::PROTOCOL,
+            | ClientError::NoStatus { .. }
+            | ClientError::StatusTimeout { .. } => exit::PROTOCOL,
             ClientError::Lost { .. } => exit::QREXEC_LOST,
         }
     }
@@ -206,6 +242,10 @@ impl fmt::Display for ClientError {
             ClientError::Lost { call, target } => write!(
                 f,
                 "{call}: the qrexec connection to the target qube ({target}) was lost before the service ended: the qube stopped or crashed, or its qrexec agent died (not an ssh failure); check that the qube runs and its journal"
+            ),
+            ClientError::StatusTimeout { call, secs } => write!(
+                f,
+                "{call}: no status line from sys-backup within {secs} s; gave up (see sys-backup's journal; --status-timeout=SECONDS waits longer)"
             ),
         }
     }
@@ -264,6 +304,20 @@ pub fn run(
     // exit code) says why, so a write error here is not reported by itself.
     let _ = cin.write_all(&header::encode(&req.argv));
 
+    // The status line must come within the timeout: a timer fd stops the relay otherwise, and
+    // the first line disarms it.
+    let timer = TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+    )
+    .and_then(|t| {
+        t.set(
+            Expiration::OneShot(TimeSpec::from_duration(req.status_timeout)),
+            TimerSetTimeFlags::empty(),
+        )
+        .map(|_| t)
+    })
+    .map_err(|e| ClientError::Wait(std::io::Error::from(e)))?;
     let mut status: Option<Status> = None;
     let mut bad_line: Option<String> = None;
     // Before the mark: whatever the target's login scripts printed (shown, bounded), then the
@@ -293,6 +347,7 @@ pub fn run(
             }
             return LineVerdict::Skip;
         }
+        let _ = timer.unset(); // the status line came: no more time limit
         match Status::decode(untrusted_line) {
             Ok(Status::Ok) => {
                 status = Some(Status::Ok);
@@ -314,7 +369,21 @@ pub fn run(
         max: MAX_STATUS,
         on_line: &mut on_line,
     });
-    let result = relay::relay(up, down);
+    let result = relay::relay_with(
+        up,
+        down,
+        relay::Options {
+            stop: Some(timer.as_fd()),
+        },
+    );
+    if matches!(result, Err(RelayError::Interrupted)) && status.is_none() && bad_line.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(ClientError::StatusTimeout {
+            call,
+            secs: req.status_timeout.as_secs(),
+        });
+    }
 
     let code = match child.wait() {
         Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
@@ -430,6 +499,35 @@ mod tests {
             parse_cli(args(&["--version"]), None),
             Ok(Cli::Version)
         ));
+    }
+
+    #[test]
+    fn status_timeout_defaults_to_300_s_and_is_bounded() {
+        let borg = ["nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), None) else {
+            panic!("plain call refused")
+        };
+        assert_eq!(r.status_timeout, Duration::from_secs(300));
+        for (t, secs) in [("1", 1), ("600", 600), ("86400", 86_400)] {
+            let a = [&format!("--status-timeout={t}")[..], "nas", "borg", "serve"];
+            let Ok(Cli::Run(r)) = parse_cli(args(&a), None) else {
+                panic!("{t} refused")
+            };
+            assert_eq!(r.status_timeout, Duration::from_secs(secs));
+        }
+        for t in [
+            "0",
+            "",
+            "86401",
+            "-1",
+            "+5",
+            "010",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            let a = [&format!("--status-timeout={t}")[..], "nas", "borg", "serve"];
+            assert!(parse_cli(args(&a), None).is_err(), "{t:?} accepted");
+        }
     }
 
     #[test]

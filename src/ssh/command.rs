@@ -13,8 +13,10 @@
 //! * No forwarding of any kind: `ForwardAgent=no`, `ForwardX11=no`, `ClearAllForwardings=yes`,
 //!   `Tunnel=no`; no local or proxy commands: `PermitLocalCommand=no`, `ProxyCommand=none`,
 //!   `ProxyJump=none`; no connection sharing: `ControlMaster=no`, `ControlPath=none`.
-//! * `ServerAliveInterval=10`, `ServerAliveCountMax=30` as the borg serve docs recommend
-//!   (`borgbackup/borg:docs/usage/serve.rst`).
+//! * `ConnectTimeout=30`: a server that does not answer fails the connection after 30 s instead
+//!   of the system's TCP timeout (minutes); `ServerAliveInterval=10`, `ServerAliveCountMax=30`
+//!   as the borg serve docs recommend (`borgbackup/borg:docs/usage/serve.rst`): a session
+//!   silent for 5 minutes ends.
 //! * `-T` (no tty), `-e none` (no escape character), `-p PORT`, `-l USER`, then `--`, the host
 //!   and the remote command words.
 //! * Key: `IdentityAgent=` the per-connection split-SSH socket and `IdentityFile=none` (no
@@ -46,6 +48,7 @@ pub const FIXED_OPTIONS: &[&str] = &[
     "-oProxyJump=none",
     "-oControlMaster=no",
     "-oControlPath=none",
+    "-oConnectTimeout=30",
     "-oServerAliveInterval=10",
     "-oServerAliveCountMax=30",
     "-oRequestTTY=no",
@@ -231,6 +234,14 @@ mod tests {
         assert_eq!(&v[dd + 1..], ["nas.example", "borg", "serve", "--info"]);
         assert!(v.contains(&"-oIdentityAgent=none".to_string()));
         assert!(v.contains(&"-oHostKeyAlias=nas".to_string()));
+        // ssh neither waits forever for a connection nor for a silent server.
+        for o in [
+            "-oConnectTimeout=30",
+            "-oServerAliveInterval=10",
+            "-oServerAliveCountMax=30",
+        ] {
+            assert!(v[..dd].contains(&o.to_string()), "{o}");
+        }
         assert!(v.windows(2).any(|w| w == ["-p", "2222"]));
         assert!(v.windows(2).any(|w| w == ["-l", "u"]));
     }

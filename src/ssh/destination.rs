@@ -121,13 +121,14 @@ pub fn path_for(dir: &Path, name: &str) -> PathBuf {
 ///
 /// `name` is validated here again (it is the basis of a file name). The file must be a
 /// regular file (symlinks are not followed), owned by root, not writable by group or others,
-/// at most `MAX_FILE` bytes; so must its directory be root-owned and not writable by others.
+/// at most `MAX_FILE` bytes; its directory and every directory above it must be root-owned and
+/// not writable by others (a sticky ancestor such as /tmp is accepted; `crate::safe_path`).
 pub fn load(dir: &Path, name: &str) -> Result<Destination, ConfigError> {
     load_owned_by(dir, name, &[0])
 }
 
-/// `load`, accepting files and directory owned by any uid in `owners` (the service passes
-/// `[0]`, plus its own uid only when tests point it at another directory).
+/// `load`, accepting files and directories owned by any uid in `owners` (the service passes
+/// `[0]` only).
 pub fn load_owned_by(dir: &Path, name: &str, owners: &[u32]) -> Result<Destination, ConfigError> {
     let path = path_for(dir, name);
     if let Err(e) = validate::name("destination name", name) {
@@ -195,7 +196,12 @@ fn check_owner(path: &Path, owners: &[u32]) -> Result<(), ConfigError> {
             why: "is not a directory".into(),
         });
     }
-    check_meta(path, &meta, owners)
+    check_meta(path, &meta, owners)?;
+    crate::safe_path::check_dir_and_ancestors(path, owners).map_err(|e| ConfigError::Unsafe {
+        path: e.path,
+        why: e.why,
+    })?;
+    Ok(())
 }
 
 fn check_meta(path: &Path, meta: &std::fs::Metadata, owners: &[u32]) -> Result<(), ConfigError> {
@@ -436,6 +442,80 @@ mod tests {
 
     fn conf(text: &str) -> Result<Destination, ConfigError> {
         parse(Path::new("/t/nas.conf"), "nas", text.as_bytes())
+    }
+
+    #[test]
+    fn config_directory_cases() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let base = std::env::temp_dir().join(format!("qb-dest-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("etc/qubes-borg/destinations");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        for p in [&base, &base.join("etc"), &base.join("etc/qubes-borg"), &dir] {
+            mode(p, 0o755);
+        }
+        let file = dir.join("nas.conf");
+        std::fs::write(
+            &file,
+            format!("host = nas.example\nuser = u\nhost-key = ssh-ed25519 {ED25519}\n"),
+        )
+        .unwrap();
+        mode(&file, 0o644);
+        let unsafe_at = |r: Result<Destination, ConfigError>| match r {
+            Err(ConfigError::Unsafe { path, why }) => (path, why),
+            other => panic!("want Unsafe, got {other:?}"),
+        };
+        assert_eq!(
+            load_owned_by(&dir, "nas", &[me]).unwrap().host,
+            "nas.example"
+        );
+        // A parent writable by others: refused, naming the parent.
+        mode(&base.join("etc/qubes-borg"), 0o777);
+        let (p, why) = unsafe_at(load_owned_by(&dir, "nas", &[me]));
+        assert_eq!(p, base.join("etc/qubes-borg"));
+        assert!(why.contains("writable by group or others"), "{why}");
+        mode(&base.join("etc/qubes-borg"), 0o755);
+        // The directory itself group-writable.
+        mode(&dir, 0o775);
+        assert_eq!(unsafe_at(load_owned_by(&dir, "nas", &[me])).0, dir);
+        mode(&dir, 0o755);
+        // Owned by someone not in the list (file, directory and parents alike).
+        let (_, why) = unsafe_at(load_owned_by(&dir, "nas", &[me.wrapping_add(4242)]));
+        assert!(why.contains("is owned by uid"), "{why}");
+        // The file writable by group, a symlink, not a regular file.
+        mode(&file, 0o664);
+        assert_eq!(unsafe_at(load_owned_by(&dir, "nas", &[me])).0, file);
+        mode(&file, 0o644);
+        std::os::unix::fs::symlink(&file, dir.join("link.conf")).unwrap();
+        let (_, why) = unsafe_at(load_owned_by(&dir, "link", &[me]));
+        assert!(why.contains("symbolic link"), "{why}");
+        std::fs::create_dir(dir.join("sub.conf")).unwrap();
+        let (_, why) = unsafe_at(load_owned_by(&dir, "sub", &[me]));
+        assert!(why.contains("not a regular file"), "{why}");
+        // A directory reached through a symlink is checked where it really is.
+        let link = base.join("dests");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(load_owned_by(&link, "nas", &[me]).is_ok());
+        mode(&base.join("etc"), 0o757);
+        assert_eq!(
+            unsafe_at(load_owned_by(&link, "nas", &[me])).0,
+            base.join("etc")
+        );
+        mode(&base.join("etc"), 0o755);
+        // Missing file, missing directory.
+        assert!(matches!(
+            load_owned_by(&dir, "other", &[me]),
+            Err(ConfigError::NotFound { .. })
+        ));
+        assert!(matches!(
+            load_owned_by(&base.join("nope"), "nas", &[me]),
+            Err(ConfigError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

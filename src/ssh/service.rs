@@ -14,6 +14,7 @@ use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, Flow};
 use crate::stderr_line;
+use crate::tempdir::PrivateDir;
 use crate::validate;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -24,6 +25,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const PROG: &str = "qubes-ssh-service";
+/// The ssh program.
+pub const SSH: &str = "/usr/bin/ssh";
 /// Default time the caller has to send the whole header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of ssh's stderr is kept to explain a failure.
@@ -37,12 +40,12 @@ Run by qrexec as /etc/qubes-rpc/qubes-borg.Ssh with the destination NAME as its 
 /etc/qubes-borg/destinations/NAME.conf, runs ssh to that destination only, and relays.
 See docs/PROTOCOL.md for the protocol, the configuration format and the threat model.
 
-Environment (set by qrexec, or by tests):
-  QREXEC_SERVICE_ARGUMENT   the destination NAME (also argv[1])
+Environment (set by qrexec):
+  QREXEC_SERVICE_ARGUMENT   the destination NAME (also argv[1]; both must agree, valid UTF-8)
   QREXEC_REMOTE_DOMAIN      the calling qube, for the log
-  QUBES_SSH_SERVICE_CONFIG_DIR   destination directory (tests; default /etc/qubes-borg/destinations)
-  QUBES_SSH_SERVICE_SSH          ssh program (tests; default /usr/bin/ssh)
-  QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS  header time limit (default 30000)
+  XDG_RUNTIME_DIR           where the per-connection directory goes (else /tmp)
+Fixed: /etc/qubes-borg/destinations (root-owned, and every directory above it), /usr/bin/ssh,
+30 s for the request header. Under qrexec, --help is a bad destination name like any other.
 
 Exit codes (also sent to the caller in the status line):
 ";
@@ -52,19 +55,16 @@ pub fn help() -> String {
     format!("{HELP}{}", exit::help(Program::SshService))
 }
 
-/// What the service reads from its environment (set by qrexec, or by tests).
+/// What the service reads from its environment (set by qrexec). Nothing else in the
+/// environment changes what it does: paths and limits are fixed (tests put their files at
+/// those paths in a mount namespace).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceEnv {
-    /// `QREXEC_SERVICE_ARGUMENT`: the caller's service argument (the destination NAME).
-    pub untrusted_service_argument: Option<String>,
+    /// `QREXEC_SERVICE_ARGUMENT`: the caller's service argument (the destination NAME), as
+    /// given (a value that is not UTF-8 is refused, not ignored).
+    pub untrusted_service_argument: Option<OsString>,
     /// `QREXEC_REMOTE_DOMAIN`: the calling qube (set by qrexec), for the log.
     pub remote_domain: Option<String>,
-    /// `QUBES_SSH_SERVICE_CONFIG_DIR`: destination directory (tests).
-    pub config_dir: Option<OsString>,
-    /// `QUBES_SSH_SERVICE_SSH`: the ssh program (tests).
-    pub ssh: Option<OsString>,
-    /// `QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS`: header time limit.
-    pub header_timeout_ms: Option<String>,
     /// `XDG_RUNTIME_DIR`: where the per-connection directory goes (else /tmp).
     pub runtime_dir: Option<String>,
     /// `HOME`, `USER`, `LOGNAME` as set: the only variables ssh gets besides PATH and LC_ALL.
@@ -73,18 +73,16 @@ pub struct ServiceEnv {
 
 impl ServiceEnv {
     /// Pick the service's variables out of a process environment (`std::env::vars_os()`).
-    /// Variables that are not valid UTF-8 are treated as unset, except those passed to ssh.
+    /// `QREXEC_REMOTE_DOMAIN` and `XDG_RUNTIME_DIR` that are not valid UTF-8 are treated as
+    /// unset; the service argument is kept as given.
     pub fn from_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> ServiceEnv {
         let mut env = ServiceEnv::default();
         let mut ssh_vars = Vec::new();
         for (k, v) in vars {
             let text = || v.clone().into_string().ok();
             match k.to_str() {
-                Some("QREXEC_SERVICE_ARGUMENT") => env.untrusted_service_argument = text(),
+                Some("QREXEC_SERVICE_ARGUMENT") => env.untrusted_service_argument = Some(v.clone()),
                 Some("QREXEC_REMOTE_DOMAIN") => env.remote_domain = text(),
-                Some("QUBES_SSH_SERVICE_CONFIG_DIR") => env.config_dir = Some(v.clone()),
-                Some("QUBES_SSH_SERVICE_SSH") => env.ssh = Some(v.clone()),
-                Some("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS") => env.header_timeout_ms = text(),
                 Some("XDG_RUNTIME_DIR") => env.runtime_dir = text(),
                 _ => {}
             }
@@ -98,23 +96,17 @@ impl ServiceEnv {
     }
 }
 
-/// A private directory for this connection's known_hosts (and agent socket), removed on drop.
-struct TempDir(PathBuf);
+/// Prefix of the per-connection directory (`qubes-ssh.PID.RANDOM`, `crate::tempdir`): removed
+/// on return, on SIGTERM/SIGINT/SIGHUP (the program calls `tempdir::cleanup_on_signals`), and
+/// swept by the next connection if the service was SIGKILLed.
+pub const TEMP_PREFIX: &str = "qubes-ssh";
 
-impl TempDir {
-    fn new(runtime_dir: Option<&str>) -> std::io::Result<TempDir> {
-        let base = match runtime_dir {
-            Some(d) if d.starts_with('/') && validate::path_word("dir", d).is_ok() => d,
-            _ => "/tmp",
-        };
-        let p = nix::unistd::mkdtemp(&PathBuf::from(base).join("qubes-ssh.XXXXXX"))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Where this connection's known_hosts goes: `$XDG_RUNTIME_DIR` if it is a plain absolute
+/// path, else /tmp.
+pub fn temp_base(runtime_dir: Option<&str>) -> PathBuf {
+    match runtime_dir {
+        Some(d) if d.starts_with('/') && validate::path_word("dir", d).is_ok() => PathBuf::from(d),
+        _ => PathBuf::from("/tmp"),
     }
 }
 
@@ -154,9 +146,14 @@ fn write_all_fd(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> nix::Result<()> {
 /// The destination name: argv[1] (qrexec's argument); QREXEC_SERVICE_ARGUMENT must agree.
 fn destination_name(
     untrusted_args: &[OsString],
-    untrusted_env: Option<&str>,
+    untrusted_env: Option<&OsString>,
 ) -> Result<String, Failure> {
     let refuse = |m: &str| fail(exit::REFUSED, ErrClass::Refused, m);
+    let untrusted_env = match untrusted_env.map(|v| v.to_str()) {
+        None => None,
+        Some(Some(v)) => Some(v),
+        Some(None) => return Err(refuse("QREXEC_SERVICE_ARGUMENT is not valid UTF-8")),
+    };
     let untrusted_arg = match untrusted_args {
         [] => untrusted_env.filter(|s| !s.is_empty()).map(str::to_string),
         [a] => Some(
@@ -297,20 +294,14 @@ fn run(
     stdout: &OwnedFd,
     log_name: &mut String,
 ) -> Outcome {
-    let name = match destination_name(untrusted_args, env.untrusted_service_argument.as_deref()) {
+    let name = match destination_name(untrusted_args, env.untrusted_service_argument.as_ref()) {
         Ok(n) => n,
         Err(f) => return refused(f),
     };
     *log_name = name.clone();
 
     // 1. The header: bounded, timed, not one byte past its LF.
-    let timeout = env
-        .header_timeout_ms
-        .as_deref()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(HEADER_TIMEOUT);
-    let untrusted_line = header::read_line(stdin.as_fd(), timeout);
+    let untrusted_line = header::read_line(stdin.as_fd(), HEADER_TIMEOUT);
     let request = match untrusted_line.and_then(|l| header::decode(&l)) {
         Ok(r) => r,
         Err(e @ HeaderError::Argv(_)) => {
@@ -319,17 +310,10 @@ fn run(
         Err(e) => return refused(fail(exit::PROTOCOL, ErrClass::Header, e.to_string())),
     };
 
-    // 2. The destination, from root-owned configuration only.
-    let config_override = env.config_dir.as_ref();
-    let dir = config_override
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(destination::DEFAULT_DIR));
-    let mut owners = vec![0];
-    if config_override.is_some() {
-        owners.push(nix::unistd::geteuid().as_raw());
-    }
-    let dest = match destination::load_owned_by(&dir, &name, &owners) {
+    // 2. The destination, from root-owned configuration only (file, directory and every
+    // directory above it).
+    let dir = PathBuf::from(destination::DEFAULT_DIR);
+    let dest = match destination::load(&dir, &name) {
         Ok(d) => d,
         Err(e @ ConfigError::NotFound { .. }) => {
             return refused(fail(
@@ -347,7 +331,7 @@ fn run(
     };
 
     // 3. Private known_hosts (and agent socket) for this connection.
-    let tmp = match TempDir::new(env.runtime_dir.as_deref()) {
+    let tmp = match PrivateDir::create(&temp_base(env.runtime_dir.as_deref()), TEMP_PREFIX) {
         Ok(t) => t,
         Err(e) => {
             return refused(fail(
@@ -357,7 +341,7 @@ fn run(
             ))
         }
     };
-    let known_hosts = tmp.0.join("known_hosts");
+    let known_hosts = tmp.path().join("known_hosts");
     if let Err(e) = write_private(&known_hosts, dest.known_hosts(&dest.name).as_bytes()) {
         return refused(fail(
             exit::OSERR,
@@ -383,13 +367,8 @@ fn run(
     };
 
     // 4. ssh, without a shell, fixed options.
-    let ssh = env
-        .ssh
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh"));
     let Some(argv) = command::argv(
-        &ssh,
+        Path::new(SSH),
         &dest,
         &known_hosts,
         agent.as_ref().map(|a| a.path()),
@@ -512,8 +491,15 @@ mod tests {
             ("SSH_AUTH_SOCK", "/tmp/evil"),
             ("HOME", "/home/user"),
             ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            // Former test-only overrides: read by nothing.
+            ("QUBES_SSH_SERVICE_CONFIG_DIR", "/tmp/evil"),
+            ("QUBES_SSH_SERVICE_SSH", "/tmp/evil-ssh"),
+            ("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "1"),
         ]));
-        assert_eq!(env.untrusted_service_argument.as_deref(), Some("nas"));
+        assert_eq!(
+            env.untrusted_service_argument.as_deref(),
+            Some(std::ffi::OsStr::new("nas"))
+        );
         assert_eq!(log_source(&env), "sys-backup-mnt");
         assert_eq!(env.runtime_dir.as_deref(), Some("/run/user/1000"));
         assert_eq!(
@@ -526,7 +512,8 @@ mod tests {
     fn the_destination_name_comes_from_argv_or_the_environment_and_both_must_agree() {
         let name = |a: &[&str], e: Option<&str>| {
             let a: Vec<OsString> = a.iter().map(OsString::from).collect();
-            destination_name(&a, e).map_err(|f| (f.code, f.message))
+            let e = e.map(OsString::from);
+            destination_name(&a, e.as_ref()).map_err(|f| (f.code, f.message))
         };
         assert_eq!(name(&["nas"], None), Ok("nas".to_string()));
         assert_eq!(name(&[], Some("nas")), Ok("nas".to_string()));
@@ -541,6 +528,19 @@ mod tests {
         ] {
             let r = name(a, e);
             assert!(matches!(r, Err((exit::REFUSED, _))), "{a:?} {e:?}: {r:?}");
+        }
+        // A service argument that is not UTF-8 is refused, not taken as absent.
+        use std::os::unix::ffi::OsStrExt;
+        let bad = OsString::from(std::ffi::OsStr::from_bytes(b"n\xffas"));
+        for a in [vec![], vec![OsString::from("nas")]] {
+            let r = destination_name(&a, Some(&bad)).map_err(|f| (f.code, f.message));
+            assert_eq!(
+                r,
+                Err((
+                    exit::REFUSED,
+                    "QREXEC_SERVICE_ARGUMENT is not valid UTF-8".to_string()
+                ))
+            );
         }
     }
 }

@@ -52,7 +52,8 @@ test_every_hop_was_used() {
     assert_contains "$dom0" "qubes-borg.Ssh+$DEST from sys-backup-mnt to sys-backup" "dom0 log"
     assert_contains "$dom0" "qubes-borg.SshAgent+default from sys-backup to ssh-backup" "dom0 log"
     vault=$(qube_log ssh-backup)
-    assert_contains "$vault" "signed an SSH login as user 'borg'" "ssh-backup log"
+    assert_contains "$vault" "signed an SSH login (publickey-hostbound-v00@openssh.com) as user 'borg'" "ssh-backup log"
+    assert_contains "$vault" "in a session bound to server host key $(ssh-keygen -lf "$QUBES_SIM_STATE/internet/host_key.pub" | cut -d' ' -f2)" "ssh-backup log"
     sshd=$(in_qube internet cat /var/tmp/sshd.log)
     assert_contains "$sshd" "Accepted publickey for borg from $SIM_NET_SYSBACKUP" "sshd log"
     # and the key never left the vault: sys-backup holds no private key file
@@ -199,9 +200,10 @@ test_server_stderr_reaches_borg_sanitized() {
 #!/bin/sh
 printf 'server says hi\n\033]0;pwned\007\n' >&2
 printf '%s\n' '{"type": "log_message", "time": 0, "message": "json-record \u001b[2J", "levelname": "WARNING", "name": "borg.repository"}' >&2
-exec borg serve --restrict-to-repository /home/borg/repo
+exec "$@"
 SH
-    in_qube internet sed -i 's|command="borg serve --restrict-to-repository /home/borg/repo"|command="/home/borg/noisy-serve"|' "$keys"
+    # the forced command, whatever it is, runs behind the noisy wrapper
+    in_qube internet sed -i 's|command="\([^"]*\)"|command="/home/borg/noisy-serve \1"|' "$keys"
     local rc=0
     mnt_borg list --short "$REPO_URL" > "$QUBES_SIM_STATE/noisy.out" 2> "$QUBES_SIM_STATE/noisy.err" || rc=$?
     in_qube internet cp /root/authorized_keys.orig "$keys"
@@ -213,6 +215,22 @@ SH
     assert_contains "$out" "Remote: json-record ?[2J" "borg's JSON log record, decoded by borg"
     ! LC_ALL=C grep -q "$(printf '[\001-\010\013-\037\177]')" "$QUBES_SIM_STATE/noisy.err" ||
         fail "a control character reached borg's stderr"
+}
+
+test_a_delete_through_the_routine_key_set_is_not_permanent() {
+    # The routine key set is append-only at the server (chain-setup, qubes-borg-keygen
+    # --server-line): borg serve keeps a transaction log, and a delete plus compact through the
+    # chain (what a compromised sys-backup-mnt or sys-backup could do) removes no segment.
+    local before after gone
+    in_qube internet test -f /home/borg/repo/transactions || fail "no transaction log: borg serve is not append-only"
+    mnt_borg create "$REPO_URL::doomed" /etc/hostname
+    before=$(in_qube internet sh -c 'cd /home/borg/repo/data && find . -type f | sort')
+    mnt_borg delete "$REPO_URL::doomed"
+    mnt_borg compact "$REPO_URL"
+    after=$(in_qube internet sh -c 'cd /home/borg/repo/data && find . -type f | sort')
+    gone=$(comm -23 <(printf '%s\n' "$before") <(printf '%s\n' "$after"))
+    [ -z "$gone" ] || fail "segments removed through the append-only key: $gone"
+    ! mnt_borg list --short "$REPO_URL" | grep -qx doomed || fail "delete was not recorded"
 }
 
 test_repository_consistent_at_the_end() {

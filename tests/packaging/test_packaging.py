@@ -640,6 +640,10 @@ class SaltFormula(unittest.TestCase):
             ["qubes-borg.Ssh", "*", "backup-mnt", "backup-net", "allow"],
             ["qubes-borg.SshAgent", "+default", "backup-net", "@default", "allow", "target=backup-vault"],
             ["qubes-borg.SshAgent", "+default", "backup-net", "backup-vault", "allow"],
+            ["qubes-borg.SshAgent", "+admin", "backup-net", "@default", "ask",
+             "target=backup-vault", "default_target=backup-vault"],
+            ["qubes-borg.SshAgent", "+admin", "backup-net", "backup-vault", "ask",
+             "target=backup-vault", "default_target=backup-vault"],
         ])
         # Comments are carried over unchanged.
         comments = lambda text: [l for l in text.splitlines() if l.startswith("#")]
@@ -678,6 +682,8 @@ class SaltFormula(unittest.TestCase):
         self.assertEqual(call("sys-backup-mnt", "qubes-borg.Ssh+borgbase")[0], 126)
         self.assertEqual(call("sys-backup", "qubes-borg.SshAgent+default")[0], 126)
         self.assertEqual(call("backup-mnt", "qubes-borg.SshAgent+default")[0], 126)
+        # The admin key set asks in dom0; the stand-in has no user to ask and refuses.
+        self.assertEqual(call("backup-net", "qubes-borg.SshAgent+admin")[0], 126)
 
     def test_invalid_pillar_stops_the_render_with_a_message(self):
         cases = {

@@ -217,6 +217,27 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual(ev("ssh-backup", "@default", "qubes-borg.Ssh+x"), "refused")
         self.assertEqual(ev("work", "@default", "qubes-borg.SshAgent"), "refused")
         self.assertEqual(ev("sys-backup", "@default", "qubes-borg.SshAgent+other"), "refused")
+        self.assertEqual(ev("sys-backup-mnt", "@default", "qubes-borg.SshAgent+admin"), "refused")
+
+    def test_project_policy_asks_for_the_admin_key_set(self):
+        # qubes-borg.SshAgent+admin (full repository access) resolves to 'ask' with ssh-backup as
+        # the only and preselected target (parser.py Ask.evaluate: target= limits the choice).
+        # The stand-in has nobody to ask, so the call itself is refused (tests/sim/README.md).
+        system = qrexec_sim.load_system(self.sim.qubes)
+        pol = qrexec_sim.Policy([str(REPO / "policy")])
+        self.assertIsNone(pol.error)
+        for tgt in ("@default", "ssh-backup"):
+            _d, s, a, t = qrexec_sim.parse_request("qubes-borg.SshAgent+admin", tgt)
+            rule = next(r for r in pol.rules if r.matches(s, a, "sys-backup", t, system))
+            self.assertEqual(rule.action, "ask", rule.where)
+            self.assertIn("70-qubes-borg.policy", rule.where)
+            self.assertEqual(rule.params.get("target"), "ssh-backup")
+            self.assertEqual(rule.params.get("default_target"), "ssh-backup")
+            with self.assertRaisesRegex(qrexec_sim.Refused, "'ask' at .*70-qubes-borg.policy"):
+                pol.evaluate(s, a, "sys-backup", t, system)
+        # The routine key set is still allowed without asking.
+        _d, s, a, t = qrexec_sim.parse_request("qubes-borg.SshAgent+default", "@default")
+        self.assertEqual(pol.evaluate(s, a, "sys-backup", t, system)[0], "ssh-backup")
 
     def test_project_policy_beside_a_split_ssh_users_rules(self):
         # A typical split-SSH user's own rules (30-user.policy, read before the project's files)

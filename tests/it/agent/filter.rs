@@ -113,13 +113,17 @@ fn sign_request_for_another_key_fails_though_the_agent_would_sign_it() {
     let front = Front::start(&v, "sys-backup", &[]);
     let other = pub_blob(&v.other_key.with_extension("pub"));
     let backup = pub_blob(&v.backup_key.with_extension("pub"));
-    let req = sign_request(&other, &userauth_data(&other));
+    let mut s = UnixStream::connect(&front.path).unwrap();
+    let (bound, sid) = v.bind(&mut s, 32);
+    assert_eq!(bound, [6], "session-bind with the key set's host key");
+    let host = Some(&other[..]);
+    let login = |blob: &[u8]| userauth_as(blob, &sid, &v.user, host);
+    let req = sign_request(&other, &login(&other));
 
     // Control: the agent itself signs this request.
     let mut direct = UnixStream::connect(&v.agent_sock).unwrap();
     assert_eq!(call(&mut direct, &req)[0], 14, "agent signs directly");
 
-    let mut s = UnixStream::connect(&front.path).unwrap();
     assert_eq!(
         call(&mut s, &req),
         [5],
@@ -131,12 +135,9 @@ fn sign_request_for_another_key_fails_though_the_agent_would_sign_it() {
         [5]
     );
     // Backup key, login data naming the other key: refused.
-    assert_eq!(
-        call(&mut s, &sign_request(&backup, &userauth_data(&other))),
-        [5]
-    );
+    assert_eq!(call(&mut s, &sign_request(&backup, &login(&other))), [5]);
     // The connection is still usable: a proper login signature passes.
-    let ok = call(&mut s, &sign_request(&backup, &userauth_data(&backup)));
+    let ok = call(&mut s, &sign_request(&backup, &login(&backup)));
     assert_eq!(ok[0], 14, "backup key login is signed");
     drop(s);
 
@@ -263,16 +264,32 @@ fn truncated_oversized_and_garbage_frames_close_the_connection() {
 #[test]
 fn bad_service_argument_or_missing_key_fails_before_any_agent_contact() {
     let v = Vault::new("agent-args");
-    for bad in ["", "../default", "a/b", "-x", &"x".repeat(65), "a b"] {
+    // "--help" from a caller (qubes-borg.SshAgent+--help) is a bad name like any other: no
+    // help text goes back to the caller.
+    for bad in [
+        "",
+        "../default",
+        "a/b",
+        "-x",
+        &"x".repeat(65),
+        "a b",
+        "--help",
+        "-h",
+    ] {
         let out = output(
             v.filter_cmd(bad, "sys-backup")
                 .env("QREXEC_SERVICE_ARGUMENT", bad),
         );
         assert_eq!(out.status.code(), Some(64), "NAME {bad:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "NAME {bad:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("qubes-agent-filter: "), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+    // Outside qrexec, --help prints the help.
+    let out = output(Command::new(FILTER).arg("--help").env_clear());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: qubes-agent-filter NAME"));
     // No QREXEC_REMOTE_DOMAIN: not started by qrexec.
     let out = output(
         v.filter_cmd("default", "x")
@@ -283,6 +300,15 @@ fn bad_service_argument_or_missing_key_fails_before_any_agent_contact() {
     let out = output(&mut v.filter_cmd("nosuch", "sys-backup"));
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("qubes-borg-keygen"));
+    // The key, but no server.conf: the filter does not start (it would not know what to sign).
+    fs::remove_file(v.key_dir.join("default/server.conf")).unwrap();
+    let out = output(&mut v.filter_cmd("default", "sys-backup"));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.conf is missing: write the server's user and host keys there"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -291,6 +317,7 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
     let Some(sshd) = Sshd::start(v.dir.path(), &v.backup_key.with_extension("pub")) else {
         return;
     };
+    v.allow_sshd(&sshd, "");
     // A stand-in notify-send that records its arguments.
     let bin = v.dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
@@ -332,10 +359,18 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
         .unwrap()
         .name;
     let want = format!(
-        "qubes-agent-filter: sys-backup: key set default: signed an SSH login as user '{user}' to server host key {}",
+        "qubes-agent-filter: sys-backup: key set default: signed an SSH login (publickey-hostbound-v00@openssh.com) as user '{user}' with backup key "
+    );
+    assert!(logs.contains(&want), "want {want:?} in:\n{logs}");
+    let want = format!(
+        "in a session bound to server host key {} (session-bind verified by ssh-agent; login 1 of at most 60 this hour)",
         sshd.host_fingerprint()
     );
     assert!(logs.contains(&want), "want {want:?} in:\n{logs}");
+    assert!(
+        !logs.contains("refused"),
+        "ssh sent nothing the filter refused:\n{logs}"
+    );
     let backup_fp = {
         let o = output(
             Command::new("ssh-keygen")
@@ -356,7 +391,7 @@ fn real_ssh_logs_in_to_real_sshd_through_the_filter_and_the_signature_is_logged(
     wait_for(|| notes.exists(), "the notification");
     let n = fs::read_to_string(&notes).unwrap();
     assert!(
-        n.contains("sys-backup used backup key set 'default'"),
+        n.contains("sys-backup used backup key set 'default' to log in to the backup server (logins this hour: 1)"),
         "{n}"
     );
 

@@ -92,13 +92,23 @@ fn keygen_load_puts_the_key_into_the_key_sets_agent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The unit starts the agent before loading (ExecStartPost); wait for it the same way.
+    wait_for(|| sock.exists(), "the ssh-agent socket");
     assert!(output(keygen_cmd(d.path()).args(["--create", "default"]))
         .status
         .success());
+    // /run/qubes-borg-agent is fixed: bind the test's run directory there.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/qubes-borg-keygen");
     let out = output(
-        keygen_cmd(d.path())
+        Command::new(IN_VAULT_NS)
+            .arg(d.path().join(".ssh/qubes-borg"))
+            .arg(&rundir)
+            .arg("--")
+            .arg(script)
             .args(["--load", "default"])
-            .env("QUBES_BORG_AGENT_RUNDIR", &rundir),
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", d.path()),
     );
     let listed = output(
         Command::new("ssh-add")
@@ -117,4 +127,49 @@ fn keygen_load_puts_the_key_into_the_key_sets_agent() {
         pubkey.split_whitespace().nth(1),
         "the agent holds exactly the backup key"
     );
+}
+
+#[test]
+fn keygen_prints_restricted_authorized_keys_lines_and_refuses_unsafe_words() {
+    let d = TempDir::new("agent-keygen-lines");
+    let out =
+        output(keygen_cmd(d.path()).args(["--server-line", "default", "/home/borg/repo", "500G"]));
+    assert!(out.status.success(), "{out:?}");
+    let pubkey =
+        fs::read_to_string(d.path().join(".ssh/qubes-borg/default/id_ed25519.pub")).unwrap();
+    let key: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "command=\"borg serve --append-only --restrict-to-repository /home/borg/repo --storage-quota 500G\",restrict {} {} qubes-borg-default\n",
+            key[0], key[1]
+        )
+    );
+    let out = output(keygen_cmd(d.path()).args(["--admin-server-line", "admin", "repo/x"]));
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with(
+            "command=\"borg serve --restrict-to-repository repo/x\",restrict ssh-ed25519 "
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("append-only"), "{line}");
+    assert!(line.ends_with(" qubes-borg-admin\n"), "{line}");
+    for args in [
+        &["--server-line", "default", "/r", "0"][..],
+        &["--server-line", "default", "/r", "5.5G"],
+        &["--server-line", "default", "/r", "5GG"],
+        &["--server-line", "default", "/r", "1\" x"],
+        &["--server-line", "default", "/r\",agent-forwarding", "1G"],
+        &["--server-line", "default", "/a/../b", "1G"],
+        &["--server-line", "default", "-r", "1G"],
+        &["--server-line", "default", "/r"],
+        &["--admin-server-line", "admin", "/r x"],
+        &["--admin-server-line", "admin"],
+    ] {
+        let out = output(keygen_cmd(d.path()).args(args));
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }

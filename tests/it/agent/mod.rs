@@ -2,5 +2,6 @@
 //! socket, and qubes-borg-keygen.
 
 mod filter;
+mod hostbound;
 mod keygen;
 mod socket;

@@ -41,14 +41,16 @@ fn side(tag: &str, caller: &str) -> Side {
     }
     let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent");
     // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
-    // here the same exec, of the built binary, with the vault's paths.
+    // here the same exec, of the built binary, with the vault's paths bound
+    // to the test's directories in a mount namespace.
     write_exec(
         &service,
         &format!(
             "#!/bin/sh\n\
-             QUBES_BORG_KEY_DIR='{}' QUBES_BORG_AGENT_RUNDIR='{}' QUBES_BORG_NOTIFY=0\n\
-             export QUBES_BORG_KEY_DIR QUBES_BORG_AGENT_RUNDIR QUBES_BORG_NOTIFY\n\
-             exec '{}' \"$@\"\n",
+             QUBES_BORG_NOTIFY=0\n\
+             export QUBES_BORG_NOTIFY\n\
+             exec '{}' '{}' '{}' -- '{}' \"$@\"\n",
+            IN_VAULT_NS,
             vault.key_dir.display(),
             vault.run_dir.display(),
             FILTER
@@ -313,6 +315,7 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
     ) else {
         return;
     };
+    s.vault.allow_sshd(&sshd, "");
     assert!(entries(&s.runtime).is_empty(), "absent before");
     let (mut owner, mut lines) = spawn_owner(&s, &sshd);
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
@@ -348,6 +351,7 @@ fn agent_socket_is_removed_when_its_owner_is_killed() {
     ) else {
         return;
     };
+    s.vault.allow_sshd(&sshd, "");
     let (mut owner, mut lines) = spawn_owner(&s, &sshd);
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
     let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();

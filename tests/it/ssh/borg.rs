@@ -16,9 +16,10 @@ fn borg_in(w: &World, cwd: &Path, args: &[&str]) -> Out {
     c.args(args);
     w.env(&mut c);
     let rsh = format!(
-        "/usr/bin/python3 {REPO}/tests/doubles/borg_doubles.py record {} {} {CLIENT}",
+        "/usr/bin/python3 {REPO}/tests/doubles/borg_doubles.py record {} {} {}",
         w.path("state/client-up.bin").display(),
-        w.path("state/client-down.bin").display()
+        w.path("state/client-down.bin").display(),
+        w.path("bin/qubes-ssh-client").display()
     );
     c.env("BORG_RSH", rsh)
         .env("BORG_PASSPHRASE", "qubes-borg test passphrase")

@@ -120,8 +120,9 @@ fn service_refusals_reach_the_client_with_their_exit_code() {
         .stderr
         .contains("port 2200 is not the configured port of 'nas'"));
     w.destination("keyed", "agent = work\n");
+    // sys-backup without qubes-relay: the agent socket cannot be set up.
+    std::fs::remove_file(w.path("ov/usr-bin/qubes-relay")).unwrap();
     let mut c = w.client(&["keyed", "borg", "serve"]);
-    c.env("QUBES_BORG_RELAY", w.path("bin/no-such-relay"));
     let out = run(&mut c, b"", LIMIT);
     assert_eq!(out.code, Some(69), "{}", out.stderr);
     assert!(
@@ -364,22 +365,24 @@ fn a_noisy_login_profile_in_sys_backup_is_shown_not_taken_for_the_status() {
     }
 }
 
-/// A qrexec-client-vm stand-in that plays a call whose target side does SCRIPT (sh).
-fn fake_qrexec(w: &World, script: &str) -> std::path::PathBuf {
+/// Put a qrexec-client-vm in the client's /usr/bin that plays a call whose target side does
+/// SCRIPT (sh), instead of the qrexec stand-in.
+fn fake_qrexec(w: &World, script: &str) {
     let p = w.path("bin/fake-qrexec-client-vm");
-    std::fs::write(&p, format!("#!/bin/sh\ncat >/dev/null &\n{script}\n")).unwrap();
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, format!("#!/bin/sh\nread -r header\n{script}\n")).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    p
+    let link = w.path("ov/usr-bin/qrexec-client-vm");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&p, &link).unwrap();
 }
 
 #[test]
 fn exit_255_without_the_services_last_line_is_a_lost_connection_not_ssh() {
     let w = World::new("lost");
     // the service said OK, sent data, then the connection died: no log line, 255
-    let q = fake_qrexec(&w, "printf '\\nqubes-ssh/1\\nOK\\ndata'\nexit 255");
-    let mut c = w.client(&["nas", "borg", "serve"]);
-    c.env("QUBES_SSH_CLIENT_QREXEC", &q);
-    let out = run(&mut c, b"", LIMIT);
+    fake_qrexec(&w, "printf '\\nqubes-ssh/1\\nOK\\ndata'\nexit 255");
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(255), "{}", out.stderr);
     assert_eq!(out.stdout, b"data");
     assert!(
@@ -390,20 +393,16 @@ fn exit_255_without_the_services_last_line_is_a_lost_connection_not_ssh() {
         out.stderr
     );
     // the same 255 after the service's log line is ssh's (or the remote's): passed on quietly
-    let q = fake_qrexec(
+    fake_qrexec(
         &w,
         "printf '\\nqubes-ssh/1\\nOK\\ndata'\necho 'Connection closed by remote host' >&2\necho 'qubes-ssh-service: source=sys-backup-mnt destination=nas outcome=ok exit=255 up=0 down=4' >&2\nexit 255",
     );
-    let mut c = w.client(&["nas", "borg", "serve"]);
-    c.env("QUBES_SSH_CLIENT_QREXEC", &q);
-    let out = run(&mut c, b"", LIMIT);
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(255), "{}", out.stderr);
     assert_eq!(out.stderr, "Connection closed by remote host\n");
     // no byte at all and 255: lost as well
-    let q = fake_qrexec(&w, "exit 255");
-    let mut c = w.client(&["nas", "borg", "serve"]);
-    c.env("QUBES_SSH_CLIENT_QREXEC", &q);
-    let out = run(&mut c, b"", LIMIT);
+    fake_qrexec(&w, "exit 255");
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(255), "{}", out.stderr);
     assert!(out.stderr.contains("was lost"), "{}", out.stderr);
 }
@@ -411,14 +410,12 @@ fn exit_255_without_the_services_last_line_is_a_lost_connection_not_ssh() {
 #[test]
 fn what_comes_on_qrexecs_stderr_reaches_borg_sanitized_line_by_line() {
     let w = World::new("stderr");
-    let q = fake_qrexec(
+    fake_qrexec(
         &w,
         r#"printf 'plain\n\033]0;title\007bell\r\n{"type": "log_message", "message": "x\\u001b[2J", "levelname": "WARNING", "name": "borg"}\n\303\251\n' >&2
 printf '\nqubes-ssh/1\nOK\n'"#,
     );
-    let mut c = w.client(&["nas", "borg", "serve"]);
-    c.env("QUBES_SSH_CLIENT_QREXEC", &q);
-    let out = run(&mut c, b"", LIMIT);
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(
         out.stderr_lines(),

@@ -96,18 +96,6 @@ const CLIENT_REFUSED: &[&[&str]] = &[
     &["nas", "bo rg", "serve"],
 ];
 
-/// The service's stdout after the mark that precedes its status line (docs/PROTOCOL.md).
-fn status_text(stdout: &[u8]) -> String {
-    let mark = qubes_borg::ssh::status::MARK;
-    match stdout.strip_prefix(mark) {
-        Some(rest) => String::from_utf8_lossy(rest).into_owned(),
-        None => panic!(
-            "no mark before the status: {:?}",
-            String::from_utf8_lossy(stdout)
-        ),
-    }
-}
-
 #[test]
 fn client_refuses_hostile_argv_before_any_qrexec_call() {
     let w = World::new("client-argv");
@@ -348,8 +336,8 @@ fn service_refuses_overlong_header() {
 #[test]
 fn service_gives_up_on_a_header_that_never_ends() {
     let w = World::new("svc-slow");
+    // The service's limit is fixed (30 s, no test override): this test waits for it.
     let mut c = w.qrexec("nas");
-    c.env("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "1500");
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -365,12 +353,12 @@ fn service_gives_up_on_a_header_that_never_ends() {
             break st;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(45),
             "service never gave up"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(start.elapsed() >= Duration::from_millis(1400));
+    assert!(start.elapsed() >= Duration::from_millis(29_500));
     let mut raw = Vec::new();
     std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut raw).unwrap();
     let status = status_text(&raw);
@@ -378,7 +366,7 @@ fn service_gives_up_on_a_header_that_never_ends() {
     assert_eq!(out.code(), Some(76));
     assert_eq!(
         status,
-        "ERR 76 header no complete request header within 1.5 s\n"
+        "ERR 76 header no complete request header within 30 s\n"
     );
     w.assert_no_ssh("slow header");
 }

@@ -3,4 +3,5 @@
 
 mod borg;
 mod e2e;
+mod hardening;
 mod hostile;

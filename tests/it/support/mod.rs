@@ -25,6 +25,9 @@ pub const SERVICE: &str = env!("CARGO_BIN_EXE_qubes-ssh-service");
 pub const RELAY: &str = env!("CARGO_BIN_EXE_qubes-relay");
 pub const FILTER: &str = env!("CARGO_BIN_EXE_qubes-agent-filter");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// Runs a command with test directories shown over fixed paths (read-only overlays in a mount
+/// namespace): the programs have no test-only path overrides.
+pub const OVERLAY_NS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/overlay-ns");
 
 /// The qrexec stand-in's qrexec-client-vm (tests/sim/README.md).
 pub fn qrexec_client_vm() -> PathBuf {

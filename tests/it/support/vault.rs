@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use super::proc::{output, wait_for};
 use super::tmp::TempDir;
 use super::FILTER;
+/// Runs a command with the vault's fixed paths bound to a test's directories
+/// (the filter has no path overrides).
+pub const IN_VAULT_NS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/in-vault-ns");
 
 pub fn keygen(path: &Path, comment: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -36,6 +39,9 @@ pub struct Vault {
     pub agent_sock: PathBuf,
     pub backup_key: PathBuf,
     pub other_key: PathBuf,
+    /// The user the key set's server.conf allows (the current user, so real ssh logins to the
+    /// test sshd match).
+    pub user: String,
 }
 
 impl Vault {
@@ -70,6 +76,7 @@ impl Vault {
             agent_sock,
             backup_key,
             other_key,
+            user: current_user(),
         };
         for k in [&v.other_key, &v.backup_key] {
             let out = output(
@@ -80,7 +87,53 @@ impl Vault {
             );
             assert!(out.status.success(), "ssh-add: {out:?}");
         }
+        // The key set's login policy: the other key stands in for the server's host key (the
+        // agent holds it, so tests can make the server's session-bind signature with it).
+        let other_pub = v.pub_line(&v.other_key);
+        v.set_policy(&format!("user = {}\nhost-key = {other_pub}\n", v.user));
         v
+    }
+
+    /// server.conf allowing this vault's user at `sshd`, plus `extra` lines.
+    pub fn allow_sshd(&self, sshd: &Sshd, extra: &str) {
+        self.set_policy(&format!(
+            "user = {}\nhost-key = {}\n{extra}",
+            self.user,
+            sshd.host_key_line()
+        ));
+    }
+
+    /// Replace the key set's server.conf.
+    pub fn set_policy(&self, text: &str) {
+        let p = self.key_dir.join("default/server.conf");
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+
+    /// Bind connection `s` (through the filter) to a fresh session with the
+    /// stand-in host key (the other key), signing the session id with it on
+    /// the agent directly as a server would. Returns the agent's answer and
+    /// the session id.
+    pub fn bind(&self, s: &mut UnixStream, sid_len: usize) -> (Vec<u8>, Vec<u8>) {
+        let host = pub_blob(&self.other_key.with_extension("pub"));
+        let mut sid = vec![0u8; sid_len];
+        getrandom::fill(&mut sid).unwrap();
+        let sig = self.host_sign(&sid);
+        (call(s, &session_bind(&host, &sid, &sig, false)), sid)
+    }
+
+    /// The stand-in host key's signature over `data` (as in SSH_MSG_KEX_ECDH_REPLY).
+    pub fn host_sign(&self, data: &[u8]) -> Vec<u8> {
+        let host = pub_blob(&self.other_key.with_extension("pub"));
+        let mut direct = UnixStream::connect(&self.agent_sock).unwrap();
+        let mut req = vec![13u8];
+        put_string(&mut req, &host);
+        put_string(&mut req, data);
+        req.extend_from_slice(&0u32.to_be_bytes());
+        let reply = call(&mut direct, &req);
+        assert_eq!(reply[0], 14, "the agent signs with the stand-in host key");
+        let n = u32::from_be_bytes([reply[1], reply[2], reply[3], reply[4]]) as usize;
+        reply[5..5 + n].to_vec()
     }
 
     /// `ssh-add -L` straight on the agent (bypassing the filter).
@@ -102,8 +155,12 @@ impl Vault {
     /// A Command running the filter as qrexec would for
     /// qubes-borg.SshAgent+NAME called from `source`.
     pub fn filter_cmd(&self, name: &str, source: &str) -> Command {
-        let mut c = Command::new(FILTER);
-        c.arg(name)
+        let mut c = Command::new(IN_VAULT_NS);
+        c.arg(&self.key_dir)
+            .arg(&self.run_dir)
+            .arg("--")
+            .arg(FILTER)
+            .arg(name)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
             .env("QREXEC_SERVICE_ARGUMENT", name)
@@ -112,8 +169,6 @@ impl Vault {
                 format!("qubes-borg.SshAgent+{name}"),
             )
             .env("QREXEC_REMOTE_DOMAIN", source)
-            .env("QUBES_BORG_KEY_DIR", &self.key_dir)
-            .env("QUBES_BORG_AGENT_RUNDIR", &self.run_dir)
             .env("QUBES_BORG_NOTIFY", "0");
         c
     }
@@ -239,17 +294,44 @@ pub fn pub_blob(pubfile: &Path) -> Vec<u8> {
     qubes_borg::codec::base64_decode(b64.as_bytes()).unwrap()
 }
 
-/// A user-authentication request (RFC 4252 section 7) for `blob`.
-pub fn userauth_data(blob: &[u8]) -> Vec<u8> {
+/// The current user's name.
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+/// `session-bind@openssh.com` (PROTOCOL.agent section 1).
+pub fn session_bind(host: &[u8], sid: &[u8], sig: &[u8], forwarding: bool) -> Vec<u8> {
+    let mut m = vec![27u8];
+    put_string(&mut m, b"session-bind@openssh.com");
+    put_string(&mut m, host);
+    put_string(&mut m, sid);
+    put_string(&mut m, sig);
+    m.push(u8::from(forwarding));
+    m
+}
+
+/// A user-authentication request (RFC 4252 section 7) for `blob`, as OpenSSH
+/// 8.9+ builds it for `publickey-hostbound-v00@openssh.com` (`host` given) or
+/// `publickey` (`host` None).
+pub fn userauth_as(blob: &[u8], sid: &[u8], user: &str, host: Option<&[u8]>) -> Vec<u8> {
     let mut d = Vec::new();
-    put_string(&mut d, &[7u8; 32]);
+    put_string(&mut d, sid);
     d.push(50);
-    put_string(&mut d, b"borg");
+    put_string(&mut d, user.as_bytes());
     put_string(&mut d, b"ssh-connection");
-    put_string(&mut d, b"publickey");
+    match host {
+        Some(_) => put_string(&mut d, b"publickey-hostbound-v00@openssh.com"),
+        None => put_string(&mut d, b"publickey"),
+    }
     d.push(1);
     put_string(&mut d, b"ssh-ed25519");
     put_string(&mut d, blob);
+    if let Some(h) = host {
+        put_string(&mut d, h);
+    }
     d
 }
 
@@ -389,6 +471,26 @@ impl Sshd {
     /// as the only source of keys, running `remote_cmd`.
     pub fn ssh_cmd(&self, agent: &Path, remote_cmd: &str) -> Command {
         ssh_cmd(self.port, &self.known_hosts, agent, remote_cmd)
+    }
+
+    /// `ssh_cmd` with `opts` before all other arguments (the first value of an option wins).
+    pub fn ssh_cmd_opts(&self, agent: &Path, opts: &[&str], remote_cmd: &str) -> Command {
+        let base = self.ssh_cmd(agent, remote_cmd);
+        let mut c = Command::new(base.get_program());
+        c.args(opts).args(base.get_args());
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+
+    /// The host key as `TYPE BASE64` (a `host-key =` value of server.conf).
+    pub fn host_key_line(&self) -> String {
+        let s = fs::read_to_string(&self.host_key_pub).unwrap();
+        s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
     }
 
     /// `ssh-keygen -l` fingerprint of the host key.

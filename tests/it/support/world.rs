@@ -1,9 +1,15 @@
 //! Development machine (tests): the qubes-borg.Ssh harness, a throw-away "world" with the qube
 //! roots of the qrexec stand-in (tests/sim, flat mode), a policy, the destination configuration,
 //! the ssh double and the borg serve doubles (tests/doubles/).
+//!
+//! The programs read fixed paths only (/etc/qubes-borg/destinations, /usr/bin/ssh,
+//! /usr/bin/qrexec-client-vm, /usr/bin/qubes-relay). The world keeps its files in `ov/etc` and
+//! `ov/usr-bin` and runs the client and the service through `overlay-ns`, which shows them over
+//! /etc and /usr/bin in a private mount namespace. `conf` is a link to the destinations
+//! directory there.
 
 use super::tmp::{write_exec, TempDir};
-use super::{qrexec_client_vm, CLIENT, RELAY, REPO, SERVICE};
+use super::{qrexec_client_vm, CLIENT, OVERLAY_NS, RELAY, REPO, SERVICE};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +32,8 @@ impl World {
             "qubes/sys-backup/etc/qubes-rpc",
             "qubes/ssh-backup/etc/qubes-rpc",
             "policy",
-            "conf",
+            "ov/etc/qubes-borg/destinations",
+            "ov/usr-bin",
             "bin",
             "state",
             "home",
@@ -34,10 +41,48 @@ impl World {
         ] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        std::fs::set_permissions(dir.join("conf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [
+            "ov",
+            "ov/etc",
+            "ov/etc/qubes-borg",
+            "ov/etc/qubes-borg/destinations",
+        ] {
+            std::fs::set_permissions(dir.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        symlink("ov/etc/qubes-borg/destinations", dir.join("conf")).unwrap();
+        // The ssh double keeps its state next to itself (WORLD/bin/../state); /usr/bin/ssh
+        // runs it from there.
+        symlink(
+            Path::new(REPO).join("tests/doubles/ssh"),
+            dir.join("bin/ssh"),
+        )
+        .unwrap();
+        write_exec(
+            &dir.join("ov/usr-bin/ssh"),
+            &format!("#!/bin/sh\nexec {} \"$@\"\n", dir.join("bin/ssh").display()),
+        );
+        for (name, target) in [
+            ("qrexec-client-vm", qrexec_client_vm()),
+            ("qubes-relay", PathBuf::from(RELAY)),
+        ] {
+            symlink(target, dir.join("ov/usr-bin").join(name)).unwrap();
+        }
+        let overlays = format!(
+            "{OVERLAY_NS} {}={} {}={} --",
+            dir.join("ov/etc").display(),
+            "/etc",
+            dir.join("ov/usr-bin").display(),
+            "/usr/bin"
+        );
+        // What the installed /etc/qubes-rpc/qubes-borg.Ssh does, with the world's files.
         write_exec(
             &dir.join("qubes/sys-backup/etc/qubes-rpc/qubes-borg.Ssh"),
-            &format!("#!/bin/sh\nexec {SERVICE} \"$@\"\n"),
+            &format!("#!/bin/sh\nexec {overlays} {SERVICE} \"$@\"\n"),
+        );
+        // qubes-ssh-client as borg runs it (BORG_RSH).
+        write_exec(
+            &dir.join("bin/qubes-ssh-client"),
+            &format!("#!/bin/sh\nexec {overlays} {CLIENT} \"$@\"\n"),
         );
         std::fs::write(
             dir.join("policy/50-test.policy"),
@@ -54,11 +99,6 @@ impl World {
                 dir.join("state/agent-called").display()
             ),
         );
-        symlink(
-            Path::new(REPO).join("tests/doubles/ssh"),
-            dir.join("bin/ssh"),
-        )
-        .unwrap();
         write_exec(
             &dir.join("bin/fake-borg"),
             &format!(
@@ -102,17 +142,10 @@ impl World {
     /// The environment every program of the chain gets (the stand-in passes the caller's
     /// environment on to the service, as a login session in sys-backup would have its own).
     pub fn env(&self, cmd: &mut Command) {
-        cmd.env("QUBES_SSH_CLIENT_QREXEC", qrexec_client_vm())
-            .env("QREXEC_SIM_QUBES", self.path("qubes"))
+        cmd.env("QREXEC_SIM_QUBES", self.path("qubes"))
             .env("QREXEC_SIM_SOURCE", "sys-backup-mnt")
             .env("QREXEC_SIM_POLICY_DIR", self.path("policy"))
-            .env("QUBES_SSH_SERVICE_CONFIG_DIR", self.path("conf"))
-            .env("QUBES_SSH_SERVICE_SSH", self.path("bin/ssh"))
-            .env("QUBES_SSH_SERVICE_HEADER_TIMEOUT_MS", "3000")
             .env("XDG_RUNTIME_DIR", self.path("run"))
-            .env("QUBES_BORG_QREXEC_CLIENT_VM", qrexec_client_vm())
-            .env("QUBES_BORG_RELAY", RELAY)
-            .env_remove("QUBES_BORG_RUNTIME_DIR")
             .env("HOME", self.path("home"))
             .env_remove("QUBES_SSH_CLIENT_TARGET")
             .env_remove("BORG_RSH")
@@ -120,7 +153,7 @@ impl World {
     }
 
     pub fn client(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(CLIENT);
+        let mut c = Command::new(self.path("bin/qubes-ssh-client"));
         c.args(args);
         self.env(&mut c);
         c
@@ -137,8 +170,12 @@ impl World {
 
     /// The service binary run directly, with `args` as qrexec would pass them.
     pub fn service(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(SERVICE);
-        c.args(args);
+        let mut c = Command::new(OVERLAY_NS);
+        c.arg(format!("{}=/etc", self.path("ov/etc").display()))
+            .arg(format!("{}=/usr/bin", self.path("ov/usr-bin").display()))
+            .arg("--")
+            .arg(SERVICE)
+            .args(args);
         self.env(&mut c);
         c.env("QREXEC_REMOTE_DOMAIN", "sys-backup-mnt");
         c
@@ -186,4 +223,16 @@ fn numbered(dir: &Path, stem: &str) -> Vec<Vec<String>> {
         }
     }
     v
+}
+
+/// The service's stdout after the mark that precedes its status line (docs/PROTOCOL.md).
+pub fn status_text(stdout: &[u8]) -> String {
+    let mark = qubes_borg::ssh::status::MARK;
+    match stdout.strip_prefix(mark) {
+        Some(rest) => String::from_utf8_lossy(rest).into_owned(),
+        None => panic!(
+            "no mark before the status: {:?}",
+            String::from_utf8_lossy(stdout)
+        ),
+    }
 }
