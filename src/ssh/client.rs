@@ -305,7 +305,7 @@ pub fn run(
     let _ = cin.write_all(&header::encode(&req.argv));
 
     // The status line must come within the timeout: a timer fd stops the relay otherwise, and
-    // the first line disarms it.
+    // the status line (after the mark) disarms it.
     let timer = TimerFd::new(
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
