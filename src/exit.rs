@@ -39,9 +39,11 @@ pub const PROTOCOL: u8 = 76;
 pub const REFUSED: u8 = 77;
 /// sysexits EX_CONFIG: configuration missing parts, malformed or unsafe.
 pub const CONFIG: u8 = 78;
-/// qrexec-client-vm: any other qrexec failure (libqrexec/qrexec.h QREXEC_EXIT_PROBLEM).
+/// qrexec-client-vm: the target's qrexec agent could not start the service (user, PAM, exec;
+/// libqrexec/qrexec.h QREXEC_EXIT_PROBLEM, sent by the target's agent).
 pub const QREXEC_FAILED: u8 = 125;
-/// qrexec-client-vm: the dom0 policy refused the call (QREXEC_EXIT_REQUEST_REFUSED).
+/// qrexec-client-vm: the call was refused (QREXEC_EXIT_REQUEST_REFUSED): by the dom0 policy, or
+/// because dom0 could not start the target qube (qrexec reports both so).
 pub const QREXEC_REFUSED: u8 = 126;
 /// qrexec-client-vm: the service is not installed in the target qube
 /// (QREXEC_EXIT_SERVICE_NOT_FOUND).
@@ -56,6 +58,9 @@ pub const NOT_FOUND: u8 = 127;
 pub const SIGNALED: u8 = 128;
 /// ssh's own failure (connection, host key, authentication).
 pub const SSH: u8 = 255;
+/// qrexec-client-vm: the connection closed before an exit status came (the target qube or its
+/// qrexec agent died; libqrexec/process_io.c returns -1).
+pub const QREXEC_LOST: u8 = 255;
 
 /// The programs that exit with these codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +139,8 @@ use Program::{AgentFilter, BackupJob, QvmBackupBorg, Relay, SshClient, SshServic
 
 /// Every exit code of every program, in the order the help texts and docs list them.
 pub const TABLE: &[Row] = &[
-    text(SshClient, "0-255", "after the session started: the remote borg serve's exit status as ssh reports it (255: ssh failed)"),
-    row(SshClient, SSH, "ssh failed in sys-backup before any data: connection refused, host key not pinned, authentication, network"),
+    text(SshClient, "0-255", "after the session started: the remote borg serve's exit status as ssh reports it (255: ssh failed, or the qrexec connection was lost; the message says which)"),
+    row(SshClient, SSH, "ssh failed in sys-backup before any data (connection refused, host key not pinned, authentication, network), or the qrexec connection to the target qube was lost (the message says which)"),
     row(SshClient, USAGE, "the command line is not one borg builds (refused before any qrexec call)"),
     row(SshClient, UNKNOWN_DESTINATION, "sys-backup has no destination NAME"),
     row(SshClient, AGENT, "the split-SSH key set of NAME could not be reached from sys-backup"),
@@ -144,8 +149,8 @@ pub const TABLE: &[Row] = &[
     row(SshClient, PROTOCOL, "protocol error: malformed request header or status line, or the peer closed early (versions differ?)"),
     row(SshClient, REFUSED, "sys-backup refused the request (option, remote path, port or user not allowed)"),
     row(SshClient, CONFIG, "sys-backup's configuration of NAME is missing parts, malformed or unsafe"),
-    row(SshClient, QREXEC_FAILED, "qrexec failed (target qube not running, ...)"),
-    row(SshClient, QREXEC_REFUSED, "the dom0 qrexec policy refused qubes-borg.Ssh+NAME from this qube"),
+    row(SshClient, QREXEC_FAILED, "the target qube's qrexec agent could not start qubes-borg.Ssh (service user, PAM, exec)"),
+    row(SshClient, QREXEC_REFUSED, "qrexec refused qubes-borg.Ssh+NAME: the dom0 policy does not allow it from this qube, or the target qube could not be started (qrexec does not say which)"),
     row(SshClient, QREXEC_NOT_FOUND, "the target qube has no qubes-borg.Ssh service (qubes-borg not installed there)"),
     text(SshService, "0-255", "ssh's exit status once ssh ran (255: ssh failed; else the remote borg serve's)"),
     row(SshService, UNKNOWN_DESTINATION, "unknown destination (no NAME.conf)"),

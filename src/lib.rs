@@ -15,5 +15,6 @@ pub mod pipe;
 pub mod relay;
 pub mod safe_path;
 pub mod ssh;
+pub mod stderr_line;
 pub mod tempdir;
 pub mod validate;

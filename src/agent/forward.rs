@@ -15,6 +15,14 @@
 //! `start` in the same runtime directory (`crate::tempdir`), and removed at
 //! once on SIGTERM/SIGINT/SIGHUP when the program called
 //! `tempdir::cleanup_on_signals`.
+//!
+//! The listener and the `qrexec-client-vm` it runs per connection do not get
+//! our stderr: under qrexec that is the service's stderr, and qrexec ends a
+//! call only when every process holding it closed it (qubes-core-qrexec
+//! `libqrexec/process_io.c`), so a leftover of ours would keep the caller's
+//! call open. Their stderr is a pipe that a detached thread of ours copies,
+//! one sanitized line at a time ([`crate::stderr_line`]), to our stderr; it
+//! ends with our process.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -200,11 +208,20 @@ impl AgentSocket {
             .arg(service)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| AgentError::Spawn {
                 program: opts.relay.clone(),
                 err,
             })?;
+        let mut child = child;
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                crate::stderr_line::copy_lines(err, io::stderr(), |l| {
+                    Some(format!("split-SSH agent: {l}"))
+                })
+            });
+        }
         me.listener = Some(child);
         me.wait_ready(opts.ready_timeout)?;
         Ok(me)

@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return die(exit::OSERR, format!("cannot take stdin/stdout: {e}")),
     };
-    match client::run(&req, Path::new(DEFAULT_QREXEC), stdin, stdout.as_fd()) {
+    match client::run(
+        &req,
+        Path::new(DEFAULT_QREXEC),
+        stdin.as_fd(),
+        stdout.as_fd(),
+    ) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = die(e.exit_code(), &e);
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
                 client::hold_before_eof(std::io::stderr().as_fd());
             }
             drop(stdout);
+            drop(stdin);
             code
         }
     }

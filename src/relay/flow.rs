@@ -214,6 +214,11 @@ impl<'a> FlowState<'a> {
         let max = self.first_line.as_ref().map_or(0, |f| f.max);
         loop {
             if self.line.len() >= max {
+                let fl = self.first_line.as_mut().expect("first line stage");
+                if (fl.on_line)(&self.line) == LineVerdict::Skip {
+                    self.line.clear();
+                    continue;
+                }
                 return Err(RelayError::LineTooLong { dir: self.dir, max });
             }
             let mut b = [0u8; 1];
@@ -230,10 +235,16 @@ impl<'a> FlowState<'a> {
                 Ok(_) => {
                     self.line.push(b[0]);
                     if b[0] == b'\n' {
-                        let fl = self.first_line.take().expect("first line stage");
-                        return match (fl.on_line)(&self.line) {
+                        let fl = self.first_line.as_mut().expect("first line stage");
+                        let verdict = (fl.on_line)(&self.line);
+                        if verdict == LineVerdict::Skip {
+                            self.line.clear();
+                            continue;
+                        }
+                        self.first_line = None;
+                        return match verdict {
                             LineVerdict::Forward => Ok(None),
-                            LineVerdict::Stop => {
+                            _ => {
                                 self.ended = Some(FlowEnd::Stopped);
                                 Ok(Some(Step::StopRelay))
                             }

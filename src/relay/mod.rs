@@ -64,7 +64,10 @@ pub struct Flow<'a> {
     /// If set: before forwarding, read one line from src (up to and
     /// including b'\n', at most `max` bytes), never reading a byte past the
     /// newline, and hand it to the callback. The line is consumed, not
-    /// forwarded. Over-long line or EOF before the newline: error.
+    /// forwarded. `Skip` drops it and reads the next one the same way. A
+    /// line reaching `max` bytes without its newline goes to the callback as
+    /// it is: `Skip` drops it too (the rest is read as a new line), anything
+    /// else is a `LineTooLong` error. EOF before the newline: error.
     pub first_line: Option<FirstLine<'a>>,
     /// At EOF on src: true => pass EOF on to dst once it got every byte
     /// (shutdown(SHUT_WR) on a socket; close if dst is `Fd::Owned`; a
@@ -93,8 +96,12 @@ pub struct FirstLine<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineVerdict {
+    /// Line accepted: forward the rest of src.
     Forward,
+    /// End the whole relay now.
     Stop,
+    /// Not the line we wait for: drop it and read another first line.
+    Skip,
 }
 
 /// How a flow ended.

@@ -4,10 +4,11 @@
 
 use super::argv::{self, BorgArgv};
 use super::header;
-use super::status::{Status, MAX_STATUS};
+use super::status::{Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
 use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
+use crate::stderr_line;
 use crate::validate;
 use std::ffi::OsString;
 use std::fmt;
@@ -15,6 +16,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::time::TimeSpec;
@@ -186,6 +189,9 @@ pub enum ClientError {
     Relay { call: String, err: RelayError },
     /// The service ended without a status line.
     NoStatus { call: String, code: u8 },
+    /// qrexec-client-vm exited 255 and the service's last log line never came: the connection
+    /// closed before an exit status (the target qube stopped or its qrexec agent died).
+    Lost { call: String, target: String },
     /// No status line came within the status timeout.
     StatusTimeout { call: String, secs: u64 },
 }
@@ -205,6 +211,7 @@ impl ClientError {
             | ClientError::Relay { .. }
             | ClientError::NoStatus { .. }
             | ClientError::StatusTimeout { .. } => exit::PROTOCOL,
+            ClientError::Lost { .. } => exit::QREXEC_LOST,
         }
     }
 
@@ -232,6 +239,10 @@ impl fmt::Display for ClientError {
                 f,
                 "{call}: the service ended without a status line (exit {code})"
             ),
+            ClientError::Lost { call, target } => write!(
+                f,
+                "{call}: the qrexec connection to the target qube ({target}) was lost before the service ended: the qube stopped or crashed, or its qrexec agent died (not an ssh failure); check that the qube runs and its journal"
+            ),
             ClientError::StatusTimeout { call, secs } => write!(
                 f,
                 "{call}: no status line from sys-backup within {secs} s; gave up (see sys-backup's journal; --status-timeout=SECONDS waits longer)"
@@ -245,10 +256,14 @@ impl std::error::Error for ClientError {}
 /// Make the call: run `qrexec` (qrexec-client-vm) for `req`, send the header, relay `stdin` and
 /// `stdout` (borg's pipes) through it, reading the service's status line first. Returns the
 /// exit status to pass on (the remote borg serve's, as ssh reports it).
+///
+/// Both stay open when this returns: after an error the caller prints it and holds (see
+/// `hold_before_eof`) before closing them. A closed stdin would fail borg's next write with
+/// EPIPE, and borg (still sending during a backup) would end on that before it read the line.
 pub fn run(
     req: &Request,
     qrexec: &Path,
-    stdin: OwnedFd,
+    stdin: BorrowedFd<'_>,
     stdout: BorrowedFd<'_>,
 ) -> Result<u8, ClientError> {
     let name = req.argv.name.clone();
@@ -258,6 +273,7 @@ pub fn run(
         .arg(&call)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| ClientError::Start {
             program: qrexec.to_path_buf(),
@@ -265,13 +281,31 @@ pub fn run(
         })?;
     let mut cin = child.stdin.take().expect("piped");
     let cout = child.stdout.take().expect("piped");
+    let cerr = child.stderr.take().expect("piped");
+
+    // qrexec delivers the service's stderr (ssh's and borg serve's messages, the service's
+    // own log line last) on qrexec-client-vm's stderr: pass it on to borg one sanitized line
+    // at a time; the service's log line only says that the service ended (qrexec sends the exit
+    // status after all of it), its content is the ERR line's or of no interest.
+    let service_ended = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&service_ended);
+    let stderr_thread = std::thread::spawn(move || {
+        stderr_line::copy_lines(cerr, std::io::stderr(), |line| {
+            if line.starts_with(LOG_PREFIX) {
+                ended.store(true, Ordering::SeqCst);
+                None
+            } else {
+                Some(line)
+            }
+        })
+    });
 
     // The header goes out first; if the service is gone already, the status (or qrexec's
     // exit code) says why, so a write error here is not reported by itself.
     let _ = cin.write_all(&header::encode(&req.argv));
 
     // The status line must come within the timeout: a timer fd stops the relay otherwise, and
-    // the first line disarms it.
+    // the status line (after the mark) disarms it.
     let timer = TimerFd::new(
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
@@ -286,8 +320,34 @@ pub fn run(
     .map_err(|e| ClientError::Wait(std::io::Error::from(e)))?;
     let mut status: Option<Status> = None;
     let mut bad_line: Option<String> = None;
+    // Before the mark: whatever the target's login scripts printed (shown, bounded), then the
+    // mark, then the status line (docs/PROTOCOL.md).
+    let mut marked = false;
+    let mut before_mark = 0usize;
     let mut on_line = |untrusted_line: &[u8]| {
-        let _ = timer.unset();
+        if !marked {
+            before_mark += untrusted_line.len();
+            if before_mark > MAX_BEFORE_MARK {
+                bad_line = Some(format!(
+                    "more than {MAX_BEFORE_MARK} bytes came before the status line (login scripts in the target qube printing?)"
+                ));
+                return LineVerdict::Stop;
+            }
+            match Line::of(untrusted_line) {
+                Line::Blank => {}
+                Line::Mark => marked = true,
+                Line::Other => {
+                    let line = untrusted_line.strip_suffix(b"\n").unwrap_or(untrusted_line);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{PROG}: {name}: the target printed before the service started (login scripts?): {}",
+                        stderr_line::sanitize(line)
+                    );
+                }
+            }
+            return LineVerdict::Skip;
+        }
+        let _ = timer.unset(); // the status line came: no more time limit
         match Status::decode(untrusted_line) {
             Ok(Status::Ok) => {
                 status = Some(Status::Ok);
@@ -303,7 +363,7 @@ pub fn run(
             }
         }
     };
-    let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
+    let up = Flow::new(stdin, Fd::Owned(OwnedFd::from(cin)));
     let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout);
     down.first_line = Some(FirstLine {
         max: MAX_STATUS,
@@ -329,9 +389,18 @@ pub fn run(
         Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
         Err(e) => return Err(ClientError::Wait(e)),
     };
+    // qrexec-client-vm has exited: its stderr is at EOF, every line of it is out
+    let _ = stderr_thread.join();
+    let lost = code == exit::QREXEC_LOST && !service_ended.load(Ordering::SeqCst);
 
     if let Some(message) = bad_line {
         return Err(ClientError::BadStatus { call, message });
+    }
+    if lost && !matches!(status, Some(Status::Err { .. })) {
+        return Err(ClientError::Lost {
+            call,
+            target: req.target.clone(),
+        });
     }
     match (result, status) {
         (Ok(_), Some(Status::Ok)) => Ok(code),
@@ -370,19 +439,24 @@ pub fn hold_before_eof(stderr: BorrowedFd<'_>) {
     }
 }
 
-/// Explain qrexec-client-vm's own exit codes (qubes-core-qrexec: agent/qrexec-client-vm.rst,
-/// libqrexec/qrexec.h).
+/// Explain qrexec-client-vm's own exit codes (qubes-core-qrexec at b2822df and v4.2.25:
+/// libqrexec/qrexec.h; 126 from daemon/qrexec-daemon.c reap_children() for a policy denial and
+/// for a target qubesd cannot start alike; 125 only from the target's agent; 1 and 2 from
+/// agent/qrexec-client-vm.c itself).
 fn qrexec_message(code: u8, target: &str, call: &str) -> String {
     match code {
         exit::QREXEC_REFUSED => format!(
-            "qrexec policy refused {call} from this qube (target {target}); allow it in dom0's /etc/qubes/policy.d"
+            "qrexec refused {call} from this qube (target {target}): either the dom0 policy does not allow it or the target qube could not be started (qrexec does not say which); check dom0's /etc/qubes/policy.d and that the target qube starts (qvm-start, dom0's journal)"
         ),
         exit::QREXEC_FAILED => format!(
-            "qrexec could not run {call} (target {target}): is the target qube running? see dom0's journal"
+            "the qrexec agent of the target qube ({target}) could not start {call} (service user, PAM or exec failure); see that qube's journal"
         ),
         exit::QREXEC_NOT_FOUND => format!(
             "the target qube has no {} service: install qubes-borg in sys-backup's template",
             call.split('+').next().unwrap_or(call)
+        ),
+        1 | 2 => format!(
+            "qrexec-client-vm failed in this qube (exit {code}, its message is above): is qrexec working here?"
         ),
         _ => format!(
             "{call} closed the connection without a status line (qrexec-client-vm exit {code}); see sys-backup's journal"
@@ -484,8 +558,21 @@ mod tests {
         }
         assert_eq!(q(0).exit_code(), exit::PROTOCOL);
         assert_eq!(q(1).exit_code(), exit::PROTOCOL);
-        assert!(q(exit::QREXEC_REFUSED)
+        // 126 is a policy refusal or a target dom0 could not start: the message names both
+        let refused = q(exit::QREXEC_REFUSED).to_string();
+        assert!(
+            refused.contains("the dom0 policy does not allow it"),
+            "{refused}"
+        );
+        assert!(refused.contains("could not be started"), "{refused}");
+        assert!(q(exit::QREXEC_FAILED)
             .to_string()
-            .contains("policy refused"));
+            .contains("qrexec agent of the target"));
+        let lost = ClientError::Lost {
+            call: "qubes-borg.Ssh+nas".into(),
+            target: "@default".into(),
+        };
+        assert_eq!(lost.exit_code(), exit::QREXEC_LOST);
+        assert!(lost.to_string().contains("not an ssh failure"), "{lost}");
     }
 }

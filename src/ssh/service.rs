@@ -8,11 +8,12 @@
 use super::command;
 use super::destination::{self, ConfigError, Destination};
 use super::header::{self, HeaderError};
-use super::status::{ErrClass, Status, OK_LINE};
+use super::status::{ErrClass, Status, LOG_PREFIX, OK_WIRE};
 use crate::agent::forward::{AgentSocket, AgentSocketOptions};
 use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, Flow};
+use crate::stderr_line;
 use crate::tempdir::PrivateDir;
 use crate::validate;
 use std::ffi::OsString;
@@ -185,43 +186,38 @@ fn destination_name(
     Ok(untrusted_name)
 }
 
-/// Copy ssh's stderr to ours (the journal under qrexec), one prefixed printable line at a
-/// time, and keep its first `STDERR_KEEP` bytes to explain a failure.
-fn drain_stderr(mut src: std::process::ChildStderr, name: String) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut line = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut err = std::io::stderr();
-    let mut emit = |line: &mut Vec<u8>| {
-        let _ = writeln!(
-            err,
-            "{PROG}: {name}: ssh: {}",
-            validate::printable(line, 1000)
-        );
-        line.clear();
-    };
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let room = STDERR_KEEP.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-        for &b in &buf[..n] {
-            match b {
-                b'\n' => emit(&mut line),
-                b'\r' => {}
-                _ if line.len() < 1000 => line.push(b),
-                _ => {}
-            }
+/// Copy ssh's stderr to ours, one sanitized, bounded line at a time
+/// ([`crate::stderr_line`]), and keep its first `STDERR_KEEP` bytes to explain a failure.
+///
+/// Under qrexec our stderr goes to sys-backup's journal and to the caller, whose borg prints
+/// each line as `Remote: ...` (a borg serve log record, a JSON line, is decoded by borg): so
+/// the lines pass unprefixed, only a line that could pass for our own log line gets `ssh: `
+/// in front.
+fn drain_stderr(src: std::process::ChildStderr) -> Vec<u8> {
+    struct Keep<R> {
+        inner: R,
+        kept: Vec<u8>,
+    }
+    impl<R: Read> Read for Keep<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            let room = STDERR_KEEP.saturating_sub(self.kept.len());
+            self.kept.extend_from_slice(&buf[..n.min(room)]);
+            Ok(n)
         }
     }
-    if !line.is_empty() {
-        emit(&mut line);
-    }
-    kept
+    let mut src = Keep {
+        inner: src,
+        kept: Vec::new(),
+    };
+    stderr_line::copy_lines(&mut src, std::io::stderr(), |l| {
+        Some(if l.starts_with(PROG) || l.starts_with(LOG_PREFIX) {
+            format!("ssh: {l}")
+        } else {
+            l
+        })
+    });
+    src.kept
 }
 
 struct Outcome {
@@ -261,7 +257,7 @@ pub fn serve(
         // Best effort: the caller may be gone (early close, timeout).
         let _ = write_all_fd(
             stdout.as_fd(),
-            &Status::err(f.code, f.class, &f.message).encode(),
+            &Status::err(f.code, f.class, &f.message).wire(),
         );
     }
     drop(stdout);
@@ -430,12 +426,11 @@ fn run_ssh(
         child.stdout.take().expect("piped"),
         child.stderr.take().expect("piped"),
     );
-    let name = dest.name.clone();
-    let stderr_thread = std::thread::spawn(move || drain_stderr(cerr, name));
+    let stderr_thread = std::thread::spawn(move || drain_stderr(cerr));
 
     let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
     let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout.as_fd());
-    down.preamble = OK_LINE;
+    down.preamble = OK_WIRE;
     down.eof_to_dst = false; // an ERR line may still have to go out
     let stats = relay::relay(up, down);
 
@@ -470,7 +465,7 @@ fn run_ssh(
     if stats.down_bytes == 0 {
         // ssh wrote nothing, so no status line went out yet.
         if code == 0 {
-            let _ = write_all_fd(stdout.as_fd(), OK_LINE);
+            let _ = write_all_fd(stdout.as_fd(), OK_WIRE);
         } else {
             let (class, message) = command::classify(code, &kept, dest, config_path);
             outcome.failure = Some(fail(code, class, message));

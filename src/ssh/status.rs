@@ -3,9 +3,15 @@
 //! docs/PROTOCOL.md.
 //!
 //! ```text
+//! LF "qubes-ssh/1" LF                   the mark (MARK), then one of:
 //! OK LF                                 ssh is running; borg serve's bytes follow
 //! ERR SP CODE SP CLASS SP MESSAGE LF    nothing follows; the service exits with CODE
 //! ```
+//!
+//! The mark is there because qrexec may start the service through a login shell (Qubes 4.3
+//! without the fork server: `/bin/sh -lc`; 4.2: the `#!/bin/sh -l` multiplexer), so whatever
+//! the target's login scripts print comes first on the same stdout. The client skips it (see
+//! [`Line::of`]); the leading LF ends a last line the scripts left without one.
 //!
 //! `OK` goes out just before ssh's first output byte (or when ssh ends cleanly without any);
 //! `ERR` goes out instead of it when the request is refused or ssh fails before writing
@@ -17,8 +23,37 @@ use std::fmt;
 
 /// Longest status line, including the LF.
 pub const MAX_STATUS: usize = 512;
-/// The line the service sends when ssh is up.
-pub const OK_LINE: &[u8] = b"OK\n";
+/// What the service writes just before its status line.
+pub const MARK: &[u8] = b"\nqubes-ssh/1\n";
+/// The mark and the status line the service sends when ssh is up.
+pub const OK_WIRE: &[u8] = b"\nqubes-ssh/1\nOK\n";
+/// How the service's own log line starts: its last line on stderr, which qrexec delivers to the
+/// client too. The client takes it for "the service ended" (qrexec sends the exit status after
+/// all of the service's stderr); the service never passes on another line starting so.
+pub const LOG_PREFIX: &str = "qubes-ssh-service: source=";
+/// At most this much output from the target may come before the mark.
+pub const MAX_BEFORE_MARK: usize = 64 * 1024;
+
+/// A line the client reads before the status line, by what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// An empty line (the LF that starts the mark).
+    Blank,
+    /// The mark: the next line is the status line.
+    Mark,
+    /// Anything else: output of the target's login scripts (or a part of a long line of it).
+    Other,
+}
+
+impl Line {
+    pub fn of(untrusted_line: &[u8]) -> Line {
+        match untrusted_line {
+            b"\n" => Line::Blank,
+            _ if untrusted_line == &MARK[1..] => Line::Mark,
+            _ => Line::Other,
+        }
+    }
+}
 
 /// What went wrong, as one word on the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +131,13 @@ pub enum Status {
 }
 
 impl Status {
+    /// The mark and this status line, as the service writes them.
+    pub fn wire(&self) -> Vec<u8> {
+        let mut v = MARK.to_vec();
+        v.extend(self.encode());
+        v
+    }
+
     /// An error status. `code` 0 is raised to 1 (an error never reports success); the message
     /// is made printable and cut so that the line fits `MAX_STATUS`.
     pub fn err(code: u8, class: ErrClass, message: &str) -> Status {
@@ -109,7 +151,7 @@ impl Status {
 
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Status::Ok => OK_LINE.to_vec(),
+            Status::Ok => OK_WIRE[MARK.len()..].to_vec(),
             Status::Err {
                 code,
                 class,
@@ -195,6 +237,22 @@ mod tests {
             b"ERR 255 host-key host key of nas does not match\n"
         );
         assert_eq!(Status::decode(&e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn the_mark_and_what_comes_before_it() {
+        assert_eq!(Status::Ok.wire(), OK_WIRE);
+        assert_eq!(Line::of(b"\n"), Line::Blank);
+        assert_eq!(Line::of(b"qubes-ssh/1\n"), Line::Mark);
+        for other in [
+            &b"OK\n"[..],
+            b"Welcome\n",
+            b"qubes-ssh/1",
+            b"qubes-ssh/1 OK\n",
+            b"no-lf",
+        ] {
+            assert_eq!(Line::of(other), Line::Other, "{other:?}");
+        }
     }
 
     #[test]

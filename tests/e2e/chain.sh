@@ -155,6 +155,68 @@ test_fault_killing_sshd_mid_backup() {
     fault_kill internet sshd "$QUBES_SIM_STATE/internet/sshd.pid"
 }
 
+test_fault_killing_sys_backups_qrexec_agent_mid_backup() {
+    # the target qube's side of the call dies (as when sys-backup stops or crashes): qrexec
+    # closes the connection without an exit status (255); the client must say so, not blame ssh
+    fault_kill sys-backup qrexec-agent
+    local out
+    out=$(cat "$QUBES_SIM_STATE/fault.out")
+    assert_contains "$out" "the qrexec connection to the target qube (@default) was lost" "borg's stderr"
+    assert_not_contains "$out" "ssh failed" "borg's stderr"
+}
+
+test_unstartable_sys_backup_is_not_reported_as_a_policy_refusal_only() {
+    # qrexec answers 126 both for a policy refusal and for a target it cannot start
+    touch "$QUBES_SIM_STATE/roots/sys-backup/.qubes-sim/start-fails"
+    local rc=0
+    out=$(mnt_borg list --short "$REPO_URL" 2>&1) || rc=$?
+    rm -f "$QUBES_SIM_STATE/roots/sys-backup/.qubes-sim/start-fails"
+    echo "borg exit $rc, stderr: $out"
+    [ "$rc" != 0 ] || fail "borg succeeded with an unstartable sys-backup"
+    assert_contains "$out" "could not be started" "borg's stderr"
+    assert_contains "$out" "policy" "borg's stderr"
+}
+
+test_noisy_login_profile_in_sys_backup_does_not_break_the_link() {
+    # the service starts through a login shell: what ~/.profile prints comes first on stdout
+    in_qube sys-backup cp /home/user/.profile /root/profile.orig
+    in_qube sys-backup sh -c 'printf "%s\n" "echo Welcome to sys-backup" "echo OK" "printf no-newline" >> /home/user/.profile'
+    local rc=0
+    out=$(mnt_borg list --short "$REPO_URL" 2>&1) || rc=$?
+    in_qube sys-backup cp /root/profile.orig /home/user/.profile
+    echo "borg exit $rc, output: $out"
+    [ "$rc" = 0 ] || fail "borg list failed behind a noisy login profile"
+    # (a 4.3 session running qrexec-fork-server starts services without a login shell)
+    [ "${QREXEC_SIM_FORK_SERVER:-}" = 1 ] ||
+        assert_contains "$out" "Welcome to sys-backup" "the noise is shown, not taken for the status"
+}
+
+test_server_stderr_reaches_borg_sanitized() {
+    # borg serve's log records and anything else the server writes to stderr reach the user as
+    # borg's "Remote:" lines; escape sequences never reach sys-backup-mnt raw
+    local keys=/home/borg/.ssh/authorized_keys
+    in_qube internet cp "$keys" /root/authorized_keys.orig
+    in_qube internet sh -c 'cat > /home/borg/noisy-serve && chmod 0755 /home/borg/noisy-serve' <<'SH'
+#!/bin/sh
+printf 'server says hi\n\033]0;pwned\007\n' >&2
+printf '%s\n' '{"type": "log_message", "time": 0, "message": "json-record \u001b[2J", "levelname": "WARNING", "name": "borg.repository"}' >&2
+exec "$@"
+SH
+    # the forced command, whatever it is, runs behind the noisy wrapper
+    in_qube internet sed -i 's|command="\([^"]*\)"|command="/home/borg/noisy-serve \1"|' "$keys"
+    local rc=0
+    mnt_borg list --short "$REPO_URL" > "$QUBES_SIM_STATE/noisy.out" 2> "$QUBES_SIM_STATE/noisy.err" || rc=$?
+    in_qube internet cp /root/authorized_keys.orig "$keys"
+    echo "borg exit $rc, stderr:"
+    cat -v "$QUBES_SIM_STATE/noisy.err"
+    [ "$rc" = 0 ] || fail "borg list failed"
+    out=$(cat "$QUBES_SIM_STATE/noisy.err")
+    assert_contains "$out" "Remote: server says hi" "plain server line"
+    assert_contains "$out" "Remote: json-record ?[2J" "borg's JSON log record, decoded by borg"
+    ! LC_ALL=C grep -q "$(printf '[\001-\010\013-\037\177]')" "$QUBES_SIM_STATE/noisy.err" ||
+        fail "a control character reached borg's stderr"
+}
+
 test_a_delete_through_the_routine_key_set_is_not_permanent() {
     # The routine key set is append-only at the server (chain-setup, qubes-borg-keygen
     # --server-line): borg serve keeps a transaction log, and a delete plus compact through the

@@ -3,6 +3,9 @@
 # shellcheck source-path=SCRIPTDIR source=../sim/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../sim/lib.sh"
 QEXEC=$SIM_DIR/qube-exec
+# The qrexec version the current simulation runs (tests/sim/up records it).
+# shellcheck disable=SC2034  # used by the suites
+SIM_QREXEC_VERSION=$(cat "${QUBES_SIM_STATE:-/nonexistent}/qrexec-version" 2>/dev/null || echo 4.3)
 
 # Run in a qube of the current simulation ($QUBES_SIM_STATE).
 in_qube() { "$QEXEC" "$@"; }

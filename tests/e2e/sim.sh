@@ -104,20 +104,27 @@ test_qrexec_lookup_order_at_the_real_paths() {
     expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
     assert_eq usr-local "$out" "/usr/local/etc before /etc"
     put_service sys-backup /run/qubes-rpc/qubes-borg.Ssh 'echo run'
-    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
-    assert_eq run "$out" "/run before /usr/local/etc"
     put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh+a 'echo etc-plus-arg'
     expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
-    assert_eq etc-plus-arg "$out" "service+arg in any directory before bare service"
+    if [ "$SIM_QREXEC_VERSION" = 4.2 ]; then
+        assert_eq usr-local "$out" "4.2: per directory, no /run"
+    else
+        assert_eq etc-plus-arg "$out" "4.3: service+arg in any directory before bare service"
+        in_qube sys-backup rm /etc/qubes-rpc/qubes-borg.Ssh+a
+        expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
+        assert_eq run "$out" "4.3: /run before /usr/local/etc"
+    fi
 }
 
-test_qrexec_service_stderr_goes_to_the_target_log_only() {
+test_qrexec_service_stderr_goes_to_the_caller_and_the_target_log() {
     clean_services
     put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'echo "diag-$1" >&2; stat -L -c %F /proc/self/fd/0 /proc/self/fd/1; stat -L -c %F /proc/self/fd/2 >&2; exit 3'
     local err
     err=$(in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz 2>&1 >/dev/null) && fail "exit 0"
-    assert_eq "" "$err" "caller's stderr"
-    expect_code 3 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz
+    assert_eq "diag-zz
+fifo" "$err" "caller's stderr"
+    expect_code 3 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz 2>/dev/null
+    out=$(in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+zz 2>/dev/null) || true
     assert_eq "socket
 socket" "$out" "service stdin/stdout types"
     assert_contains "$(qube_log sys-backup)" "qubes-borg.Ssh+zz-sys-backup-mnt: diag-zz" "sys-backup log"
@@ -147,13 +154,69 @@ test_qrexec_service_killed_gives_128_plus_signal() {
     expect_code 143 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+x
 }
 
+test_qrexec_service_starts_in_a_login_shell_and_its_own_session() {
+    clean_services
+    # the user's login files run first (4.3: /bin/sh -lc wrapper; 4.2: #!/bin/sh -l multiplexer)
+    in_qube sys-backup sh -c 'echo "echo noisy-profile; export PROFILE_SEEN=yes" >> /home/user/.profile'
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'read -r _p _c _s _pp _pg sid _r < /proc/$$/stat; [ "$sid" = "$$" ] && echo leader; echo "${PROFILE_SEEN-no} $QREXEC_SERVICE_ARGUMENT"'
+    expect_code 0 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+p
+    in_qube sys-backup sed -i '/noisy-profile/d' /home/user/.profile
+    assert_eq "noisy-profile
+leader
+yes p" "$out" "service output"
+}
+
+test_qrexec_exit_codes_125_126_255() {
+    clean_services
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'echo started; sleep 30'
+    # a target qubesd cannot start: refused, like a policy denial
+    touch "$QUBES_SIM_STATE/roots/sys-backup/.qubes-sim/start-fails"
+    expect_code 126 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+a
+    rm "$QUBES_SIM_STATE/roots/sys-backup/.qubes-sim/start-fails"
+    assert_eq "Request refused" "$out" "stderr"
+    # the target's agent cannot become the service user: 125
+    local pol=$QUBES_SIM_STATE/dom0/etc/qubes/policy.d/10-sim-test.policy
+    echo 'qubes-borg.Ssh +u sys-backup-mnt @default allow target=sys-backup user=nobody-here' > "$pol"
+    expect_code 125 in_qube sys-backup-mnt qrexec-client-vm @default qubes-borg.Ssh+u
+    rm "$pol"
+    assert_contains "$(qube_log sys-backup)" "user nobody-here does not exist" "sys-backup log"
+    # the target's qrexec-agent dies mid-call: the connection closes without a status, 255
+    in_qube sys-backup-mnt sh -c 'qrexec-client-vm @default qubes-borg.Ssh+a > /tmp/o255 2>&1 </dev/null; echo $? > /tmp/rc255' &
+    local p
+    for _ in $(seq 1 100); do
+        in_qube sys-backup-mnt grep -q started /tmp/o255 2>/dev/null && break
+        sleep 0.1
+    done
+    p=$("$SIM_DIR/qube-pids" "$QUBES_SIM_STATE" sys-backup qrexec-agent)
+    [ -n "$p" ] || fail "no qrexec-agent process in sys-backup"
+    kill -KILL "$p"
+    wait
+    assert_eq 255 "$(in_qube sys-backup-mnt cat /tmp/rc255)" "exit status after the agent died"
+}
+
+test_qrexec_caller_killed_closes_the_service_stderr_and_stdout() {
+    clean_services
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'trap "" PIPE; echo started; while sleep 0.1; do echo tick >&2 || { echo stderr-closed > /tmp/err-closed; break; }; done; while sleep 0.1; do echo tick || { echo stdout-shut > /tmp/out-shut; exit 0; }; done'
+    in_qube sys-backup rm -f /tmp/err-closed /tmp/out-shut
+    in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in3; exec 3<>/tmp/in3; qrexec-client-vm @default qubes-borg.Ssh+x <&3 >/tmp/o3 2>/dev/null & p=$!; while ! grep -q started /tmp/o3; do sleep 0.1; done; sleep 0.5; kill -KILL $p; wait $p' || true
+    for _ in $(seq 1 50); do
+        in_qube sys-backup test -e /tmp/out-shut && break
+        sleep 0.1
+    done
+    in_qube sys-backup test -e /tmp/err-closed || fail "service's stderr still open after its caller died"
+    in_qube sys-backup test -e /tmp/out-shut || fail "service's stdout still open after its caller died"
+    assert_contains "$(qube_log sys-backup)" "the caller went away" "sys-backup log"
+}
+
 test_qrexec_caller_killed_service_sees_eof() {
     clean_services
-    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'cat > /dev/null; echo "service saw EOF" >&2'
+    # (a file, not stderr: qrexec closes the service's stderr pipe when the caller dies)
+    put_service sys-backup /etc/qubes-rpc/qubes-borg.Ssh 'cat > /dev/null; echo "service saw EOF" > /tmp/saw-eof'
+    in_qube sys-backup rm -f /tmp/saw-eof
     # the caller's stdin stays open (a FIFO we also hold), so only the kill can end the call
     in_qube sys-backup-mnt sh -c 'mkfifo /tmp/in; exec 3<>/tmp/in; qrexec-client-vm @default qubes-borg.Ssh+x <&3 & p=$!; sleep 1; kill -KILL $p; wait $p' || true
     for _ in $(seq 1 50); do
-        qube_log sys-backup | grep -q "service saw EOF" && return 0
+        in_qube sys-backup test -e /tmp/saw-eof && return 0
         sleep 0.1
     done
     fail "service did not see EOF after its caller died (log: $(qube_log sys-backup))"

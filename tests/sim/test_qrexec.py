@@ -1,17 +1,21 @@
 #!/usr/bin/python3
 """Tests of the qrexec stand-in in flat mode (no root, no namespaces).
 
-Run: python3 -m unittest tests/sim/test_qrexec.py (tests/e2e/run runs it too).
-Each test names the qrexec behaviour it proves (qubes-core-qrexec sources cited in qrexec_sim.py).
+Run: python3 -m unittest tests/sim/test_qrexec.py (tests/e2e/run runs it for QREXEC_SIM_VERSION
+4.3 and 4.2). Each test names the qrexec behaviour it proves (qubes-core-qrexec sources cited in
+qrexec_sim.py and tests/sim/README.md); tests of a behaviour that differs between versions set
+the version themselves.
 """
 import hashlib
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -55,17 +59,27 @@ class Sim:
         p = self.qubes / qube / "var/log/qubes/qrexec-services.log"
         return p.read_text() if p.exists() else ""
 
-    def call(self, source, target, service, stdin=b"", local=(), timeout=60, env=None):
+    def env(self, source, env=None):
         e = dict(os.environ)
         e.update({"QREXEC_SIM_QUBES": str(self.qubes), "QREXEC_SIM_SOURCE": source,
                   "QREXEC_SIM_POLICY_DIR": str(self.policy),
                   "PATH": str(HERE) + ":" + os.environ.get("PATH", "/usr/bin:/bin")})
         e.update(env or {})
-        return subprocess.run([CLIENT, target, service, *local], input=stdin,
-                              capture_output=True, env=e, timeout=timeout, check=False)
+        return e
+
+    def call(self, source, target, service, stdin=b"", local=(), timeout=60, env=None,
+             opts=()):
+        return subprocess.run([CLIENT, *opts, target, service, *local], input=stdin,
+                              capture_output=True, env=self.env(source, env), timeout=timeout,
+                              check=False)
+
+    def popen(self, source, target, service, env=None, **kw):
+        return subprocess.Popen([CLIENT, target, service], env=self.env(source, env), **kw)
 
 
 ALLOW_ALL = "svc.Echo * @anyvm @default allow target=sys-backup\n"
+V42 = {"QREXEC_SIM_VERSION": "4.2"}
+V43 = {"QREXEC_SIM_VERSION": "4.3"}
 
 
 class PolicyTests(unittest.TestCase):
@@ -267,26 +281,54 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(r.returncode, 127, r)
         self.assertIn("Service not found: svc.Missing+x", self.sim.log("sys-backup"))
 
-    def test_lookup_prefers_service_plus_arg_in_any_dir_over_bare_service(self):
+    def test_lookup_43_prefers_service_plus_arg_in_any_dir_over_bare_service(self):
         self.sim.service("sys-backup", "svc.L", "echo run-bare\n", where="run/qubes-rpc")
         self.sim.service("sys-backup", "svc.L+a", "echo etc-plus-arg\n", where="etc/qubes-rpc")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+a").stdout,
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+a", env=V43).stdout,
                          b"etc-plus-arg\n")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+b").stdout, b"run-bare\n")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+b", env=V43).stdout,
+                         b"run-bare\n")
 
-    def test_lookup_order_of_directories(self):
+    def test_lookup_43_order_of_directories(self):
         self.sim.service("sys-backup", "svc.D", "echo etc\n", where="etc/qubes-rpc")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D").stdout, b"etc\n")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D", env=V43).stdout, b"etc\n")
         self.sim.service("sys-backup", "svc.D", "echo local\n", where="usr/local/etc/qubes-rpc")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D").stdout, b"local\n")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D", env=V43).stdout,
+                         b"local\n")
         self.sim.service("sys-backup", "svc.D", "echo run\n", where="run/qubes-rpc")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D").stdout, b"run\n")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.D", env=V43).stdout, b"run\n")
+
+    def test_lookup_42_is_per_directory_skips_empty_files_and_has_no_run(self):
+        # v4.2.25: /usr/local/etc/qubes-rpc:/etc/qubes-rpc only; in each directory svc+arg then
+        # svc; empty files skipped (the multiplexer's test -s). 4.3 answers differently.
+        self.sim.service("sys-backup", "svc.L", "echo local-bare\n", where="usr/local/etc/qubes-rpc")
+        self.sim.service("sys-backup", "svc.L+a", "echo etc-plus-arg\n", where="etc/qubes-rpc")
+        self.sim.service("sys-backup", "svc.L+a", "echo run-plus-arg\n", where="run/qubes-rpc")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+a", env=V42).stdout,
+                         b"local-bare\n")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.L+a", env=V43).stdout,
+                         b"run-plus-arg\n")
+        empty = self.sim.qubes / "sys-backup/usr/local/etc/qubes-rpc/svc.E+a"
+        empty.write_bytes(b"")
+        empty.chmod(0o755)
+        self.sim.service("sys-backup", "svc.E+a", "echo etc\n", where="etc/qubes-rpc")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.E+a", env=V42).stdout,
+                         b"etc\n")
+        # 4.3 takes the empty file (the shell runs it as an empty script)
+        r = self.sim.call("work", "sys-backup", "svc.E+a", env=V43)
+        self.assertEqual((r.returncode, r.stdout), (0, b""), r)
+        # only /run has it: 4.2 does not look there
+        self.sim.service("sys-backup", "svc.R", "echo run\n", where="run/qubes-rpc")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.R", env=V42).returncode, 127)
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.R", env=V43).stdout, b"run\n")
 
     def test_no_argument_descriptor_gets_a_trailing_plus(self):
         # "svc.P+" (the descriptor of a call without argument) is looked up before "svc.P"
         self.sim.service("sys-backup", "svc.P+", "echo plus\n")
-        self.sim.service("sys-backup", "svc.P", "echo bare\n", where="run/qubes-rpc")
-        self.assertEqual(self.sim.call("work", "sys-backup", "svc.P").stdout, b"plus\n")
+        self.sim.service("sys-backup", "svc.P", "echo bare\n", where="usr/local/etc/qubes-rpc")
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.P", env=V43).stdout, b"plus\n")
+        # 4.2: per directory, so /usr/local/etc's bare file comes before /etc's svc.P+
+        self.assertEqual(self.sim.call("work", "sys-backup", "svc.P", env=V42).stdout, b"bare\n")
 
     def test_argument_is_argv1_and_qrexec_environment(self):
         self.sim.service("sys-backup", "svc.Env", """\
@@ -295,7 +337,9 @@ class ServiceTests(unittest.TestCase):
             """)
         r = self.sim.call("sys-backup-mnt", "@default", "svc.Env+borgbase")
         self.assertEqual(r.returncode, 0, r)
-        self.assertEqual(r.stdout.decode().splitlines(), [
+        lines = [x for x in r.stdout.decode().splitlines()
+                 if not x.startswith("QREXEC_SIM_VERSION=")]
+        self.assertEqual(lines, [
             "argc=1 argv1=borgbase",
             "QREXEC_REMOTE_DOMAIN=sys-backup-mnt",
             "QREXEC_REQUESTED_TARGET_TYPE=",
@@ -326,12 +370,120 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(r.stdout, b"socket\nsocket\n")
         self.assertIn("fifo", self.sim.log("sys-backup"))
 
-    def test_service_stderr_goes_to_target_log_never_to_caller(self):
-        self.sim.service("sys-backup", "svc.Err", "echo secret-diagnostic >&2; echo out\n")
+    def test_service_stderr_goes_to_the_caller_and_the_target_log(self):
+        # 4.3: process_io.c sends it as MSG_DATA_STDERR and copies it to the logger
+        # (open_logger.c); 4.2: the multiplexer tees it to both
+        self.sim.service("sys-backup", "svc.Err", "echo diagnostic >&2; echo out\n")
         r = self.sim.call("work", "sys-backup", "svc.Err")
-        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"out\n", b""))
-        self.assertIn("svc.Err+-work: secret-diagnostic", self.sim.log("sys-backup"))
-        self.assertNotIn("secret-diagnostic", self.sim.log("work"))
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"out\n", b"diagnostic\n"))
+        self.assertIn("svc.Err+-work: diagnostic", self.sim.log("sys-backup"))
+        self.assertNotIn("diagnostic", self.sim.log("work"))
+
+    def test_escape_filtering_only_with_t_and_T_when_not_a_terminal(self):
+        self.sim.service("sys-backup", "svc.Esc",
+                         "printf 'a\\033[31mb\\a\\t\\303\\251\\n'; "
+                         "printf 'e\\033]0;x\\007\\n' >&2\n")
+        r = self.sim.call("work", "sys-backup", "svc.Esc")
+        self.assertEqual((r.stdout, r.stderr), (b"a\x1b[31mb\a\t\xc3\xa9\n", b"e\x1b]0;x\x07\n"))
+        r = self.sim.call("work", "sys-backup", "svc.Esc", opts=["-t"])
+        self.assertEqual((r.stdout, r.stderr), (b"a_[31mb\a\t__\n", b"e\x1b]0;x\x07\n"))
+        r = self.sim.call("work", "sys-backup", "svc.Esc", opts=["-T"])
+        self.assertEqual((r.stdout, r.stderr), (b"a\x1b[31mb\a\t\xc3\xa9\n", b"e_]0;x\a\n"))
+
+    def test_caller_that_stops_reading_stdout_does_not_shut_the_service_stdout(self):
+        # qrexec-client-vm closes its fd 1 and drops later data; the service's writes succeed
+        self.sim.service("sys-backup", "svc.Big", """\
+            sleep 0.5
+            head -c 4000000 /dev/zero || { echo "service got EPIPE" >&2; exit 9; }
+            echo "all written" >&2
+            """)
+        r_fd, w_fd = os.pipe()
+        p = self.sim.popen("work", "sys-backup", "svc.Big", stdin=subprocess.DEVNULL,
+                           stdout=w_fd, stderr=subprocess.PIPE)
+        os.close(w_fd)
+        os.close(r_fd)                   # the caller reads nothing
+        err = p.stderr.read()
+        p.stderr.close()
+        self.assertEqual((p.wait(timeout=30), err), (0, b"all written\n"))
+
+    def test_service_that_stops_reading_stdin_leaves_the_caller_writing_until_it_exits(self):
+        # the agent shuts the service's stdin and discards the rest; the caller's writes succeed
+        # until the exit code arrives (then its stdin is closed)
+        self.sim.service("sys-backup", "svc.Deaf", "exec <&-; sleep 1.5; echo bye\n")
+        p = self.sim.popen("work", "sys-backup", "svc.Deaf", stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE)
+        start = time.monotonic()
+        sent = 0
+        while time.monotonic() - start < 0.8:
+            p.stdin.write(b"x" * 65536)      # BrokenPipeError here fails the test
+            p.stdin.flush()
+            sent += 65536
+            time.sleep(0.02)
+        self.assertGreater(sent, 1 << 20)
+        out = p.stdout.read()
+        p.stdout.close()
+        try:
+            p.stdin.close()
+        except BrokenPipeError:
+            pass                              # after the exit code: fine
+        self.assertEqual((p.wait(timeout=30), out), (0, b"bye\n"))
+
+    def test_call_ends_only_when_every_holder_of_the_service_stderr_closed_it(self):
+        # process_io.c:220-228: no time limit; a child still writing to fd 2 keeps the call open
+        self.sim.service("sys-backup", "svc.Linger",
+                         "(sleep 2.5; echo late >&2) </dev/null >/dev/null &\nexit 4\n")
+        start = time.monotonic()
+        r = self.sim.call("work", "sys-backup", "svc.Linger")
+        self.assertGreaterEqual(time.monotonic() - start, 2.4)
+        self.assertEqual((r.returncode, r.stderr), (4, b"late\n"))
+        self.assertIn("svc.Linger+-work: late", self.sim.log("sys-backup"))
+
+    def test_service_starts_in_a_new_session_through_a_login_shell(self):
+        # 4.3 (no fork server): PAM child, setsid, /bin/sh -lc; 4.2: the #!/bin/sh -l
+        # multiplexer. The login files run first; what they print reaches the caller.
+        root = self.sim.qubes / "sys-backup"
+        (root / "home/user").mkdir(parents=True)
+        (root / "home/user/.profile").write_text("echo profile-noise\nexport PROFILE_RAN=yes\n")
+        self.sim.service("sys-backup", "svc.S", """\
+            read -r _pid _comm _state _ppid _pgrp sid _rest < /proc/$$/stat
+            [ "$sid" = "$$" ] && echo session-leader
+            echo "profile=${PROFILE_RAN-no} arg=$1 full=$QREXEC_SERVICE_FULL_NAME"
+            """)
+        for env in (V42, V43):
+            r = self.sim.call("work", "sys-backup", "svc.S+a", env=env)
+            self.assertEqual(r.stdout, b"profile-noise\nsession-leader\n"
+                             b"profile=yes arg=a full=svc.S+a\n", (env, r))
+        # 4.3 with the user's session running qrexec-fork-server: direct exec, no login files
+        r = self.sim.call("work", "sys-backup", "svc.S+a",
+                          env=dict(V43, QREXEC_SIM_FORK_SERVER="1"))
+        self.assertEqual(r.stdout, b"profile=no arg=a full=svc.S+a\n", r)
+
+    def test_a_profile_cannot_change_the_qrexec_variables(self):
+        root = self.sim.qubes / "sys-backup"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/profile").write_text("export QREXEC_REMOTE_DOMAIN=forged\n")
+        self.sim.service("sys-backup", "svc.V", 'echo "$QREXEC_REMOTE_DOMAIN"\n')
+        for env in (V42, V43):
+            self.assertEqual(self.sim.call("work", "sys-backup", "svc.V", env=env).stdout,
+                             b"work\n", env)
+
+    def test_target_that_cannot_start_is_refused_with_126(self):
+        # qrexec_execute_vm() fails -> daemon child exits 125 -> MSG_SERVICE_REFUSED
+        marker = self.sim.dir / "ran"
+        self.sim.service("sys-backup", "svc.M", f"touch {marker}\n")
+        (self.sim.qubes / "sys-backup/.qubes-sim").mkdir()
+        (self.sim.qubes / "sys-backup/.qubes-sim/start-fails").write_text("")
+        r = self.sim.call("work", "sys-backup", "svc.M")
+        self.assertEqual((r.returncode, r.stderr), (126, b"Request refused\n"))
+        self.assertFalse(marker.exists())
+
+    def test_usage_errors_exit_2(self):
+        r = subprocess.run([CLIENT, "only-target"], capture_output=True, check=False,
+                           env=self.sim.env("work"))
+        self.assertEqual(r.returncode, 2, r)
+        r = subprocess.run([CLIENT, "--bogus", "a", "b"], capture_output=True, check=False,
+                           env=self.sim.env("work"))
+        self.assertEqual(r.returncode, 2, r)
 
     def test_remote_exit_status_is_returned(self):
         self.sim.service("sys-backup", "svc.Exit", 'exit "$1"\n')
@@ -404,9 +556,10 @@ class ServiceTests(unittest.TestCase):
         r = self.sim.call("work", "sys-backup", "svc.Exit+9", local=[str(prog)])
         self.assertEqual(r.returncode, 9, r)
 
-    def test_flat_mode_without_source_is_a_qrexec_problem(self):
+    def test_client_side_failure_exits_1_not_125(self):
+        # qrexec-client-vm.c: cannot reach the agent etc. -> exit(1); here: no source qube
         r = self.sim.call("", "sys-backup", "svc.X")
-        self.assertEqual(r.returncode, 125)
+        self.assertEqual(r.returncode, 1, r)
 
 
 if __name__ == "__main__":

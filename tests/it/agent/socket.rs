@@ -163,6 +163,23 @@ fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key(
 }
 
 #[test]
+fn agent_socket_listener_does_not_hold_our_stderr() {
+    // Under qrexec our stderr is the service's, and a call ends only when every holder of it
+    // closed it: the listener (and the qrexec-client-vm it starts, which inherit its fds) must
+    // have a stderr of its own. What they write still reaches ours, sanitized and prefixed.
+    let s = side("agent-sock-stderr", "sys-backup-mnt");
+    let sock = AgentSocket::start("default", &s.opts).unwrap();
+    let pid = sock.listener_pid().unwrap();
+    let ours = fs::metadata("/proc/self/fd/2").unwrap();
+    let theirs = fs::metadata(format!("/proc/{pid}/fd/2")).unwrap();
+    assert!(
+        (ours.dev(), ours.ino()) != (theirs.dev(), theirs.ino()),
+        "the listener's fd 2 is our stderr"
+    );
+    sock.close().unwrap();
+}
+
+#[test]
 fn agent_socket_in_a_qube_the_policy_does_not_allow_gives_no_keys() {
     let s = side("agent-sock-denied", "sys-backup-mnt");
     let sock = AgentSocket::start("default", &s.opts).unwrap();

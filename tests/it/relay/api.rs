@@ -81,6 +81,42 @@ fn first_line_is_consumed_exactly_and_forwarding_goes_on() {
 }
 
 #[test]
+fn first_line_skip_drops_lines_including_over_long_ones_until_one_is_accepted() {
+    let (a_far, a, b, b_far) = pairs();
+    let (mut c_far, c, d, d_far) = pairs();
+    drop(a_far);
+    let mut payload = b"noise\n".to_vec();
+    payload.extend_from_slice(&[b'n'; 40]); // longer than max, no newline for a while
+    payload.extend_from_slice(b"\nOK 1\n");
+    let data_at = payload.len();
+    payload.extend_from_slice(&pattern(9, 50_000));
+    let p2 = payload.clone();
+    thread::spawn(move || c_far.write_all(&p2).unwrap());
+    let r = thread::spawn(move || read_all(d_far));
+    let _ = b_far;
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut on_line = |l: &[u8]| {
+        seen.push(l.to_vec());
+        if l.starts_with(b"OK ") {
+            LineVerdict::Forward
+        } else {
+            LineVerdict::Skip
+        }
+    };
+    let mut down = Flow::new(OwnedFd::from(c), OwnedFd::from(d));
+    down.first_line = Some(FirstLine {
+        max: 16,
+        on_line: &mut on_line,
+    });
+    let st = relay(Flow::new(OwnedFd::from(a), OwnedFd::from(b)), down).unwrap();
+    assert_eq!(seen[0], b"noise\n");
+    assert_eq!(seen[1], [b'n'; 16]);
+    assert_eq!(seen.last().unwrap(), b"OK 1\n");
+    assert_eq!(r.join().unwrap(), &payload[data_at..]);
+    assert!(!st.stopped_by_line);
+}
+
+#[test]
 fn first_line_stop_ends_the_relay_without_reading_past_the_newline() {
     let (_a_far, a, b, _b_far) = pairs();
     let (mut c_far, c, d, d_far) = pairs();

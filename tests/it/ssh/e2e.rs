@@ -39,7 +39,7 @@ fn exit_status_of_the_remote_reaches_borg_after_data_both_ways() {
 }
 
 #[test]
-fn ssh_failures_in_sys_backup_reach_the_client_as_one_line_and_255() {
+fn ssh_failures_in_sys_backup_reach_the_client_as_ssh_s_lines_then_one_explanation_and_255() {
     let w = World::new("sshfail");
     let cases = [
         (
@@ -63,8 +63,24 @@ fn ssh_failures_in_sys_backup_reach_the_client_as_one_line_and_255() {
             LIMIT,
         );
         assert_eq!(out.code, Some(255), "{mode}: {}", out.stderr);
-        assert_eq!(out.stderr_lines().len(), 1, "{mode}: {}", out.stderr);
-        assert!(out.stderr.starts_with(want), "{mode}: {}", out.stderr);
+        // ssh's own lines come through qrexec's stderr channel; the explanation is last
+        let lines = out.stderr_lines();
+        assert!(lines.len() >= 2, "{mode}: {}", out.stderr);
+        let first = [
+            "ssh: connect to host",
+            "No ED25519 host key is known",
+            "u@nas.example:",
+        ];
+        assert!(
+            first.iter().any(|f| lines[0].starts_with(f)),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(
+            lines.last().unwrap().starts_with(want),
+            "{mode}: {}",
+            out.stderr
+        );
         assert!(out.stdout.is_empty(), "{mode}: no bytes for borg");
     }
     assert_eq!(w.ssh_calls().len(), 3);
@@ -129,18 +145,29 @@ fn qrexec_exit_codes_become_clear_messages() {
     let out = run(&mut w.client(&["blocked", "borg", "serve"]), b"", LIMIT);
     assert_eq!(out.code, Some(126));
     assert!(
-        out.stderr.contains("qubes-ssh-client: qrexec policy refused qubes-borg.Ssh+blocked from this qube (target @default)"),
+        out.stderr.contains("qubes-ssh-client: qrexec refused qubes-borg.Ssh+blocked from this qube (target @default): either the dom0 policy does not allow it or the target qube could not be started"),
         "{}",
         out.stderr
     );
-    // 125: qrexec itself fails
+    // 126 too: a target qube dom0 cannot start
+    std::fs::create_dir_all(w.path("qubes/sys-backup/.qubes-sim")).unwrap();
+    std::fs::write(w.path("qubes/sys-backup/.qubes-sim/start-fails"), "").unwrap();
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
+    std::fs::remove_file(w.path("qubes/sys-backup/.qubes-sim/start-fails")).unwrap();
+    assert_eq!(out.code, Some(126), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not be started"),
+        "{}",
+        out.stderr
+    );
+    // 1: qrexec-client-vm fails in this qube (here: the simulation does not know the caller)
     let mut c = w.client(&["nas", "borg", "serve"]);
     c.env("QREXEC_SIM_SOURCE", "no-such-qube");
     let out = run(&mut c, b"", LIMIT);
-    assert_eq!(out.code, Some(125));
+    assert_eq!(out.code, Some(76), "{}", out.stderr);
     assert!(
         out.stderr.contains(
-            "qubes-ssh-client: qrexec could not run qubes-borg.Ssh+nas (target @default)"
+            "qubes-ssh-client: qrexec-client-vm failed in this qube (exit 1, its message is above)"
         ),
         "{}",
         out.stderr
@@ -309,4 +336,94 @@ fn split_ssh_agent_socket_exists_only_during_the_connection() {
     let left: Vec<_> = std::fs::read_dir(w.path("run")).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(w.serve_result(), "in=10 ok");
+}
+
+#[test]
+fn a_noisy_login_profile_in_sys_backup_is_shown_not_taken_for_the_status() {
+    // qrexec starts the service through a login shell; what ~/.profile prints comes first
+    // (here even a bare "OK" and a last line without LF)
+    let w = World::new("profile");
+    let home = w.path("qubes/sys-backup/home/user");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".profile"),
+        "echo Welcome to sys-backup\necho OK\nprintf 'no-newline \\033[31m'\n",
+    )
+    .unwrap();
+    w.plan("stream 100 200 0");
+    let out = run(
+        &mut w.client(&["nas", "borg", "serve"]),
+        &stream(1, 100),
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout == stream(2, 200), "downstream bytes differ");
+    for noise in ["Welcome to sys-backup", "OK", "no-newline ?[31m"] {
+        let want =
+            format!("the target printed before the service started (login scripts?): {noise}\n");
+        assert!(out.stderr.contains(&want), "{noise}: {}", out.stderr);
+    }
+}
+
+/// Put a qrexec-client-vm in the client's /usr/bin that plays a call whose target side does
+/// SCRIPT (sh), instead of the qrexec stand-in.
+fn fake_qrexec(w: &World, script: &str) {
+    let p = w.path("bin/fake-qrexec-client-vm");
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, format!("#!/bin/sh\nread -r header\n{script}\n")).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let link = w.path("ov/usr-bin/qrexec-client-vm");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&p, &link).unwrap();
+}
+
+#[test]
+fn exit_255_without_the_services_last_line_is_a_lost_connection_not_ssh() {
+    let w = World::new("lost");
+    // the service said OK, sent data, then the connection died: no log line, 255
+    fake_qrexec(&w, "printf '\\nqubes-ssh/1\\nOK\\ndata'\nexit 255");
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
+    assert_eq!(out.code, Some(255), "{}", out.stderr);
+    assert_eq!(out.stdout, b"data");
+    assert!(
+        out.stderr.contains(
+            "the qrexec connection to the target qube (@default) was lost before the service ended"
+        ) && out.stderr.contains("not an ssh failure"),
+        "{}",
+        out.stderr
+    );
+    // the same 255 after the service's log line is ssh's (or the remote's): passed on quietly
+    fake_qrexec(
+        &w,
+        "printf '\\nqubes-ssh/1\\nOK\\ndata'\necho 'Connection closed by remote host' >&2\necho 'qubes-ssh-service: source=sys-backup-mnt destination=nas outcome=ok exit=255 up=0 down=4' >&2\nexit 255",
+    );
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
+    assert_eq!(out.code, Some(255), "{}", out.stderr);
+    assert_eq!(out.stderr, "Connection closed by remote host\n");
+    // no byte at all and 255: lost as well
+    fake_qrexec(&w, "exit 255");
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
+    assert_eq!(out.code, Some(255), "{}", out.stderr);
+    assert!(out.stderr.contains("was lost"), "{}", out.stderr);
+}
+
+#[test]
+fn what_comes_on_qrexecs_stderr_reaches_borg_sanitized_line_by_line() {
+    let w = World::new("stderr");
+    fake_qrexec(
+        &w,
+        r#"printf 'plain\n\033]0;title\007bell\r\n{"type": "log_message", "message": "x\\u001b[2J", "levelname": "WARNING", "name": "borg"}\n\303\251\n' >&2
+printf '\nqubes-ssh/1\nOK\n'"#,
+    );
+    let out = run(&mut w.client(&["nas", "borg", "serve"]), b"", LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stderr_lines(),
+        [
+            "plain",
+            "?]0;title?bell",
+            r#"{"type": "log_message", "message": "x?[2J", "levelname": "WARNING", "name": "borg"}"#,
+            "??"
+        ]
+    );
 }

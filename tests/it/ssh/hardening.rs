@@ -80,7 +80,7 @@ fn service_argument_that_is_not_utf8_or_help_is_refused_and_logged() {
     let out = run(&mut c, b"qubes-ssh/1 nas borg serve\n", LIMIT);
     assert_eq!(out.code, Some(77), "{}", out.stderr);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        status_text(&out.stdout),
         "ERR 77 refused QREXEC_SERVICE_ARGUMENT is not valid UTF-8\n"
     );
     assert!(
@@ -106,7 +106,7 @@ fn service_argument_that_is_not_utf8_or_help_is_refused_and_logged() {
         LIMIT,
     );
     assert_eq!(out.code, Some(77), "{}", out.stderr);
-    let back = String::from_utf8_lossy(&out.stdout);
+    let back = status_text(&out.stdout);
     assert!(
         back.starts_with("ERR 77 refused destination name"),
         "{back}"
@@ -278,7 +278,8 @@ fn escape_bytes_in_a_status_line_never_reach_the_terminal() {
         b"OK\x1b[2J\n",
     ] {
         let mut script = b"#!/bin/sh\nread -r header\nprintf '%b' '".to_vec();
-        for &b in line {
+        // the mark (docs/PROTOCOL.md), then the status line under test
+        for &b in qubes_borg::ssh::status::MARK.iter().chain(line) {
             script.extend_from_slice(format!("\\0{:03o}", b).as_bytes());
         }
         script.extend_from_slice(b"'\n");

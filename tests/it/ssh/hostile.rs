@@ -302,7 +302,7 @@ fn service_refuses_hostile_requests_without_starting_ssh() {
         let out = run(&mut w.qrexec("nas"), &input, LIMIT);
         let shown = String::from_utf8_lossy(req);
         assert_eq!(out.code, Some(*code as i32), "{shown:?}: {}", out.stderr);
-        let status = String::from_utf8_lossy(&out.stdout);
+        let status = status_text(&out.stdout);
         assert!(status.starts_with(want), "{shown:?}: got {status:?}");
         assert!(
             status.ends_with('\n') && status.lines().count() == 1,
@@ -326,7 +326,7 @@ fn service_refuses_overlong_header() {
         let out = run(&mut w.qrexec("nas"), &input, LIMIT);
         assert_eq!(out.code, Some(76));
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            status_text(&out.stdout),
             "ERR 76 header request header longer than 1024 bytes\n"
         );
     }
@@ -359,8 +359,9 @@ fn service_gives_up_on_a_header_that_never_ends() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(start.elapsed() >= Duration::from_millis(29_500));
-    let mut status = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut status).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut raw).unwrap();
+    let status = status_text(&raw);
     drop(stdin);
     assert_eq!(out.code(), Some(76));
     assert_eq!(
@@ -377,10 +378,10 @@ fn service_handles_a_client_that_closes_early() {
         let out = run(&mut w.qrexec("nas"), input, LIMIT);
         assert_eq!(out.code, Some(76));
         assert!(
-            String::from_utf8_lossy(&out.stdout)
+            status_text(&out.stdout)
                 .starts_with("ERR 76 header client closed the connection after"),
             "{:?}",
-            String::from_utf8_lossy(&out.stdout)
+            status_text(&out.stdout)
         );
     }
     w.assert_no_ssh("early close");
@@ -392,7 +393,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
     let req = b"qubes-ssh/1 ghost borg serve\n";
     let out = run(&mut w.qrexec("ghost"), req, LIMIT);
     assert_eq!(out.code, Some(68));
-    let status = String::from_utf8_lossy(&out.stdout);
+    let status = status_text(&out.stdout);
     assert!(
         status.starts_with(
             "ERR 68 unknown-destination unknown destination 'ghost': sys-backup has no "
@@ -422,7 +423,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
         c.env("QREXEC_SERVICE_ARGUMENT", bad);
         let out = run(&mut c, b"qubes-ssh/1 nas borg serve\n", LIMIT);
         assert_eq!(out.code, Some(77), "{bad:?}");
-        let status = String::from_utf8_lossy(&out.stdout);
+        let status = status_text(&out.stdout);
         assert!(
             status.starts_with("ERR 77 refused destination name "),
             "{bad:?}: {status}"
@@ -437,7 +438,7 @@ fn service_refuses_unknown_and_malformed_destination_names() {
     c.env_remove("QREXEC_SERVICE_ARGUMENT");
     let out = run(&mut c, b"qubes-ssh/1 nas borg serve\n", LIMIT);
     assert_eq!(out.code, Some(77));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no destination name"));
+    assert!(status_text(&out.stdout).contains("no destination name"));
     w.assert_no_ssh("names");
 }
 
@@ -448,7 +449,7 @@ fn service_refuses_unsafe_or_malformed_configuration() {
     let req = b"qubes-ssh/1 nas borg serve\n";
     let status_of = |w: &World| {
         let out = run(&mut w.qrexec("nas"), req, LIMIT);
-        (out.code, String::from_utf8_lossy(&out.stdout).into_owned())
+        (out.code, status_text(&out.stdout))
     };
     // malformed
     w.write_conf(
@@ -519,7 +520,7 @@ fn service_logs_one_line_per_connection() {
         out.stderr,
         "qubes-ssh-service: source=sys-backup-mnt destination=nas outcome=ok exit=0 up=5 down=7\n"
     );
-    let mut want = b"OK\n".to_vec();
+    let mut want = qubes_borg::ssh::status::OK_WIRE.to_vec();
     want.extend(stream(2, 7));
     assert_eq!(out.stdout, want);
 }

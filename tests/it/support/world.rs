@@ -224,3 +224,15 @@ fn numbered(dir: &Path, stem: &str) -> Vec<Vec<String>> {
     }
     v
 }
+
+/// The service's stdout after the mark that precedes its status line (docs/PROTOCOL.md).
+pub fn status_text(stdout: &[u8]) -> String {
+    let mark = qubes_borg::ssh::status::MARK;
+    match stdout.strip_prefix(mark) {
+        Some(rest) => String::from_utf8_lossy(rest).into_owned(),
+        None => panic!(
+            "no mark before the status: {:?}",
+            String::from_utf8_lossy(stdout)
+        ),
+    }
+}
