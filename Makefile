@@ -30,7 +30,7 @@ lint:
 
 # The single entry point for every test.
 test: build lint
-	$(CARGO) test --release --locked
+	$(CARGO) test --release --locked -- --test-threads=1
 	tests/e2e/run
 	tests/packaging/run
 
