@@ -388,6 +388,12 @@ fn back_up_one(
     }
 }
 
+/// Pruning needs the admin key set: the routine key is append-only on the server, where a
+/// prune would only look done (docs/SECURITY.md).
+const SKIP_PRUNE: &str = "prune skipped: keep_* is set but admin_repository is not (the routine \
+key is append-only on the server; set admin_repository to a destination whose key set is admin, \
+docs/SECURITY.md)";
+
 fn prune(ctx: &mut Ctx, qubes: &[String], secrets: &Secrets) -> Result<(), String> {
     let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
     let res = (|| {
@@ -397,7 +403,7 @@ fn prune(ctx: &mut Ctx, qubes: &[String], secrets: &Secrets) -> Result<(), Strin
                 .cfg
                 .admin_repository
                 .clone()
-                .unwrap_or_else(|| ctx.cfg.repository.clone()),
+                .ok_or_else(|| SKIP_PRUNE.to_string())?,
             state_device: state,
             passphrase: secrets.passphrase.clone(),
             key_file: secrets.key_file.clone(),
@@ -537,11 +543,17 @@ pub fn backup(
             }
         }
         if !cfg.keep.is_empty() {
-            let _ = writeln!(
-                out,
-                "  then prune each qube's archives and compact ({})",
-                cfg.admin_repository.as_deref().unwrap_or(&cfg.repository)
-            );
+            match &cfg.admin_repository {
+                Some(admin) => {
+                    let _ = writeln!(
+                        out,
+                        "  then prune each qube's archives and compact ({admin})"
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  then: {SKIP_PRUNE}");
+                }
+            }
         }
         return Outcome::Ok;
     }
@@ -601,7 +613,9 @@ pub fn backup(
         .filter(|r| r.error.is_none())
         .map(|r| r.qube.clone())
         .collect();
-    if !interrupted && !cfg.keep.is_empty() && !done.is_empty() {
+    if !interrupted && !cfg.keep.is_empty() && !done.is_empty() && cfg.admin_repository.is_none() {
+        ctx.note(SKIP_PRUNE);
+    } else if !interrupted && !cfg.keep.is_empty() && !done.is_empty() {
         match prune(&mut ctx, &done, secrets) {
             Ok(()) => ctx.note("prune and compact done"),
             Err(e) => {

@@ -484,3 +484,49 @@ fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
     let Op::Prune(p) = &s.op else { panic!() };
     assert_eq!(p.qubes, ["work"]);
 }
+
+#[test]
+fn without_an_admin_repository_prune_is_skipped_with_a_note() {
+    let d = tmp("prune-skip");
+    let c = cfg(&d, "persistent_state = no\nkeep_daily = 7\n");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"))
+        .expect("qvm-volume info work:private pool", Reply::ok("p\n"))
+        .expect(
+            "qvm-volume info work:private vid",
+            Reply::ok("appvms/work/private\n"),
+        )
+        .expect("qvm-volume info work:private usage", Reply::ok("1\n"))
+        .expect(
+            "qvm-pool info p",
+            Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
+        )
+        .expect(
+            "losetup --read-only --find --show /var/lib/qubes/appvms/work/private.img",
+            Reply::ok("/dev/loop1\n"),
+        )
+        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
+        .expect(
+            "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
+            Reply::ok(""),
+        )
+        .expect(JOB, job_ok(1))
+        .expect("qvm-block detach sys-backup-mnt dom0:loop1", Reply::ok(""))
+        .expect(
+            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+            Reply::ok(""),
+        )
+        .expect("losetup --detach /dev/loop1", Reply::ok(""))
+        .expect(
+            &format!("qvm-prefs work backup_timestamp {NOW}"),
+            Reply::ok(""),
+        );
+    let (r, _, err) = run(&c, &opts(), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "no prune job: {:?}", f.expected);
+    assert_eq!(f.requests.len(), 1, "only the backup job ran");
+    assert!(
+        err.contains("prune skipped: keep_* is set but admin_repository is not"),
+        "{err}"
+    );
+}
