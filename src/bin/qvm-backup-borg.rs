@@ -1,5 +1,6 @@
 //! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md).
 //! `qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]`
+//! `qvm-backup-borg list [--config FILE] [QUBE]`
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read, Write};
@@ -25,6 +26,8 @@ const USAGE: &str =
   --config FILE  another configuration file
   --dry-run      show the plan, change nothing
   --shutdown     shut running qubes down first (and start them again after)
+usage: qvm-backup-borg list [--config FILE] [QUBE]
+  Lists the archives (of QUBE, or of every qube) with their dates and sizes.
 Exit status: 0 all done, 1 some qube (or prune) failed, 2 usage, 3 configuration or
 secrets, 4 another run holds the lock, 130 interrupted.";
 
@@ -100,14 +103,72 @@ fn secrets(cfg: &Config) -> Result<Secrets, String> {
     })
 }
 
+/// `list [--config FILE] [QUBE]`
+fn list_main(args: &[String]) -> ! {
+    let mut config_path = PathBuf::from(config::DEFAULT_PATH);
+    let mut qube: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config_path = it
+                    .next()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| die(EXIT_USAGE, "--config needs a file"))
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                exit(EXIT_OK)
+            }
+            s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
+            s => {
+                if let Err(w) = qubes_borg::job::spec::check_qube(s) {
+                    die(EXIT_USAGE, &format!("qube name '{s}' {w}"));
+                }
+                if qube.replace(s.to_string()).is_some() {
+                    die(EXIT_USAGE, "list takes at most one qube");
+                }
+            }
+        }
+    }
+    let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
+    let signals = Signals::install()
+        .unwrap_or_else(|e| die(EXIT_FAILED, &format!("cannot set up signal handling: {e}")));
+    let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
+    let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
+    let mut q = Real {
+        signals: Some(signals),
+    };
+    let outcome = qubes_borg::dom0::list::list(
+        &cfg,
+        qube.as_deref(),
+        &sec,
+        &mut q,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    drop(lock);
+    exit(match outcome {
+        Outcome::Ok => EXIT_OK,
+        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
+        Outcome::Interrupted => EXIT_INTERRUPTED,
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("list") {
+        list_main(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("backup") {
         if args.iter().any(|a| a == "--help" || a == "-h") {
             println!("{USAGE}");
             exit(EXIT_OK);
         }
-        die(EXIT_USAGE, &format!("expected a command (backup)\n{USAGE}"));
+        die(
+            EXIT_USAGE,
+            &format!("expected a command (backup, list)\n{USAGE}"),
+        );
     }
     let mut config_path = PathBuf::from(config::DEFAULT_PATH);
     let mut opts = Options {

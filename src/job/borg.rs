@@ -86,6 +86,26 @@ pub fn prune_argv(repo: &str, qube: &str, keep: &Keep) -> Vec<String> {
     v
 }
 
+/// Every archive name qubes-borg makes: `QUBE-YYYY-MM-DDT...`.
+pub const ANY_QUBE_GLOB: &str = "*-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*";
+
+/// `borg info --json` of one qube's archives (or every qube's): names, times, statistics and
+/// the comment (the qube's settings) in one JSON document on stdout.
+pub fn info_argv(repo: &str, qube: Option<&str>) -> Vec<String> {
+    let glob = match qube {
+        Some(q) => archive_glob(q),
+        None => ANY_QUBE_GLOB.to_string(),
+    };
+    vec![
+        "borg".into(),
+        "info".into(),
+        "--json".into(),
+        "--log-json".into(),
+        format!("--glob-archives={glob}"),
+        repo.into(),
+    ]
+}
+
 pub fn compact_argv(repo: &str) -> Vec<String> {
     vec![
         "borg".into(),

@@ -122,6 +122,15 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 }
             }
         }
+        Op::List(l) => {
+            let env = borg::env(base, None);
+            out.send(Event::Phase(Phase::List));
+            let argv = borg::info_argv(&spec.repository, l.qube.as_deref());
+            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            for piece in json.as_bytes().chunks(super::progress::MAX_DATA) {
+                out.send(Event::Data(piece.to_vec()));
+            }
+        }
         Op::Prune(p) => {
             let env = borg::env(base, None);
             let mut failed = Vec::new();
@@ -165,7 +174,7 @@ fn run_borg<W: Write>(
     cwd: Option<&str>,
     out: &mut Out<W>,
     want_stats: bool,
-) -> Result<(), String> {
+) -> Result<String, String> {
     // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
     let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     {
@@ -266,7 +275,7 @@ fn run_borg<W: Write>(
             files: n("nfiles"),
         }));
     }
-    Ok(())
+    Ok(json)
 }
 
 #[cfg(test)]

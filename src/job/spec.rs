@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune
+//! op create                      create | prune | list
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -18,6 +18,7 @@
 //! compression zstd,3             create only
 //! exclude sh:home/*/.cache       create only, repeatable
 //! keep daily 7                   prune only, repeatable: within|last|hourly|daily|weekly|monthly|yearly
+//! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -130,10 +131,17 @@ pub struct Prune {
     pub keep: Keep,
 }
 
+/// `list`: the archives (with their statistics and comments) of one qube, or of every qube.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List {
+    pub qube: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
+    List(List),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -284,6 +292,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
     let op = match &spec.op {
         Op::Create(_) => "create",
         Op::Prune(_) => "prune",
+        Op::List(_) => "list",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -312,6 +321,11 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             }
             for (k, n) in &p.keep.counts {
                 s += &format!("keep {} {n}\n", k.as_str());
+            }
+        }
+        Op::List(l) => {
+            if let Some(q) = &l.qube {
+                s += &format!("qube {q}\n");
             }
         }
     }
@@ -425,11 +439,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 let v = match value {
                     "create" => "create",
                     "prune" => "prune",
+                    "list" => "list",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create or prune".into(),
+                            "must be create, prune or list".into(),
                         ))
                     }
                 };
@@ -541,6 +556,26 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 compression: compression.ok_or(SpecError::Missing("compression"))?,
                 excludes,
             })
+        }
+        "list" => {
+            if let Some(&l) = keep_lines.first() {
+                return Err(SpecError::WrongOp(l, "keep"));
+            }
+            if archive.is_some()
+                || mode.is_some()
+                || device.is_some()
+                || compression.is_some()
+                || !excludes.is_empty()
+            {
+                return Err(SpecError::WrongOp(
+                    0,
+                    "archive/mode/device/compression/exclude",
+                ));
+            }
+            if qubes.len() > 1 {
+                return Err(SpecError::Repeated(0, "qube"));
+            }
+            Op::List(List { qube: qubes.pop() })
         }
         _ => {
             if archive.is_some()

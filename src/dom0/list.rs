@@ -1,0 +1,88 @@
+//! dom0: `qvm-backup-borg list [QUBE]`: a fresh disposable runs `borg info --json` (job op
+//! `list`), dom0 checks what comes back (`archives`) and prints a table of the archives with
+//! their dates and sizes. Everything set up is undone, whatever happens.
+
+use std::io::Write;
+
+use super::archives::{self, Listing};
+use super::config::Config;
+use super::display::Display;
+use super::qubes::Qubes;
+use super::run::{run_job, start_disposable, Ctx, Outcome, Secrets};
+use super::volumes::Cleanup;
+use crate::job::spec::{List, Op, Spec};
+
+/// Asks the repository for the archives of `qube` (or of every qube).
+pub(super) fn fetch(ctx: &mut Ctx, qube: Option<&str>, secrets: &Secrets) -> Result<Listing, String> {
+    let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
+    let res = (|| {
+        let state = start_disposable(ctx, &mut cleanup)?;
+        let spec = Spec {
+            repository: ctx.cfg.repository.clone(),
+            state_device: state,
+            passphrase: secrets.passphrase.clone(),
+            key_file: secrets.key_file.clone(),
+            op: Op::List(List {
+                qube: qube.map(String::from),
+            }),
+        };
+        let r = run_job(ctx, "list", 0, &spec)?;
+        if r.done != Some(true) {
+            return Err(r
+                .last_error
+                .unwrap_or_else(|| "the list job did not finish".into()));
+        }
+        if r.data_overflow {
+            return Err("the list job sent more data than allowed".into());
+        }
+        archives::parse_info(&r.data, qube)
+    })();
+    let undo = cleanup.undo_all(ctx.q);
+    for u in &undo {
+        ctx.note(&format!("cleanup: {u}"));
+    }
+    if res.is_ok() && !undo.is_empty() {
+        return Err("cleanup failed (see above)".into());
+    }
+    res
+}
+
+/// Runs `list`: prints the table on `out`, notes on `err`.
+pub fn list(
+    cfg: &Config,
+    qube: Option<&str>,
+    secrets: &Secrets,
+    q: &mut dyn Qubes,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Outcome {
+    let mut ctx = Ctx {
+        q,
+        cfg,
+        err,
+        display: Display::new(false),
+    };
+    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+        ctx.note(&n);
+    }
+    match fetch(&mut ctx, qube, secrets) {
+        Ok(l) => {
+            if l.ignored > 0 {
+                ctx.note(&format!(
+                    "{} archive entries did not pass the checks (name, numbers, size) and are not shown",
+                    l.ignored
+                ));
+            }
+            let _ = write!(out, "{}", archives::table(&l));
+            Outcome::Ok
+        }
+        Err(e) => {
+            ctx.note(&format!("list FAILED: {e}"));
+            if ctx.q.interrupted() {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed
+            }
+        }
+    }
+}
