@@ -13,7 +13,11 @@ use super::volumes::Cleanup;
 use crate::job::spec::{List, Op, Spec};
 
 /// Asks the repository for the archives of `qube` (or of every qube).
-pub(super) fn fetch(ctx: &mut Ctx, qube: Option<&str>, secrets: &Secrets) -> Result<Listing, String> {
+pub(super) fn fetch(
+    ctx: &mut Ctx,
+    qube: Option<&str>,
+    secrets: &Secrets,
+) -> Result<Listing, String> {
     let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
     let res = (|| {
         let state = start_disposable(ctx, &mut cleanup)?;
