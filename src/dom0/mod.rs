@@ -9,6 +9,7 @@ pub mod display;
 pub mod json;
 pub mod list;
 pub mod lock;
+pub mod metadata;
 pub mod plan;
 pub mod qubes;
 pub mod run;
