@@ -214,3 +214,21 @@ fn list_requests_round_trip_and_refuse_other_ops_keys() {
     let dev = b"qubes-borg-job/1\nop list\nrepository ssh://b/./r\ndevice /dev/xvdi\npassphrase 0\n\nend\n";
     assert!(spec::decode(&mut &dev[..]).is_err());
 }
+
+#[test]
+fn settings_travel_to_borg_as_the_archive_comment() {
+    let c = spec::Create {
+        qube: "work".into(),
+        archive: "work-2026-11-29T18:00:00Z".into(),
+        mode: spec::Mode::Files,
+        device: "/dev/xvdi".into(),
+        compression: "lz4".into(),
+        excludes: vec![],
+        settings: vec!["qubes-borg-settings/1".into(), "pref.label=red".into()],
+    };
+    let argv = qubes_borg::job::borg::create_argv("ssh://b/./r", &c);
+    assert!(argv.contains(&"--comment=qubes-borg-settings/1\npref.label=red".to_string()));
+    // A setting line with a control character never reaches the job.
+    let bad = b"qubes-borg-job/1\nop create\nrepository ssh://b/./r\nqube w\narchive w-2026-11-29T18:00:00Z\nmode files\ndevice /dev/xvdi\ncompression lz4\nsetting a=\x1b[2J\npassphrase 0\n\nend\n";
+    assert!(spec::decode(&mut &bad[..]).is_err());
+}

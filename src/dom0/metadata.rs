@@ -315,6 +315,51 @@ pub fn from_qvm_features(out: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Reads the settings of `qube` at backup time (`qvm-prefs`, `qvm-features`, `qvm-tags`) and
+/// renders them as `setting` lines. A failing call leaves its part out with a note: the
+/// backup of the data goes on.
+pub(super) fn gather(
+    ctx: &mut super::run::Ctx,
+    qube: &str,
+    mode: Mode,
+    private_size: Option<u64>,
+) -> Vec<String> {
+    let mut s = Settings {
+        mode: Some(mode),
+        private_size,
+        ..Settings::default()
+    };
+    match ctx.call(&["qvm-prefs", qube]) {
+        Ok(o) => (s.class, s.prefs) = from_qvm_prefs(&String::from_utf8_lossy(&o)),
+        Err(e) => ctx.note(&format!("{qube}: settings not saved: {e}")),
+    }
+    match ctx.call(&["qvm-features", qube]) {
+        Ok(o) => s.features = from_qvm_features(&String::from_utf8_lossy(&o)),
+        Err(e) => ctx.note(&format!("{qube}: features not saved: {e}")),
+    }
+    match ctx.call(&["qvm-tags", qube, "list"]) {
+        Ok(o) => {
+            s.tags = String::from_utf8_lossy(&o)
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+        Err(e) => ctx.note(&format!("{qube}: tags not saved: {e}")),
+    }
+    let text = render(&s);
+    let mut lines: Vec<String> = Vec::new();
+    let mut total = 0;
+    for l in text.split('\n') {
+        total += l.len() + 1;
+        if total > crate::job::spec::MAX_SETTINGS_BYTES {
+            ctx.note(&format!("{qube}: settings too long, the rest not saved"));
+            break;
+        }
+        lines.push(l.to_string());
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

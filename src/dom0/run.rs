@@ -337,6 +337,14 @@ fn back_up_one(
         .value(&["qvm-volume", "info", &vol, measure])?
         .parse()
         .unwrap_or(0);
+    let size = if measure == "size" {
+        Some(usage)
+    } else {
+        ctx.value(&["qvm-volume", "info", &vol, "size"])
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    let settings = super::metadata::gather(ctx, &q, item.mode, size);
     spec::check_qube(&pool).map_err(|w| format!("pool name {w}"))?;
     let pool_info = ctx.call(&["qvm-pool", "info", &pool])?;
     let driver = pool_value(&pool_info, "driver").ok_or("qvm-pool info: no driver")?;
@@ -385,6 +393,7 @@ fn back_up_one(
             device: format!("/dev/{PRIVATE_FRONTEND}"),
             compression: item.compression.clone(),
             excludes: item.excludes.clone(),
+            settings,
         }),
     };
     let report = run_job(ctx, &q, usage, &spec)?;

@@ -44,6 +44,9 @@ pub fn create_argv(repo: &str, c: &Create) -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     v.push(format!("--compression={}", c.compression));
+    if !c.settings.is_empty() {
+        v.push(format!("--comment={}", c.settings.join("\n")));
+    }
     match c.mode {
         Mode::Files => {
             v.push("--one-file-system".into());
@@ -163,6 +166,7 @@ mod tests {
             device: "/dev/xvdi".into(),
             compression: "zstd,3".into(),
             excludes: vec!["sh:home/*/.cache".into()],
+            settings: vec![],
         }
     }
 

@@ -17,6 +17,7 @@
 //! device /dev/xvdi               create only
 //! compression zstd,3             create only
 //! exclude sh:home/*/.cache       create only, repeatable
+//! setting pref.label=red         create only, repeatable: the lines of the archive's comment
 //! keep daily 7                   prune only, repeatable: within|last|hourly|daily|weekly|monthly|yearly
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! passphrase 11
@@ -123,6 +124,21 @@ pub struct Create {
     pub device: String,
     pub compression: String,
     pub excludes: Vec<String>,
+    /// The qube's settings (dom0's `metadata` text, one line each), stored as the comment.
+    pub settings: Vec<String>,
+}
+
+/// Most `setting` lines.
+pub const MAX_SETTINGS: usize = 256;
+/// Most bytes of all `setting` lines together.
+pub const MAX_SETTINGS_BYTES: usize = 16 * 1024;
+
+/// A setting line: printable ASCII, 1..=1024 bytes.
+pub fn check_setting(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 1024 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("must be 1 to 1024 printable ASCII bytes");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +327,9 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             for e in &c.excludes {
                 s += &format!("exclude {e}\n");
             }
+            for l in &c.settings {
+                s += &format!("setting {l}\n");
+            }
         }
         Op::Prune(p) => {
             for q in &p.qubes {
@@ -423,6 +442,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let (mut passphrase, mut key_file) = (None, None);
     let mut qubes: Vec<String> = Vec::new();
     let mut excludes = Vec::new();
+    let mut settings: Vec<String> = Vec::new();
     let mut keep = Keep::default();
     let mut keep_lines = Vec::new();
     let mut n = 1;
@@ -502,6 +522,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 excludes.push(check(n, "exclude", value, check_pattern)?)
             }
+            "setting" => {
+                let total: usize = settings.iter().map(|l| l.len() + 1).sum();
+                if settings.len() >= MAX_SETTINGS || total + value.len() > MAX_SETTINGS_BYTES {
+                    return Err(SpecError::TooLong);
+                }
+                settings.push(check(n, "setting", value, check_setting)?)
+            }
             "keep" => {
                 let (kind, v) = value.split_once(' ').ok_or(SpecError::Syntax(n))?;
                 if kind == "within" {
@@ -555,6 +582,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 device: device.ok_or(SpecError::Missing("device"))?,
                 compression: compression.ok_or(SpecError::Missing("compression"))?,
                 excludes,
+                settings,
             })
         }
         "list" => {
@@ -566,10 +594,11 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 || device.is_some()
                 || compression.is_some()
                 || !excludes.is_empty()
+                || !settings.is_empty()
             {
                 return Err(SpecError::WrongOp(
                     0,
-                    "archive/mode/device/compression/exclude",
+                    "archive/mode/device/compression/exclude/setting",
                 ));
             }
             if qubes.len() > 1 {
@@ -583,10 +612,11 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 || device.is_some()
                 || compression.is_some()
                 || !excludes.is_empty()
+                || !settings.is_empty()
             {
                 return Err(SpecError::WrongOp(
                     0,
-                    "archive/mode/device/compression/exclude",
+                    "archive/mode/device/compression/exclude/setting",
                 ));
             }
             if keep.is_empty() {
@@ -624,6 +654,7 @@ mod tests {
                 device: "/dev/xvdi".into(),
                 compression: "zstd,3".into(),
                 excludes: vec!["sh:home/*/.cache".into(), "pp:rw/tmp x".into()],
+                settings: vec!["qubes-borg-settings/1".into(), "pref.label=red".into()],
             }),
         }
     }
