@@ -107,7 +107,8 @@ fn list_of_one_qube_runs_the_job_in_a_fresh_disposable_and_prints_checked_rows()
     );
     assert_eq!(s.state_device.as_deref(), Some("/dev/xvdj"));
     let rows: Vec<&str> = out.lines().collect();
-    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(rows[3].starts_with("Settings saved with work-2026-11-29T18:00:00Z: none"));
     assert!(rows[1].starts_with("work") && rows[1].contains("2026-11-28T18:00:00Z"));
     assert!(
         rows[2].contains("5.0 MiB") || rows[2].contains("5.2 MB"),
@@ -231,4 +232,31 @@ fn settings_travel_to_borg_as_the_archive_comment() {
     // A setting line with a control character never reaches the job.
     let bad = b"qubes-borg-job/1\nop create\nrepository ssh://b/./r\nqube w\narchive w-2026-11-29T18:00:00Z\nmode files\ndevice /dev/xvdi\ncompression lz4\nsetting a=\x1b[2J\npassphrase 0\n\nend\n";
     assert!(spec::decode(&mut &bad[..]).is_err());
+}
+
+#[test]
+fn the_settings_of_the_newest_archive_are_shown_checked() {
+    let d = tmp("settings");
+    let mut f = Fake::default();
+    let comment = "qubes-borg-settings/1\\nclass=AppVM\\npref.netvm=dom0\\npref.label=blue\\nfeature.x=\\u001b[2J\\ntag=t1";
+    let json = format!(
+        r#"{{"archives": [{{"name": "work-2026-11-29T18:00:00Z", "comment": "{comment}", "stats": {{"compressed_size": 1, "deduplicated_size": 1, "nfiles": 1, "original_size": 1}}}}]}}"#
+    );
+    expect_calls(&mut f, job_sending(json.as_bytes(), true));
+    let (r, out, err) = run(&cfg(&d), Some("work"), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    let shown: Vec<&str> = out.lines().skip(2).collect();
+    assert_eq!(
+        shown,
+        [
+            "Settings saved with work-2026-11-29T18:00:00Z:",
+            "  class=AppVM",
+            "  pref.label=blue",
+            "  tag=t1"
+        ],
+        "{out}"
+    );
+    assert!(err.contains("dom0 cannot be a netvm"), "{err}");
+    assert!(err.contains("(control character): feature.x=?[2J"), "{err}");
+    assert!(!err.contains('\x1b'));
 }

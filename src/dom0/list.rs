@@ -7,6 +7,7 @@ use std::io::Write;
 use super::archives::{self, Listing};
 use super::config::Config;
 use super::display::Display;
+use super::metadata;
 use super::qubes::Qubes;
 use super::run::{run_job, start_disposable, Ctx, Outcome, Secrets};
 use super::volumes::Cleanup;
@@ -30,7 +31,7 @@ pub(super) fn fetch(
                 qube: qube.map(String::from),
             }),
         };
-        let r = run_job(ctx, "list", 0, &spec)?;
+        let r = run_job(ctx, "repository", 0, &spec)?;
         if r.done != Some(true) {
             return Err(r
                 .last_error
@@ -49,6 +50,24 @@ pub(super) fn fetch(
         return Err("cleanup failed (see above)".into());
     }
     res
+}
+
+/// The checked settings of one archive, one `  KEY=VALUE` line each (warnings as notes).
+fn settings_text(archive: &str, comment: &str, ctx: &mut Ctx) -> String {
+    match metadata::parse(comment) {
+        Ok((s, warnings)) => {
+            for w in warnings {
+                ctx.note(&format!("{archive}: {w}"));
+            }
+            let text = metadata::render(&s);
+            let mut t = format!("Settings saved with {archive}:\n");
+            for l in text.lines().skip(1) {
+                t += &format!("  {l}\n");
+            }
+            t
+        }
+        Err(e) => format!("Settings saved with {archive}: none ({e})\n"),
+    }
 }
 
 /// Runs `list`: prints the table on `out`, notes on `err`.
@@ -78,6 +97,10 @@ pub fn list(
                 ));
             }
             let _ = write!(out, "{}", archives::table(&l));
+            // One qube: the settings saved with its newest archive, as restore would use them.
+            if let Some(a) = qube.and(l.archives.last()) {
+                let _ = write!(out, "{}", settings_text(&a.name, &a.comment, &mut ctx));
+            }
             Outcome::Ok
         }
         Err(e) => {
