@@ -89,6 +89,32 @@ pub fn prune_argv(repo: &str, qube: &str, keep: &Keep) -> Vec<String> {
     v
 }
 
+/// `borg extract` of a files-mode archive into the current directory (the fresh target fs):
+/// owners by number (the qube's uids), holes kept.
+pub fn extract_argv(repo: &str, archive: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "extract".into(),
+        "--log-json".into(),
+        "--numeric-ids".into(),
+        "--sparse".into(),
+        format!("{repo}::{archive}"),
+    ]
+}
+
+/// `borg extract --stdout` of an image-mode archive's one file (`dev/xvdi`, as create stored
+/// the device path).
+pub fn extract_image_argv(repo: &str, archive: &str, device: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "extract".into(),
+        "--log-json".into(),
+        "--stdout".into(),
+        format!("{repo}::{archive}"),
+        device.trim_start_matches('/').into(),
+    ]
+}
+
 /// Every archive name qubes-borg makes: `QUBE-YYYY-MM-DDT...`.
 pub const ANY_QUBE_GLOB: &str = "*-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*";
 

@@ -4,7 +4,7 @@
 //! printable ASCII before anyone prints it.
 //!
 //! ```text
-//! phase mount|create|unmount|prune|compact|state|list
+//! phase mount|create|unmount|prune|compact|state|list|restore
 //! progress BYTES                         bytes of the volume read so far
 //! stats ORIGINAL DEDUPLICATED COMPRESSED FILES
 //! warning TEXT
@@ -33,6 +33,7 @@ pub enum Phase {
     Prune,
     Compact,
     List,
+    Restore,
 }
 
 const PHASES: &[(&str, Phase)] = &[
@@ -43,6 +44,7 @@ const PHASES: &[(&str, Phase)] = &[
     ("prune", Phase::Prune),
     ("compact", Phase::Compact),
     ("list", Phase::List),
+    ("restore", Phase::Restore),
 ];
 
 impl Phase {

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list
+//! op create                      create | prune | list | restore
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -20,6 +20,8 @@
 //! setting pref.label=red         create only, repeatable: the lines of the archive's comment
 //! keep daily 7                   prune only, repeatable: within|last|hourly|daily|weekly|monthly|yearly
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
+//! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
+//!  the device and extracts into it; image mode writes the archived image to the device)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -153,11 +155,20 @@ pub struct List {
     pub qube: Option<String>,
 }
 
+/// `restore`: the archive's contents onto the (read-write) device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub archive: String,
+    pub mode: Mode,
+    pub device: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
     List(List),
+    Restore(Restore),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -309,6 +320,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Create(_) => "create",
         Op::Prune(_) => "prune",
         Op::List(_) => "list",
+        Op::Restore(_) => "restore",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -346,6 +358,14 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             if let Some(q) = &l.qube {
                 s += &format!("qube {q}\n");
             }
+        }
+        Op::Restore(r) => {
+            s += &format!(
+                "archive {}\nmode {}\ndevice {}\n",
+                r.archive,
+                r.mode.as_str(),
+                r.device
+            );
         }
     }
     let mut out = s.into_bytes();
@@ -460,11 +480,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "create" => "create",
                     "prune" => "prune",
                     "list" => "list",
+                    "restore" => "restore",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create, prune or list".into(),
+                            "must be create, prune, list or restore".into(),
                         ))
                     }
                 };
@@ -583,6 +604,22 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 compression: compression.ok_or(SpecError::Missing("compression"))?,
                 excludes,
                 settings,
+            })
+        }
+        "restore" => {
+            if let Some(&l) = keep_lines.first() {
+                return Err(SpecError::WrongOp(l, "keep"));
+            }
+            if compression.is_some() || !excludes.is_empty() || !settings.is_empty() {
+                return Err(SpecError::WrongOp(0, "compression/exclude/setting"));
+            }
+            if !qubes.is_empty() {
+                return Err(SpecError::WrongOp(0, "qube"));
+            }
+            Op::Restore(Restore {
+                archive: archive.ok_or(SpecError::Missing("archive"))?,
+                mode: mode.ok_or(SpecError::Missing("mode"))?,
+                device: device.ok_or(SpecError::Missing("device"))?,
             })
         }
         "list" => {
