@@ -1,6 +1,7 @@
 //! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md).
 //! `qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]`
 //! `qvm-backup-borg list [--config FILE] [QUBE]`
+//! `qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]`
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read, Write};
@@ -28,6 +29,10 @@ const USAGE: &str =
   --shutdown     shut running qubes down first (and start them again after)
 usage: qvm-backup-borg list [--config FILE] [QUBE]
   Lists the archives (of QUBE, or of every qube) with their dates and sizes.
+usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]
+  Recreates QUBE from its newest archive (or A) as a new qube NAME (default
+  QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
+  volume of an existing halted qube NAME.
 Exit status: 0 all done, 1 some qube (or prune) failed, 2 usage, 3 configuration or
 secrets, 4 another run holds the lock, 130 interrupted.";
 
@@ -155,10 +160,93 @@ fn list_main(args: &[String]) -> ! {
     })
 }
 
+/// `restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]`
+fn restore_main(args: &[String]) -> ! {
+    use qubes_borg::dom0::restore::{restore, RestoreOptions};
+    let mut config_path = PathBuf::from(config::DEFAULT_PATH);
+    let (mut qube, mut archive, mut as_name, mut replace) = (None, None, None, false);
+    let mut it = args.iter();
+    let check = |what: &str, s: &str| {
+        if let Err(w) = qubes_borg::job::spec::check_qube(s) {
+            die(EXIT_USAGE, &format!("{what} '{s}' {w}"));
+        }
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config_path = it
+                    .next()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| die(EXIT_USAGE, "--config needs a file"))
+            }
+            "--archive" => {
+                let v = it
+                    .next()
+                    .unwrap_or_else(|| die(EXIT_USAGE, "--archive needs a name"));
+                if qubes_borg::job::spec::check_archive(v).is_err() {
+                    die(EXIT_USAGE, &format!("archive name '{v}' is not valid"));
+                }
+                archive = Some(v.clone());
+            }
+            "--as" => {
+                let v = it
+                    .next()
+                    .unwrap_or_else(|| die(EXIT_USAGE, "--as needs a qube name"));
+                check("qube name", v);
+                as_name = Some(v.clone());
+            }
+            "--replace" => replace = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                exit(EXIT_OK)
+            }
+            s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
+            s => {
+                check("qube name", s);
+                if qube.replace(s.to_string()).is_some() {
+                    die(EXIT_USAGE, "restore takes one qube");
+                }
+            }
+        }
+    }
+    let qube = qube.unwrap_or_else(|| die(EXIT_USAGE, &format!("restore needs a qube\n{USAGE}")));
+    let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
+    let signals = Signals::install()
+        .unwrap_or_else(|e| die(EXIT_FAILED, &format!("cannot set up signal handling: {e}")));
+    let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
+    let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
+    let mut q = Real {
+        signals: Some(signals),
+    };
+    let opts = RestoreOptions {
+        qube,
+        archive,
+        as_name,
+        replace,
+    };
+    let outcome = restore(
+        &cfg,
+        &opts,
+        &sec,
+        &mut q,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    drop(lock);
+    exit(match outcome {
+        Outcome::Ok => EXIT_OK,
+        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
+        Outcome::Interrupted => EXIT_INTERRUPTED,
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("list") {
         list_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("restore") {
+        restore_main(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("backup") {
         if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -167,7 +255,7 @@ fn main() {
         }
         die(
             EXIT_USAGE,
-            &format!("expected a command (backup, list)\n{USAGE}"),
+            &format!("expected a command (backup, list, restore)\n{USAGE}"),
         );
     }
     let mut config_path = PathBuf::from(config::DEFAULT_PATH);

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod metadata;
 pub mod plan;
 pub mod qubes;
+pub mod restore;
 pub mod run;
 pub mod signals;
 pub mod volumes;
