@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Suite "restore": `qvm-backup-borg list` in the simulated dom0 after real backups through the
+# Suite "restore": `qvm-backup-borg list` and `restore` in the simulated dom0 after real backups through the
 # whole chain: the archives per qube with dates and sizes (borg info --json in a fresh
 # disposable, checked in dom0), and the settings saved with each archive (borg's comment).
 # Run by tests/e2e/run as root; each test_* function runs in its own process.
@@ -81,4 +81,44 @@ test_list_with_a_wrong_passphrase_fails_and_cleans_up() {
     local att
     att=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json")
     assert_eq 0 "$att" "attachments left"
+}
+
+# The new qube's committed private image in the simulated pool.
+image() { echo "$S/dom0sim/var-lib-qubes/appvms/$1/private.img"; }
+
+test_restore_as_a_new_qube_is_byte_exact_with_its_settings() {
+    local out name m
+    out=$(d0 qvm-backup-borg restore personal 2>&1) || fail "restore failed: $out"
+    name=$(echo "$out" | sed -n 's/^restored .* as qube //p')
+    case "$name" in personal-restored-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]) ;; *) fail "name '$name' in: $out" ;; esac
+    assert_eq "purple" "$(d0 qvm-prefs "$name" label)" "label"
+    assert_eq "debian-12" "$(d0 qvm-prefs "$name" template)" "template"
+    assert_eq "1" "$(d0 qvm-features "$name" service.cups)" "feature"
+    assert_eq "borg-e2e" "$(d0 qvm-tags "$name" list)" "tags (no qubes-borg-restoring left)"
+    m=$(mktemp -d)
+    mount -o ro,noload,loop "$(image "$name")" "$m"
+    local rc=0
+    python3 "$SIM_DIR/treedata.py" compare "$S/dom0sim/expected/personal" "$m" || rc=$?
+    umount "$m" && rmdir "$m"
+    assert_eq 0 "$rc" "restored tree equals the backed-up volume"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
+}
+
+test_restore_of_an_image_archive_writes_the_image() {
+    local out size
+    out=$(d0 qvm-backup-borg restore vault-data --as vault-back 2>&1) || fail "restore failed: $out"
+    assert_contains "$out" "(image mode) as qube vault-back" "message"
+    size=$(stat -c %s "$S/dom0sim/var-lib-qubes/appvms/vault-data/private.img")
+    assert_eq "$(sha256sum < "$S/dom0sim/var-lib-qubes/appvms/vault-data/private.img")" \
+        "$(head -c "$size" "$(image vault-back)" | sha256sum)" "image"
+}
+
+test_restore_never_overwrites_an_existing_qube() {
+    local before rc=0 out
+    before=$(sha256sum < "$(image personal)")
+    out=$(d0 qvm-backup-borg restore personal --as personal 2>&1) || rc=$?
+    assert_eq 1 "$rc" "exit status; output: $out"
+    assert_contains "$out" "qube personal exists: nothing was changed" "message"
+    assert_eq "$before" "$(sha256sum < "$(image personal)")" "personal's volume untouched"
+    assert_not_contains "$(d0 qvm-tags personal list)" "qubes-borg-restoring" "tag"
 }
