@@ -1,7 +1,7 @@
-//! Starting the command a relay talks to: argv as given (PATH lookup like
-//! execvp, never a shell), stdin and stdout as pipes we own, stderr
-//! inherited (or redirected). posix_spawnp(3) with an empty signal mask and
-//! SIGPIPE (and the terminating signals) at their default action, whatever
+//! Every qube (shared): starting the command a relay talks to: argv as given
+//! (PATH lookup like execvp, never a shell), stdin and stdout as pipes we own,
+//! stderr inherited (or redirected). posix_spawnp(3) with an empty signal mask
+//! and SIGPIPE (and the terminating signals) at their default action, whatever
 //! the relay set for itself: the relay ignores SIGPIPE and blocks SIGINT,
 //! SIGTERM, SIGHUP and SIGCHLD to read them from a signalfd, and both would
 //! otherwise survive exec (qrexec resets SIGPIPE for services the same way,
@@ -20,7 +20,9 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use crate::relay::{grow_pipe, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RELAY_FAILED, PIPE_SIZE};
+use crate::exit::{CANNOT_EXECUTE, NOT_FOUND, RELAY_FAILED, SIGNALED};
+use crate::pipe::{grow_pipe, PIPE_SIZE};
+
 /// Where the child's stderr goes.
 #[derive(Debug, Default)]
 pub enum StderrTo {
@@ -70,9 +72,9 @@ impl SpawnError {
     /// 125 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            SpawnError::NotFound { .. } => EXIT_NOT_FOUND,
-            SpawnError::CannotExecute { .. } => EXIT_CANNOT_EXECUTE,
-            _ => EXIT_RELAY_FAILED,
+            SpawnError::NotFound { .. } => NOT_FOUND,
+            SpawnError::CannotExecute { .. } => CANNOT_EXECUTE,
+            _ => RELAY_FAILED,
         }
     }
 }
@@ -121,7 +123,7 @@ pub struct Child {
 pub fn exit_code(status: WaitStatus) -> Option<u8> {
     match status {
         WaitStatus::Exited(_, c) => Some(c as u8),
-        WaitStatus::Signaled(_, s, _) => Some(128u8.wrapping_add(s as i32 as u8)),
+        WaitStatus::Signaled(_, s, _) => Some(SIGNALED.wrapping_add(s as i32 as u8)),
         _ => None,
     }
 }
@@ -132,7 +134,7 @@ pub fn status_code(status: std::process::ExitStatus) -> Option<u8> {
     status
         .code()
         .map(|c| c as u8)
-        .or_else(|| status.signal().map(|s| 128u8.wrapping_add(s as u8)))
+        .or_else(|| status.signal().map(|s| SIGNALED.wrapping_add(s as u8)))
 }
 
 fn cstr(s: &OsStr, program: &OsStr) -> Result<CString, SpawnError> {
@@ -250,8 +252,7 @@ impl Child {
 
     /// Wait for it; its exit code, or 128+N if signal N killed it.
     pub fn wait_code(&mut self) -> io::Result<u8> {
-        self.wait_inner(None)
-            .map(|c| c.unwrap_or(EXIT_RELAY_FAILED))
+        self.wait_inner(None).map(|c| c.unwrap_or(RELAY_FAILED))
     }
 
     /// Like `wait_code`, without blocking: None while it runs.

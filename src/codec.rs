@@ -1,7 +1,7 @@
-//! Base64 (RFC 4648) and SHA-256 (FIPS 180-4), just enough to read an
-//! OpenSSH public key line and to print key fingerprints the way
-//! `ssh-keygen -l` does (`SHA256:` + unpadded base64). The runtime crate
-//! set is fixed, so these small pieces live here.
+//! Every qube (shared): Base64 (RFC 4648) and SHA-256 (FIPS 180-4), just enough
+//! to read an OpenSSH public key line and to print key fingerprints the way
+//! `ssh-keygen -l` does (`SHA256:` + unpadded base64). The runtime crate set is
+//! fixed, so these small pieces live here.
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 

@@ -1,18 +1,17 @@
-//! qubes-borg: BorgBackup for Qubes OS over qrexec.
+//! Every qube: qubes-borg, BorgBackup for Qubes OS over qrexec (the library of every program).
 //!
-//! One library with small modules; the programs in `src/bin/` are thin
-//! wrappers around it. See `docs/ARCHITECTURE.md` for the map.
+//! One library with small modules; the programs in `src/bin/` are thin wrappers around it.
+//! Components are folders (`relay/`, `agent/`, `ssh/`); the files at the top are shared and
+//! import no component. See `docs/ARCHITECTURE.md` for the map and the import rules.
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod borg_argv;
 pub mod child;
 pub mod codec;
-pub mod destination;
 pub mod dom0;
-pub mod header;
+pub mod exit;
 pub mod job;
+pub mod pipe;
 pub mod relay;
-pub mod ssh_command;
-pub mod status;
+pub mod ssh;
 pub mod validate;

@@ -1,5 +1,5 @@
-//! Small allowlist helpers shared by the qubes-borg.Ssh modules (`borg_argv`, `header`, `status`,
-//! `destination`, `ssh_command`).
+//! Every qube: the allowlists for values that come from another qube or from configuration, shared
+//! by every component (`ssh`, `agent`, ...).
 //!
 //! Every check here is an allowlist with a length bound: a value is accepted only if every byte
 //! is in the listed set, it is not empty, and it is not longer than the bound. Nothing is
@@ -30,9 +30,43 @@ fn invalid(what: &'static str, why: &'static str) -> Invalid {
     Invalid { what, why }
 }
 
-/// `[A-Za-z0-9_.-]`: the characters of a destination or key-set name.
+/// `[A-Za-z0-9_.-]`: the characters of a name (destination, key set, qube).
 pub fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'
+}
+
+/// Why a value failed the name rule of [`check_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameFault {
+    Empty,
+    /// This many bytes, more than `MAX_NAME`.
+    TooLong(usize),
+    /// The first byte is not a letter or digit (`.`, `..`, `-x`, `_x`).
+    BadStart,
+    /// A byte outside `[A-Za-z0-9_.-]`, at this offset.
+    BadChar(usize),
+}
+
+/// The one rule for names that travel between qubes or become file names: destination names
+/// (`qubes-borg.Ssh+NAME`), key-set names (`qubes-borg.SshAgent+NAME`, a destination's
+/// `agent =`) and the qube names this project checks. 1..=`MAX_NAME` bytes of
+/// `[A-Za-z0-9_.-]`, starting with a letter or digit: never empty, `.`, `..`, a hidden file
+/// name or an option. Faults are reported in the order: empty, too long, bad start, bad byte.
+pub fn check_name(untrusted: &str) -> Result<(), NameFault> {
+    let b = untrusted.as_bytes();
+    if b.is_empty() {
+        return Err(NameFault::Empty);
+    }
+    if b.len() > MAX_NAME {
+        return Err(NameFault::TooLong(b.len()));
+    }
+    if !b[0].is_ascii_alphanumeric() {
+        return Err(NameFault::BadStart);
+    }
+    match b.iter().position(|&c| !is_name_byte(c)) {
+        Some(i) => Err(NameFault::BadChar(i)),
+        None => Ok(()),
+    }
 }
 
 /// Generic allowlist check: non-empty, at most `max` bytes, every byte accepted by `ok`,
@@ -58,14 +92,28 @@ pub fn check_word(
     Ok(())
 }
 
-/// A destination or key-set name: `[A-Za-z0-9_.-]`, 1..=64 bytes, not starting with `-` or
-/// `.` (so never `.`, `..` or a hidden file name when used as a file name).
-pub fn name(what: &'static str, s: &str) -> Result<(), Invalid> {
-    check_word(what, s, MAX_NAME, is_name_byte)?;
-    if s.starts_with('.') {
-        return Err(invalid(what, "starts with '.'"));
+/// A name ([`check_name`]), refused with a message naming `what` ("destination name", ...).
+pub fn name(what: &'static str, untrusted: &str) -> Result<(), Invalid> {
+    match check_name(untrusted) {
+        Ok(()) => Ok(()),
+        Err(NameFault::Empty) => Err(invalid(what, "is empty")),
+        Err(NameFault::TooLong(_)) => Err(invalid(what, "is too long")),
+        // A bad byte anywhere is reported first, as for every other word (`check_word`).
+        Err(NameFault::BadStart) if !untrusted.bytes().all(is_name_byte) => {
+            Err(invalid(what, "contains a character that is not allowed"))
+        }
+        Err(NameFault::BadStart) => Err(invalid(
+            what,
+            match untrusted.as_bytes()[0] {
+                b'-' => "starts with '-'",
+                b'.' => "starts with '.'",
+                _ => "does not start with a letter or digit",
+            },
+        )),
+        Err(NameFault::BadChar(_)) => {
+            Err(invalid(what, "contains a character that is not allowed"))
+        }
     }
-    Ok(())
 }
 
 /// A remote user name: `[A-Za-z0-9_.-]`, 1..=32 bytes, not starting with `-`.
@@ -151,10 +199,33 @@ mod tests {
             "a;b",
             "a$b",
             "a+b",
+            "_x",
             &"x".repeat(65),
         ] {
             assert!(name("n", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_name_rule_reports_its_first_fault() {
+        assert_eq!(check_name(""), Err(NameFault::Empty));
+        assert_eq!(check_name(&"x".repeat(65)), Err(NameFault::TooLong(65)));
+        for bad in [".", "..", "-x", "_x", ".hidden"] {
+            assert_eq!(check_name(bad), Err(NameFault::BadStart), "{bad}");
+        }
+        for bad in ["a/b", "a b", "a\nb", "a\0b", "a\u{e9}", "a+b", "a$b", "a*"] {
+            assert_eq!(check_name(bad), Err(NameFault::BadChar(1)), "{bad:?}");
+        }
+        assert_eq!(
+            name("n", "-a b").unwrap_err().why,
+            "contains a character that is not allowed"
+        );
+        assert_eq!(name("n", "-ab").unwrap_err().why, "starts with '-'");
+        assert_eq!(name("n", ".ab").unwrap_err().why, "starts with '.'");
+        assert_eq!(
+            name("n", "_ab").unwrap_err().why,
+            "does not start with a letter or digit"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The agent policy of `qubes-borg.SshAgent`: which client requests may reach
+//! ssh-backup: the agent policy of `qubes-borg.SshAgent`: which client requests may reach
 //! the vault's ssh-agent, and what the client may see of its answers.
 //!
 //! Rules (allowlist; anything not listed is refused with SSH_AGENT_FAILURE

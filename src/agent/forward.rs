@@ -1,4 +1,4 @@
-//! The sys-backup side of split SSH: an agent socket that exists only while
+//! sys-backup: its side of split SSH, an agent socket that exists only while
 //! one `qubes-borg.Ssh` connection runs.
 //!
 //! [`AgentSocket::start`] makes a private directory (0700) under a runtime

@@ -1,4 +1,4 @@
-//! Split SSH for the backup key.
+//! ssh-backup and sys-backup: split SSH for the backup key.
 //!
 //! - [`wire`]: agent protocol framing and fields, with hard bounds.
 //! - [`filter`]: the policy (which requests may reach the agent).
@@ -13,12 +13,14 @@ pub mod forward;
 pub mod service;
 pub mod wire;
 
+use crate::validate::{self, NameFault};
 use std::fmt;
 
-/// Longest key set name (the `NAME` of `qubes-borg.SshAgent+NAME`).
-pub const MAX_KEY_SET_NAME: usize = 64;
+/// Longest key set name (the `NAME` of `qubes-borg.SshAgent+NAME`): the one name rule's.
+pub const MAX_KEY_SET_NAME: usize = validate::MAX_NAME;
 
-/// Why a key set name was refused.
+/// Why a key set name was refused: the fault of the one name rule (`validate::check_name`),
+/// with a message that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameError {
     Empty,
@@ -27,6 +29,17 @@ pub enum NameError {
     BadStart,
     /// A byte outside `[A-Za-z0-9_.-]`, at this offset.
     BadChar(usize),
+}
+
+impl From<NameFault> for NameError {
+    fn from(f: NameFault) -> NameError {
+        match f {
+            NameFault::Empty => NameError::Empty,
+            NameFault::TooLong(n) => NameError::TooLong(n),
+            NameFault::BadStart => NameError::BadStart,
+            NameFault::BadChar(i) => NameError::BadChar(i),
+        }
+    }
 }
 
 impl fmt::Display for NameError {
@@ -48,27 +61,13 @@ impl fmt::Display for NameError {
     }
 }
 
-/// Validate an untrusted key set name: 1 to 64 bytes of `[A-Za-z0-9_.-]`,
-/// starting with a letter or digit. Returns it unchanged when valid.
-/// (Same idiom as QubesOS/qubes-app-linux-split-ssh:qubes-rpc/qubes-borg.SshAgent.)
+/// Validate an untrusted key set name with the one name rule (`validate::check_name`): 1 to 64
+/// bytes of `[A-Za-z0-9_.-]`, starting with a letter or digit. Returns it unchanged when valid.
+/// (Same idiom as QubesOS/qubes-app-linux-split-ssh:qubes-rpc/qubes.SshAgent.)
 pub fn validate_key_set_name(untrusted: &str) -> Result<&str, NameError> {
-    let b = untrusted.as_bytes();
-    if b.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if b.len() > MAX_KEY_SET_NAME {
-        return Err(NameError::TooLong(b.len()));
-    }
-    if !b[0].is_ascii_alphanumeric() {
-        return Err(NameError::BadStart);
-    }
-    if let Some(i) = b
-        .iter()
-        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-'))
-    {
-        return Err(NameError::BadChar(i));
-    }
-    Ok(untrusted)
+    validate::check_name(untrusted)
+        .map(|()| untrusted)
+        .map_err(NameError::from)
 }
 
 #[cfg(test)]

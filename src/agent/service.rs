@@ -1,4 +1,4 @@
-//! The `qubes-borg.SshAgent+NAME` service in ssh-backup: one client connection
+//! ssh-backup: the `qubes-borg.SshAgent+NAME` service: one client connection
 //! (qrexec gives us stdin/stdout socketpairs) served through the filter in
 //! front of the dedicated ssh-agent of key set NAME.
 
@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::filter::{self, BackupKey, SignReply, Verdict};
 use super::wire::{self, WireError};
 use super::{validate_key_set_name, NameError};
+use crate::exit;
 
 /// Program name used as the prefix of every message.
 pub const PROG: &str = "qubes-agent-filter";
@@ -32,13 +33,6 @@ pub const MAX_SIGNATURES: u32 = 4;
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest public key file read.
 const MAX_PUBKEY_FILE: u64 = 16 * 1024;
-
-/// Exit codes of qubes-agent-filter.
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_USAGE: u8 = 64;
-pub const EXIT_CONFIG: u8 = 78;
-pub const EXIT_PROTOCOL: u8 = 65;
-pub const EXIT_IO: u8 = 74;
 
 /// Everything that stops the service.
 #[derive(Debug)]
@@ -85,13 +79,13 @@ impl fmt::Display for FilterError {
 }
 
 impl FilterError {
-    /// The documented exit code for this error.
+    /// The documented exit code for this error (the table: `crate::exit`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            FilterError::Name(_) | FilterError::ArgMismatch | FilterError::Source(_) => EXIT_USAGE,
-            FilterError::NoHome | FilterError::Key(..) => EXIT_CONFIG,
-            FilterError::Protocol(_) => EXIT_PROTOCOL,
-            FilterError::Client(_) => EXIT_IO,
+            FilterError::Name(_) | FilterError::ArgMismatch | FilterError::Source(_) => exit::USAGE,
+            FilterError::NoHome | FilterError::Key(..) => exit::CONFIG,
+            FilterError::Protocol(_) => exit::DATAERR,
+            FilterError::Client(_) => exit::IOERR,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Framing and field parsing of the SSH agent protocol, with hard bounds.
+//! ssh-backup: framing and field parsing of the SSH agent protocol, with hard bounds.
 //!
 //! Modelled on draft-miller-ssh-agent (message layout) and OpenSSH
 //! (`openssh-portable:authfd.h` for the message numbers, `ssh-agent.c` for

@@ -1,4 +1,4 @@
-//! qubes-agent-filter: the `qubes-borg.SshAgent+NAME` service in ssh-backup.
+//! ssh-backup: qubes-agent-filter, the `qubes-borg.SshAgent+NAME` service.
 //! See `qubes_borg::agent::service` and docs/SPLIT-SSH.md.
 
 use std::ffi::OsString;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use qubes_borg::agent::service::{self, StderrEvents, PROG};
+use qubes_borg::exit::{self, Program};
 
 const HELP: &str = "\
 Usage: qubes-agent-filter NAME
@@ -30,11 +31,6 @@ if notify-send exists, shown as a desktop notification
 (QUBES_BORG_NOTIFY=0 turns that off).
 
 Exit codes:
-  0   the client closed the connection
-  64  bad service argument or environment (not started by qrexec?)
-  65  the client broke the protocol (bad framing, too long, limits)
-  74  reading from or writing to the client failed
-  78  the backup public key is missing or malformed
 ";
 
 /// qrexec hands us socketpairs; make sure they block (a caller may leave
@@ -52,7 +48,7 @@ fn stdio() -> std::io::Result<(File, File)> {
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--help" || a == "-h") {
-        print!("{HELP}");
+        print!("{HELP}{}", exit::help(Program::AgentFilter));
         return ExitCode::SUCCESS;
     }
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();

@@ -1,5 +1,5 @@
-//! qubes-relay: relay stdin/stdout to a command, a UNIX socket, or serve a
-//! UNIX socket with a command per connection. A faster, exact replacement
+//! sys-backup and ssh-backup (any qube): qubes-relay, relays stdin/stdout to a command, a UNIX
+//! socket, or serves a UNIX socket with a command per connection. A faster, exact replacement
 //! for `socat - EXEC:...`, `socat - UNIX-CONNECT:...` and
 //! `socat UNIX-LISTEN:...,fork EXEC:...` (see `--help`).
 
@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use qubes_borg::exit::{self, Program};
 use qubes_borg::relay::{self, Error, ListenOptions};
 
 const HELP: &str = "\
@@ -38,15 +39,6 @@ stream.
   -V, --version         the version
 
 Exit status:
-  0..255   COMMAND mode: COMMAND's exit status
-  128+N    COMMAND mode: COMMAND was killed by signal N
-  0        --connect, --listen: success
-  125      qubes-relay itself failed (usage, I/O error, cannot connect or
-           listen); a one-line message on stderr says what
-  126      COMMAND was found but could not be executed
-  127      COMMAND was not found
-  128+N    qubes-relay was killed by signal N (it dies of the signal, after
-           restoring the flags of its stdin/stdout)
 ";
 
 enum Mode {
@@ -115,7 +107,7 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let res = match parse(args) {
         Ok(Mode::Help) => {
-            print!("{HELP}");
+            print!("{HELP}{}", exit::help(Program::Relay));
             return ExitCode::SUCCESS;
         }
         Ok(Mode::Version) => {
@@ -131,7 +123,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(Error::Signal(sig)) => {
             relay::die_of(sig);
-            ExitCode::from(128 + sig as u8)
+            ExitCode::from(exit::SIGNALED + sig as u8)
         }
         Err(e) => {
             eprintln!("qubes-relay: {e}");

@@ -7,18 +7,18 @@
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::exit;
 
 use qubes_borg::dom0::config::{self, Config};
 use qubes_borg::dom0::run::{self, Options, Outcome, Secrets};
 use qubes_borg::dom0::{lock, qubes::Real, signals::Signals};
 
-const EXIT_OK: i32 = 0;
-const EXIT_FAILED: i32 = 1;
-const EXIT_USAGE: i32 = 2;
-const EXIT_CONFIG: i32 = 3;
-const EXIT_LOCKED: i32 = 4;
-const EXIT_INTERRUPTED: i32 = 130;
+use qubes_borg::exit::{self, Program};
+
+const EXIT_OK: u8 = exit::OK;
+const EXIT_FAILED: u8 = exit::FAILED;
+const EXIT_USAGE: u8 = exit::USAGE;
+const EXIT_CONFIG: u8 = exit::CONFIG;
+const EXIT_LOCKED: u8 = exit::TEMPFAIL;
 
 const USAGE: &str =
     "usage: qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]
@@ -32,13 +32,18 @@ usage: qvm-backup-borg list [--config FILE] [QUBE]
 usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]
   Recreates QUBE from its newest archive (or A) as a new qube NAME (default
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
-  volume of an existing halted qube NAME.
-Exit status: 0 all done, 1 some qube (or prune) failed, 2 usage, 3 configuration or
-secrets, 4 another run holds the lock, 130 interrupted.";
+  volume of an existing halted qube NAME.";
 
-fn die(code: i32, msg: &str) -> ! {
+fn help() -> String {
+    format!(
+        "{USAGE}\nExit status:\n{}",
+        exit::help(Program::QvmBackupBorg)
+    )
+}
+
+fn die(code: u8, msg: &str) -> ! {
     eprintln!("qvm-backup-borg: {msg}");
-    exit(code)
+    std::process::exit(code.into())
 }
 
 /// A root-only secret file: regular, owned by root (or us), not readable by group or others.
@@ -108,6 +113,21 @@ fn secrets(cfg: &Config) -> Result<Secrets, String> {
     })
 }
 
+/// Exits with the status of `outcome` (as `backup` does).
+fn finish(outcome: Outcome, q: &Real) -> ! {
+    let signal = q
+        .signals
+        .as_ref()
+        .and_then(|s| s.which())
+        .map(|s| s as i32 as u8);
+    let code = match outcome {
+        Outcome::Ok => EXIT_OK,
+        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
+        Outcome::Interrupted => exit::SIGNALED + signal.unwrap_or(nix::libc::SIGINT as u8),
+    };
+    std::process::exit(code.into())
+}
+
 /// `list [--config FILE] [QUBE]`
 fn list_main(args: &[String]) -> ! {
     let mut config_path = PathBuf::from(config::DEFAULT_PATH);
@@ -122,8 +142,8 @@ fn list_main(args: &[String]) -> ! {
                     .unwrap_or_else(|| die(EXIT_USAGE, "--config needs a file"))
             }
             "--help" | "-h" => {
-                println!("{USAGE}");
-                exit(EXIT_OK)
+                print!("{}", help());
+                std::process::exit(EXIT_OK.into())
             }
             s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
             s => {
@@ -138,7 +158,7 @@ fn list_main(args: &[String]) -> ! {
     }
     let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
     let signals = Signals::install()
-        .unwrap_or_else(|e| die(EXIT_FAILED, &format!("cannot set up signal handling: {e}")));
+        .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
     let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
     let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
     let mut q = Real {
@@ -153,11 +173,7 @@ fn list_main(args: &[String]) -> ! {
         &mut std::io::stderr(),
     );
     drop(lock);
-    exit(match outcome {
-        Outcome::Ok => EXIT_OK,
-        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
-        Outcome::Interrupted => EXIT_INTERRUPTED,
-    })
+    finish(outcome, &q)
 }
 
 /// `restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]`
@@ -197,8 +213,8 @@ fn restore_main(args: &[String]) -> ! {
             }
             "--replace" => replace = true,
             "--help" | "-h" => {
-                println!("{USAGE}");
-                exit(EXIT_OK)
+                print!("{}", help());
+                std::process::exit(EXIT_OK.into())
             }
             s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
             s => {
@@ -212,7 +228,7 @@ fn restore_main(args: &[String]) -> ! {
     let qube = qube.unwrap_or_else(|| die(EXIT_USAGE, &format!("restore needs a qube\n{USAGE}")));
     let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
     let signals = Signals::install()
-        .unwrap_or_else(|e| die(EXIT_FAILED, &format!("cannot set up signal handling: {e}")));
+        .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
     let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
     let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
     let mut q = Real {
@@ -233,11 +249,7 @@ fn restore_main(args: &[String]) -> ! {
         &mut std::io::stderr(),
     );
     drop(lock);
-    exit(match outcome {
-        Outcome::Ok => EXIT_OK,
-        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
-        Outcome::Interrupted => EXIT_INTERRUPTED,
-    })
+    finish(outcome, &q)
 }
 
 fn main() {
@@ -250,8 +262,8 @@ fn main() {
     }
     if args.first().map(String::as_str) != Some("backup") {
         if args.iter().any(|a| a == "--help" || a == "-h") {
-            println!("{USAGE}");
-            exit(EXIT_OK);
+            print!("{}", help());
+            std::process::exit(EXIT_OK.into());
         }
         die(
             EXIT_USAGE,
@@ -276,8 +288,8 @@ fn main() {
             "--dry-run" => opts.dry_run = true,
             "--shutdown" => opts.shutdown = true,
             "--help" | "-h" => {
-                println!("{USAGE}");
-                exit(EXIT_OK)
+                print!("{}", help());
+                std::process::exit(EXIT_OK.into())
             }
             s if s.starts_with('-') => die(EXIT_USAGE, &format!("unknown option {s}\n{USAGE}")),
             s => {
@@ -291,7 +303,7 @@ fn main() {
     let cfg = config::load(&config_path).unwrap_or_else(|e| die(EXIT_CONFIG, &e.to_string()));
     // Signals first: every thread and child started later sees them blocked/reset.
     let signals = Signals::install()
-        .unwrap_or_else(|e| die(EXIT_FAILED, &format!("cannot set up signal handling: {e}")));
+        .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
     let lock = if opts.dry_run {
         None
     } else {
@@ -327,9 +339,15 @@ fn main() {
         now,
     );
     drop(lock);
-    exit(match outcome {
+    let signal = q
+        .signals
+        .as_ref()
+        .and_then(|s| s.which())
+        .map(|s| s as i32 as u8);
+    let code = match outcome {
         Outcome::Ok => EXIT_OK,
         Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
-        Outcome::Interrupted => EXIT_INTERRUPTED,
-    })
+        Outcome::Interrupted => exit::SIGNALED + signal.unwrap_or(nix::libc::SIGINT as u8),
+    };
+    std::process::exit(code.into())
 }

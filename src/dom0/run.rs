@@ -18,6 +18,8 @@ use crate::job::spec::{self, Create, Mode, Op, Prune, Spec};
 pub const JOB_SERVICE: &str = "qubes-borg.BackupJob";
 /// Where the qube's volume appears in the disposable.
 pub const PRIVATE_FRONTEND: &str = "xvdi";
+/// Most warning/error lines of one job printed (the rest are counted).
+pub const MAX_NOTES: usize = 100;
 /// Where borg's state volume appears.
 pub const STATE_FRONTEND: &str = "xvdj";
 
@@ -255,6 +257,7 @@ pub(super) fn run_job(
     let mut report = JobReport::default();
     let mut splitter = LineSplitter::new();
     let mut bad = 0usize;
+    let mut shown = 0usize;
     let mut notes: Vec<String> = Vec::new();
     let display = &mut ctx.display;
     let err = &mut *ctx.err;
@@ -285,14 +288,23 @@ pub(super) fn run_job(
                     }
                 }
             }
-            // Print notes as they come, bounded.
+            // Print notes as they come, at most MAX_NOTES per job (the job may flood).
             for n in notes.drain(..) {
-                display.clear_line(err);
-                let _ = writeln!(err, "qvm-backup-borg: {n}");
+                shown += 1;
+                if shown <= MAX_NOTES {
+                    display.clear_line(err);
+                    let _ = writeln!(err, "qvm-backup-borg: {n}");
+                }
             }
         }
     });
     display.finish(err);
+    if shown > MAX_NOTES {
+        ctx.note(&format!(
+            "{qube}: {} more warnings from the job not shown",
+            shown - MAX_NOTES
+        ));
+    }
     if bad > 3 {
         ctx.note(&format!(
             "{qube}: {} more malformed lines from the job ignored",

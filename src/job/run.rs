@@ -12,11 +12,7 @@ use super::borg;
 use super::mount::{self, EPHEMERAL_DIR, PRIVATE_DIR, STATE_DIR, STATE_OPTIONS, UNTRUSTED_OPTIONS};
 use super::progress::{encode, Event, Phase, Stats};
 use super::spec::{self, Mode, Op, Spec};
-
-/// Exit status of the job: everything done.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: the request was refused or a step failed (details in the `error` lines).
-pub const EXIT_FAILED: u8 = 1;
+use crate::exit;
 
 const RUN_DIR: &str = "/run/qubes-borg";
 const KEY_FILE: &str = "/run/qubes-borg/key";
@@ -45,7 +41,7 @@ pub fn run<R: Read, W: Write>(input: &mut R, output: &mut W) -> u8 {
         Err(e) => {
             out.send(Event::Error(e.to_string()));
             out.send(Event::Done(false));
-            return EXIT_FAILED;
+            return exit::PROTOCOL;
         }
     };
     let ok = match steps(&spec, &mut out) {
@@ -58,9 +54,9 @@ pub fn run<R: Read, W: Write>(input: &mut R, output: &mut W) -> u8 {
     let _ = fs::remove_file(KEY_FILE);
     out.send(Event::Done(ok));
     if ok {
-        EXIT_OK
+        exit::OK
     } else {
-        EXIT_FAILED
+        exit::FAILED
     }
 }
 
@@ -358,7 +354,7 @@ mod tests {
     fn a_refused_request_reports_error_and_failure() {
         let mut out = Vec::new();
         let code = run(&mut &b"qubes-borg-job/9\n"[..], &mut out);
-        assert_eq!(code, EXIT_FAILED);
+        assert_eq!(code, exit::PROTOCOL);
         let evs: Vec<Event> = read_all(&mut &out[..])
             .unwrap()
             .into_iter()

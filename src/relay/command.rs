@@ -1,4 +1,5 @@
-//! The `qubes-relay -- CMD` and `qubes-relay --connect PATH` modes.
+//! sys-backup-mnt and sys-backup: the `qubes-relay -- CMD` and `qubes-relay
+//! --connect PATH` modes.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -16,8 +17,9 @@ use nix::sys::stat::Mode;
 use super::signals::Signals;
 use super::{relay_with, Flow, Options, RelayError};
 use crate::child::{self, desc, SpawnError, SpawnOptions};
+use crate::exit;
 
-/// Errors of the high-level modes; `exit_code` is the documented exit code.
+/// Errors of the high-level modes; `exit_code` is the documented exit code (`crate::exit`).
 #[derive(Debug)]
 pub enum Error {
     /// Bad command line (message says what).
@@ -43,19 +45,12 @@ pub enum Error {
     Signal(Signal),
 }
 
-/// Exit status: the relay itself failed (usage, I/O, connect/listen).
-pub const EXIT_RELAY_FAILED: u8 = 125;
-/// COMMAND was found but could not be executed.
-pub const EXIT_CANNOT_EXECUTE: u8 = 126;
-/// COMMAND was not found.
-pub const EXIT_NOT_FOUND: u8 = 127;
-
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Spawn(e) => e.exit_code(),
             Error::Signal(s) => 128 + *s as u8,
-            _ => EXIT_RELAY_FAILED,
+            _ => exit::RELAY_FAILED,
         }
     }
 }

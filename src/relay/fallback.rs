@@ -1,6 +1,7 @@
-//! The read(2)/write(2) path: used for a direction splice refuses (a tty, a
-//! character device, an O_APPEND file: EINVAL), and for the first chunk of a
-//! flow that has a preamble to write before it. One fixed buffer per flow.
+//! sys-backup-mnt and sys-backup: the read(2)/write(2) path: used for a
+//! direction splice refuses (a tty, a character device, an O_APPEND file:
+//! EINVAL), and for the first chunk of a flow that has a preamble to write
+//! before it. One fixed buffer per flow.
 
 use nix::errno::Errno;
 use nix::unistd::{read, write};

@@ -1,5 +1,6 @@
-//! File descriptors handed to the relay: borrowed or owned, what kind they
-//! are, and their O_NONBLOCK flag (set while relaying, restored afterwards).
+//! sys-backup-mnt and sys-backup: file descriptors handed to the relay:
+//! borrowed or owned, what kind they are, and their O_NONBLOCK flag (set while
+//! relaying, restored afterwards).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 

@@ -1,6 +1,6 @@
-//! One direction of the relay: the per-direction state machine. `step` moves
-//! bytes until something would block and says what to wait for; it never
-//! blocks and never allocates.
+//! sys-backup-mnt and sys-backup: one direction of the relay: the per-direction
+//! state machine. `step` moves bytes until something would block and says what
+//! to wait for; it never blocks and never allocates.
 
 use std::os::fd::BorrowedFd;
 

@@ -1,4 +1,4 @@
-//! `qubes-relay --listen PATH -- CMD ARGS`: a drop-in for
+//! sys-backup: `qubes-relay --listen PATH -- CMD ARGS`: a drop-in for
 //! `socat UNIX-LISTEN:PATH,fork EXEC:CMD`. Each connection gets its own CMD
 //! (on pipes) and its own relay thread; the socket is removed on exit.
 

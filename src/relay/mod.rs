@@ -1,8 +1,8 @@
-//! The stdio relay: moves bytes in both directions at once between two pairs
-//! of file descriptors, with splice(2) on the data path and poll(2) to wait.
+//! sys-backup-mnt and sys-backup: the stdio relay: moves bytes in both
+//! directions at once between two pairs of file descriptors, with splice(2) on
+//! the data path and poll(2) to wait.
 //!
-//! Design notes (pitfalls collected in shared/reference/relay-perf.md,
-//! sections 1, 2 and 7):
+//! Design notes (the pitfalls and their sources: docs/SOURCES.md, "Relay"):
 //! * Every fd is made nonblocking (O_NONBLOCK plus SPLICE_F_NONBLOCK), so no
 //!   call ever blocks the loop; flags are restored when the relay is done
 //!   with an fd (fd 0/1 may be a terminal shared with a shell).
@@ -38,10 +38,7 @@ use std::os::fd::BorrowedFd;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-pub use command::{
-    run_command, run_connect, take_stdio, Error, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND,
-    EXIT_RELAY_FAILED,
-};
+pub use command::{run_command, run_connect, take_stdio, Error};
 pub use fd::Fd;
 pub use listen::{run_listen, ListenOptions};
 pub use pipe::{grow_pipe, PIPE_SIZE};

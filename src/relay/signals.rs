@@ -1,5 +1,6 @@
-//! Terminating signals as an fd the relay loop can poll (signalfd), so the
-//! relay can restore fd 0/1's flags before it dies of the signal.
+//! sys-backup-mnt and sys-backup: terminating signals as an fd the relay loop
+//! can poll (signalfd), so the relay can restore fd 0/1's flags before it dies
+//! of the signal.
 
 use std::os::fd::{AsFd, BorrowedFd};
 

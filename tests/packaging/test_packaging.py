@@ -38,7 +38,7 @@ PILLAR_DIR = "/srv/pillar/base/qubes-borg"
 POLICY = os.path.join(REPO, "policy", "70-qubes-borg.policy")
 
 # nodegroups and file_roots as qubes-mgmt-salt's etc/salt/minion.d/f_defaults.conf sets them
-# (reference: shared/reference/qubes-conventions.md section 1.5).
+# (QubesOS/qubes-mgmt-salt; docs/SOURCES.md, "Packaging and Salt conventions").
 QUBES_F_DEFAULTS = """\
 file_roots:
   base:

@@ -1,0 +1,391 @@
+//! sys-backup-mnt: `qubes-ssh-client`, borg's `BORG_RSH`. Vets borg's command line, calls
+//! `qrexec-client-vm TARGET qubes-borg.Ssh+NAME`, sends the request header and relays, reading the
+//! service's status line first. Protocol: docs/PROTOCOL.md.
+
+use super::argv::{self, BorgArgv};
+use super::header;
+use super::status::{Status, MAX_STATUS};
+use crate::child;
+use crate::exit::{self, Program};
+use crate::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
+use crate::validate;
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const PROG: &str = "qubes-ssh-client";
+pub const SERVICE: &str = "qubes-borg.Ssh";
+pub const DEFAULT_QREXEC: &str = "/usr/bin/qrexec-client-vm";
+pub const DEFAULT_TARGET: &str = "@default";
+
+const HELP: &str = "\
+qubes-ssh-client: borg's ssh replacement in a network-less qube (qubes-borg).
+
+Usage (set by borg, not typed):
+  export BORG_RSH=qubes-ssh-client      # or: BORG_RSH='qubes-ssh-client --target=sys-backup'
+  borg create ssh://NAME/./repo::archive ...
+borg then runs: qubes-ssh-client [-p PORT] [USER@]NAME REMOTE_PATH serve [OPTIONS]
+
+NAME is a destination configured in sys-backup (/etc/qubes-borg/destinations/NAME.conf). The
+call goes to qrexec-client-vm TARGET qubes-borg.Ssh+NAME; the dom0 policy decides where it lands.
+Host, user, port, remote borg path and keys come from sys-backup's configuration; a user, port
+or remote path in the repository URL must agree with it (better: leave them out).
+
+Options (before borg's words):
+  --target=QUBE     qrexec target (default @default; env QUBES_SSH_CLIENT_TARGET)
+  --help, --version
+Environment:
+  QUBES_SSH_CLIENT_TARGET   qrexec target, as --target
+  QUBES_SSH_CLIENT_QREXEC   path of qrexec-client-vm (tests; default /usr/bin/qrexec-client-vm)
+
+Exit codes:
+";
+
+/// The `--help` text; its exit codes come from `crate::exit`.
+pub fn help() -> String {
+    format!("{HELP}{}", exit::help(Program::SshClient))
+}
+
+/// How long an error line stays alone on stderr before stdout's EOF (see `hold_before_eof`).
+/// borg's poll loop wakes as soon as stderr is readable, so this only has to cover scheduling.
+const STDERR_GRACE_MS: u64 = 500;
+
+/// What the command line asks for.
+pub enum Cli {
+    Run(Request),
+    Help,
+    Version,
+}
+
+/// A vetted call: the qrexec target and borg's command line.
+pub struct Request {
+    pub target: String,
+    pub argv: BorgArgv,
+}
+
+/// The command line was refused (exit code `exit::USAGE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}; expected BORG_RSH=qubes-ssh-client with a repository ssh://NAME/./repo (see --help)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The qrexec target: `@default`, `@dispvm`, `@dispvm:NAME` or a qube name.
+fn check_target(t: &str) -> Result<(), String> {
+    let vm = |s: &str| validate::name("target qube", s).map_err(|e| e.to_string());
+    match t {
+        "@default" | "@dispvm" => Ok(()),
+        _ if t.starts_with("@dispvm:") => vm(&t["@dispvm:".len()..]),
+        _ if t.len() > 31 => Err("target qube name is longer than 31 characters".into()),
+        _ => vm(t),
+    }
+}
+
+/// Parse our own options (all `--long` words, first; borg's words never start so), then borg's
+/// words. `env_target` is `QUBES_SSH_CLIENT_TARGET`, used when there is no `--target=`.
+pub fn parse_cli(args: Vec<OsString>, env_target: Option<String>) -> Result<Cli, UsageError> {
+    let mut target = None;
+    let mut words = Vec::with_capacity(args.len());
+    for (i, a) in args.into_iter().enumerate() {
+        let a = a
+            .into_string()
+            .map_err(|_| UsageError(format!("refusing word {}: not valid UTF-8", i + 1)))?;
+        words.push(a);
+    }
+    let mut start = 0;
+    while let Some(w) = words.get(start) {
+        if w == "--help" {
+            return Ok(Cli::Help);
+        } else if w == "--version" {
+            return Ok(Cli::Version);
+        } else if let Some(t) = w.strip_prefix("--target=") {
+            target = Some(t.to_string());
+        } else {
+            break;
+        }
+        start += 1;
+    }
+    let argv = argv::parse(&words[start..]).map_err(|e| UsageError(e.to_string()))?;
+    let target = target
+        .or(env_target)
+        .unwrap_or_else(|| DEFAULT_TARGET.to_string());
+    check_target(&target).map_err(UsageError)?;
+    Ok(Cli::Run(Request { target, argv }))
+}
+
+/// Why a call failed; `exit_code` is the client's exit status.
+#[derive(Debug)]
+pub enum ClientError {
+    /// qrexec-client-vm could not be started.
+    Start {
+        program: PathBuf,
+        err: std::io::Error,
+    },
+    /// Waiting for qrexec-client-vm failed.
+    Wait(std::io::Error),
+    /// The service sent a line that is not a status line.
+    BadStatus { call: String, message: String },
+    /// The service refused the request or ssh failed (the `ERR` line).
+    Service {
+        name: String,
+        code: u8,
+        message: String,
+    },
+    /// No byte came back: qrexec-client-vm's own exit code says why.
+    Qrexec {
+        code: u8,
+        target: String,
+        call: String,
+    },
+    /// The relay failed.
+    Relay { call: String, err: RelayError },
+    /// The service ended without a status line.
+    NoStatus { call: String, code: u8 },
+}
+
+impl ClientError {
+    /// The exit code of `qubes-ssh-client` for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Start { .. } => exit::OSERR,
+            ClientError::Wait(_) => exit::SOFTWARE,
+            ClientError::Service { code, .. } => *code,
+            ClientError::Qrexec { code, .. } => match *code {
+                exit::QREXEC_REFUSED | exit::QREXEC_FAILED | exit::QREXEC_NOT_FOUND => *code,
+                _ => exit::PROTOCOL,
+            },
+            ClientError::BadStatus { .. }
+            | ClientError::Relay { .. }
+            | ClientError::NoStatus { .. } => exit::PROTOCOL,
+        }
+    }
+
+    /// Whether the message must be readable on stderr before borg sees stdout's EOF (every
+    /// error after qrexec-client-vm started; see `hold_before_eof`).
+    pub fn before_eof(&self) -> bool {
+        !matches!(self, ClientError::Start { .. })
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Start { program, err } => {
+                write!(f, "cannot run {}: {err}", program.display())
+            }
+            ClientError::Wait(e) => write!(f, "waiting for qrexec-client-vm: {e}"),
+            ClientError::BadStatus { call, message } => write!(f, "{call}: {message}"),
+            ClientError::Service { name, message, .. } => write!(f, "{name}: {message}"),
+            ClientError::Qrexec { code, target, call } => {
+                f.write_str(&qrexec_message(*code, target, call))
+            }
+            ClientError::Relay { call, err } => write!(f, "{call}: {err}"),
+            ClientError::NoStatus { call, code } => write!(
+                f,
+                "{call}: the service ended without a status line (exit {code})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Make the call: run `qrexec` (qrexec-client-vm) for `req`, send the header, relay `stdin` and
+/// `stdout` (borg's pipes) through it, reading the service's status line first. Returns the
+/// exit status to pass on (the remote borg serve's, as ssh reports it).
+pub fn run(
+    req: &Request,
+    qrexec: &Path,
+    stdin: OwnedFd,
+    stdout: BorrowedFd<'_>,
+) -> Result<u8, ClientError> {
+    let name = req.argv.name.clone();
+    let call = format!("{SERVICE}+{name}");
+    let mut child = Command::new(qrexec)
+        .arg(&req.target)
+        .arg(&call)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|err| ClientError::Start {
+            program: qrexec.to_path_buf(),
+            err,
+        })?;
+    let mut cin = child.stdin.take().expect("piped");
+    let cout = child.stdout.take().expect("piped");
+
+    // The header goes out first; if the service is gone already, the status (or qrexec's
+    // exit code) says why, so a write error here is not reported by itself.
+    let _ = cin.write_all(&header::encode(&req.argv));
+
+    let mut status: Option<Status> = None;
+    let mut bad_line: Option<String> = None;
+    let mut on_line = |untrusted_line: &[u8]| match Status::decode(untrusted_line) {
+        Ok(Status::Ok) => {
+            status = Some(Status::Ok);
+            LineVerdict::Forward
+        }
+        Ok(s) => {
+            status = Some(s);
+            LineVerdict::Stop
+        }
+        Err(e) => {
+            bad_line = Some(e.to_string());
+            LineVerdict::Stop
+        }
+    };
+    let up = Flow::new(Fd::Owned(stdin), Fd::Owned(OwnedFd::from(cin)));
+    let mut down = Flow::new(Fd::Owned(OwnedFd::from(cout)), stdout);
+    down.first_line = Some(FirstLine {
+        max: MAX_STATUS,
+        on_line: &mut on_line,
+    });
+    let result = relay::relay(up, down);
+
+    let code = match child.wait() {
+        Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
+        Err(e) => return Err(ClientError::Wait(e)),
+    };
+
+    if let Some(message) = bad_line {
+        return Err(ClientError::BadStatus { call, message });
+    }
+    match (result, status) {
+        (Ok(_), Some(Status::Ok)) => Ok(code),
+        (_, Some(Status::Err { code, message, .. })) => Err(ClientError::Service {
+            name,
+            code,
+            message,
+        }),
+        (Err(RelayError::LineEof { got: 0, .. }), None) => Err(ClientError::Qrexec {
+            code,
+            target: req.target.clone(),
+            call,
+        }),
+        (Err(err), _) => Err(ClientError::Relay { call, err }),
+        (Ok(_), None) => Err(ClientError::NoStatus { call, code }),
+    }
+}
+
+/// Give borg time to read an error line on `stderr` while its stdout pipe is still open (call
+/// after printing the line, before closing stdout).
+///
+/// borg 1.x polls ssh's stdout and stderr together and, when both are readable at once,
+/// handles stdout's EOF first and stops ("Connection closed by remote host") without ever
+/// printing the stderr line (`borgbackup/borg:src/borg/remote.py`, `call_many`: the loop over
+/// `select()`'s readable fds, stdout before stderr). So the line must be readable on its own
+/// for a moment before stdout closes. Only when stderr is a pipe or socket (a program reads it).
+pub fn hold_before_eof(stderr: BorrowedFd<'_>) {
+    let is_stream = nix::sys::stat::fstat(stderr.as_fd())
+        .map(|st| {
+            let fmt = st.st_mode & libc::S_IFMT;
+            fmt == libc::S_IFIFO || fmt == libc::S_IFSOCK
+        })
+        .unwrap_or(false);
+    if is_stream {
+        std::thread::sleep(std::time::Duration::from_millis(STDERR_GRACE_MS));
+    }
+}
+
+/// Explain qrexec-client-vm's own exit codes (qubes-core-qrexec: agent/qrexec-client-vm.rst,
+/// libqrexec/qrexec.h).
+fn qrexec_message(code: u8, target: &str, call: &str) -> String {
+    match code {
+        exit::QREXEC_REFUSED => format!(
+            "qrexec policy refused {call} from this qube (target {target}); allow it in dom0's /etc/qubes/policy.d"
+        ),
+        exit::QREXEC_FAILED => format!(
+            "qrexec could not run {call} (target {target}): is the target qube running? see dom0's journal"
+        ),
+        exit::QREXEC_NOT_FOUND => format!(
+            "the target qube has no {} service: install qubes-borg in sys-backup's template",
+            call.split('+').next().unwrap_or(call)
+        ),
+        _ => format!(
+            "{call} closed the connection without a status line (qrexec-client-vm exit {code}); see sys-backup's journal"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn our_options_come_before_borgs_words_and_the_environment_is_the_fallback() {
+        let borg = ["nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), None) else {
+            panic!("plain call refused")
+        };
+        assert_eq!(
+            (r.target.as_str(), r.argv.name.as_str()),
+            ("@default", "nas")
+        );
+        let Ok(Cli::Run(r)) = parse_cli(args(&borg), Some("sys-backup".into())) else {
+            panic!("env target refused")
+        };
+        assert_eq!(r.target, "sys-backup");
+        let with_flag = ["--target=@dispvm:backup-dvm", "nas", "borg", "serve"];
+        let Ok(Cli::Run(r)) = parse_cli(args(&with_flag), Some("sys-backup".into())) else {
+            panic!("--target refused")
+        };
+        assert_eq!(r.target, "@dispvm:backup-dvm");
+        assert!(matches!(
+            parse_cli(args(&["--help", "x"]), None),
+            Ok(Cli::Help)
+        ));
+        assert!(matches!(
+            parse_cli(args(&["--version"]), None),
+            Ok(Cli::Version)
+        ));
+    }
+
+    #[test]
+    fn bad_targets_and_words_are_usage_errors_that_say_what_to_do() {
+        for target in ["-x", "a;b", "_x", &"q".repeat(32), "@dispvm:", "@anyvm"] {
+            let e = parse_cli(args(&["nas", "borg", "serve"]), Some(target.into()))
+                .err()
+                .unwrap_or_else(|| panic!("target {target:?} accepted"));
+            assert!(e.to_string().ends_with("(see --help)"), "{e}");
+        }
+        let e = parse_cli(args(&["-oProxyCommand=x", "nas", "borg", "serve"]), None);
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn qrexec_codes_keep_their_number_and_anything_else_is_a_protocol_error() {
+        let q = |code| ClientError::Qrexec {
+            code,
+            target: "@default".into(),
+            call: "qubes-borg.Ssh+nas".into(),
+        };
+        for code in [
+            exit::QREXEC_FAILED,
+            exit::QREXEC_REFUSED,
+            exit::QREXEC_NOT_FOUND,
+        ] {
+            assert_eq!(q(code).exit_code(), code);
+        }
+        assert_eq!(q(0).exit_code(), exit::PROTOCOL);
+        assert_eq!(q(1).exit_code(), exit::PROTOCOL);
+        assert!(q(exit::QREXEC_REFUSED)
+            .to_string()
+            .contains("policy refused"));
+    }
+}

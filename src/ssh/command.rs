@@ -1,0 +1,345 @@
+//! sys-backup: the OpenSSH command line that the `qubes-borg.Ssh` service runs, and the
+//! classification of ssh's failures into one readable line.
+//!
+//! Nothing in the command line comes from the caller except the vetted `borg serve` options
+//! (allowlisted words, see `argv`). Everything else is the destination configuration and
+//! a fixed option set:
+//!
+//! * `-F none`: no user or system ssh_config is read (ssh(1)).
+//! * Host key: `StrictHostKeyChecking=yes`, `UserKnownHostsFile=` a private file written from the
+//!   pinned keys, `GlobalKnownHostsFile=/dev/null`, `HostKeyAlias=NAME` (the pinned keys are
+//!   filed under the destination name), `CheckHostIP=no`, `UpdateHostKeys=no`.
+//! * `BatchMode=yes` (never prompts), password and keyboard-interactive off.
+//! * No forwarding of any kind: `ForwardAgent=no`, `ForwardX11=no`, `ClearAllForwardings=yes`,
+//!   `Tunnel=no`; no local or proxy commands: `PermitLocalCommand=no`, `ProxyCommand=none`,
+//!   `ProxyJump=none`; no connection sharing: `ControlMaster=no`, `ControlPath=none`.
+//! * `ServerAliveInterval=10`, `ServerAliveCountMax=30` as the borg serve docs recommend
+//!   (`borgbackup/borg:docs/usage/serve.rst`).
+//! * `-T` (no tty), `-e none` (no escape character), `-p PORT`, `-l USER`, then `--`, the host
+//!   and the remote command words.
+//! * Key: `IdentityAgent=` the per-connection split-SSH socket and `IdentityFile=none` (no
+//!   default `~/.ssh/id_*` files) when the destination names a key set, else
+//!   `IdentityAgent=none`; `IdentityFile=` + `IdentitiesOnly=yes` when it names a key file.
+
+use super::destination::Destination;
+use super::status::ErrClass;
+use crate::validate;
+use std::ffi::OsString;
+use std::path::Path;
+
+/// The fixed options, before the per-destination ones.
+pub const FIXED_OPTIONS: &[&str] = &[
+    "-oBatchMode=yes",
+    "-oStrictHostKeyChecking=yes",
+    "-oGlobalKnownHostsFile=/dev/null",
+    "-oCheckHostIP=no",
+    "-oUpdateHostKeys=no",
+    "-oPasswordAuthentication=no",
+    "-oKbdInteractiveAuthentication=no",
+    "-oForwardAgent=no",
+    "-oForwardX11=no",
+    "-oForwardX11Trusted=no",
+    "-oClearAllForwardings=yes",
+    "-oTunnel=no",
+    "-oPermitLocalCommand=no",
+    "-oProxyCommand=none",
+    "-oProxyJump=none",
+    "-oControlMaster=no",
+    "-oControlPath=none",
+    "-oServerAliveInterval=10",
+    "-oServerAliveCountMax=30",
+    "-oRequestTTY=no",
+];
+
+/// Build the full argv (program first).
+///
+/// `known_hosts` and `agent_socket` are paths this service created; they must be allowlisted
+/// path words (no spaces, no `%`, no `~`, which ssh would expand), else this returns `None`.
+pub fn argv(
+    ssh: &Path,
+    dest: &Destination,
+    known_hosts: &Path,
+    agent_socket: Option<&Path>,
+    remote_command: &[String],
+) -> Option<Vec<OsString>> {
+    let word = |p: &Path| -> Option<String> {
+        let s = p.to_str()?;
+        validate::path_word("path", s).ok()?;
+        Some(s.to_string())
+    };
+    let mut v: Vec<OsString> = vec![ssh.into(), "-F".into(), "none".into()];
+    v.extend(FIXED_OPTIONS.iter().map(OsString::from));
+    v.push(format!("-oUserKnownHostsFile={}", word(known_hosts)?).into());
+    v.push(format!("-oHostKeyAlias={}", dest.name).into());
+    match (agent_socket, &dest.identity_file) {
+        (Some(sock), _) => {
+            v.push(format!("-oIdentityAgent={}", word(sock)?).into());
+            // Without this, ssh also offers (and logs in with) the default key files of
+            // sys-backup's user (~/.ssh/id_rsa, id_ed25519, ...): keys in the networked qube,
+            // not the split-SSH key. `none` leaves only the agent's keys.
+            v.push("-oIdentityFile=none".into());
+        }
+        (None, Some(file)) => {
+            v.push("-oIdentityAgent=none".into());
+            v.push(format!("-oIdentityFile={file}").into());
+            v.push("-oIdentitiesOnly=yes".into());
+        }
+        (None, None) => v.push("-oIdentityAgent=none".into()),
+    }
+    v.extend(
+        [
+            "-T",
+            "-e",
+            "none",
+            "-p",
+            &dest.port.to_string(),
+            "-l",
+            &dest.user,
+            "--",
+            &dest.host,
+        ]
+        .iter()
+        .map(OsString::from),
+    );
+    v.extend(remote_command.iter().map(OsString::from));
+    Some(v)
+}
+
+/// Turn ssh's exit status and the start of its stderr (run with `LC_ALL=C`) into a class and
+/// one readable line, for a failure that happened before ssh wrote anything to stdout.
+pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (ErrClass, String) {
+    let text = String::from_utf8_lossy(stderr);
+    let has = |s: &str| text.contains(s);
+    let target = format!("{}@{} port {}", dest.user, dest.host, dest.port);
+    let last = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| validate::printable(l.as_bytes(), 200))
+        .unwrap_or_default();
+    let key = match (&dest.agent, &dest.identity_file) {
+        (Some(a), _) => format!("split-SSH key set '{a}'"),
+        (None, Some(f)) => format!("key file {f}"),
+        (None, None) => "default key of sys-backup's user".to_string(),
+    };
+    if has("Host key verification failed")
+        || has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("host key is known")
+        || has("Host key for")
+    {
+        return (
+            ErrClass::HostKey,
+            format!(
+                "host key of destination '{}' ({}) does not match the pinned host-key lines in {} in sys-backup",
+                dest.name,
+                dest.host,
+                config.display()
+            ),
+        );
+    }
+    if has("Permission denied (") || has("Too many authentication failures") {
+        return (
+            ErrClass::Auth,
+            format!("authentication as {target} failed with the {key}: is its public key installed on the server?"),
+        );
+    }
+    if has("Connection refused") {
+        return (
+            ErrClass::ConnectionRefused,
+            format!(
+                "connection to {}:{} refused (destination '{}')",
+                dest.host, dest.port, dest.name
+            ),
+        );
+    }
+    if has("Could not resolve hostname")
+        || has("Name or service not known")
+        || has("Temporary failure in name resolution")
+        || has("Connection timed out")
+        || has("Network is unreachable")
+        || has("No route to host")
+        || has("Operation timed out")
+    {
+        return (
+            ErrClass::Network,
+            format!(
+                "cannot reach {}:{} from sys-backup (destination '{}'): {last}",
+                dest.host, dest.port, dest.name
+            ),
+        );
+    }
+    if exit == 127 || has("command not found") {
+        return (
+            ErrClass::RemoteCommand,
+            format!(
+                "remote command '{}' not found on {} (exit {exit}); set remote-path in {}",
+                dest.remote_path,
+                dest.host,
+                config.display()
+            ),
+        );
+    }
+    let what = if exit == 255 { "ssh" } else { "remote command" };
+    (
+        ErrClass::Ssh,
+        format!(
+            "{what} for destination '{}' failed (exit {exit}) before any data: {}",
+            dest.name,
+            if last.is_empty() { "no message" } else { &last }
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::destination::{Destination, HostKey};
+
+    fn dest() -> Destination {
+        Destination {
+            name: "nas".into(),
+            host: "nas.example".into(),
+            port: 2222,
+            user: "u".into(),
+            remote_path: "borg".into(),
+            host_keys: vec![HostKey {
+                kind: "ssh-ed25519".into(),
+                base64: "AAAA".into(),
+            }],
+            agent: None,
+            identity_file: None,
+        }
+    }
+
+    #[test]
+    fn argv_has_fixed_options_then_dashdash_host_and_command() {
+        let v = argv(
+            Path::new("/usr/bin/ssh"),
+            &dest(),
+            Path::new("/tmp/qubes-ssh.x/known_hosts"),
+            None,
+            &["borg".into(), "serve".into(), "--info".into()],
+        )
+        .unwrap();
+        let v: Vec<String> = v.into_iter().map(|s| s.into_string().unwrap()).collect();
+        assert_eq!(&v[..3], ["/usr/bin/ssh", "-F", "none"]);
+        for o in FIXED_OPTIONS {
+            assert!(v.iter().any(|w| w == o), "{o}");
+        }
+        let dd = v.iter().position(|w| w == "--").unwrap();
+        assert_eq!(&v[dd + 1..], ["nas.example", "borg", "serve", "--info"]);
+        assert!(v.contains(&"-oIdentityAgent=none".to_string()));
+        assert!(v.contains(&"-oHostKeyAlias=nas".to_string()));
+        assert!(v.windows(2).any(|w| w == ["-p", "2222"]));
+        assert!(v.windows(2).any(|w| w == ["-l", "u"]));
+    }
+
+    #[test]
+    fn argv_refuses_paths_ssh_would_expand() {
+        for p in ["/tmp/a b/kh", "/tmp/%h/kh", "/tmp/~/kh"] {
+            assert!(
+                argv(Path::new("ssh"), &dest(), Path::new(p), None, &[]).is_none(),
+                "{p}"
+            );
+        }
+        assert!(argv(
+            Path::new("ssh"),
+            &dest(),
+            Path::new("/tmp/kh"),
+            Some(Path::new("/tmp/%d/agent")),
+            &[]
+        )
+        .is_none());
+    }
+
+    /// What the installed OpenSSH makes of our argv (`ssh -G` prints the effective
+    /// configuration and exits without connecting). None when there is no /usr/bin/ssh.
+    fn ssh_g(dest: &Destination, agent: Option<&Path>) -> Option<String> {
+        let ssh = Path::new("/usr/bin/ssh");
+        if !ssh.exists() {
+            eprintln!("SKIP: no /usr/bin/ssh");
+            return None;
+        }
+        let mut v = argv(
+            ssh,
+            dest,
+            Path::new("/tmp/qubes-ssh.x/known_hosts"),
+            agent,
+            &["borg".into(), "serve".into()],
+        )
+        .unwrap();
+        v.insert(1, "-G".into());
+        let out = std::process::Command::new(&v[0])
+            .args(&v[1..])
+            .env_clear()
+            .env("HOME", "/nonexistent-home")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Some(String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn identity_files(g: &str) -> Vec<&str> {
+        g.lines()
+            .filter_map(|l| l.strip_prefix("identityfile "))
+            .collect()
+    }
+
+    #[test]
+    fn split_ssh_destinations_offer_no_key_files_of_sys_backup() {
+        let mut d = dest();
+        d.agent = Some("backup".into());
+        let Some(g) = ssh_g(&d, Some(Path::new("/tmp/qubes-borg-agent.1.x/agent.sock"))) else {
+            return;
+        };
+        assert_eq!(identity_files(&g), ["none"], "{g}");
+        assert!(g
+            .lines()
+            .any(|l| l == "identityagent /tmp/qubes-borg-agent.1.x/agent.sock"));
+        // The pinned keys only.
+        assert!(g.lines().any(|l| l == "globalknownhostsfile /dev/null"));
+        assert!(g
+            .lines()
+            .any(|l| l == "userknownhostsfile /tmp/qubes-ssh.x/known_hosts"));
+    }
+
+    #[test]
+    fn key_file_destinations_offer_that_file_only() {
+        let mut d = dest();
+        d.identity_file = Some("/home/user/.ssh/id_backup".into());
+        let Some(g) = ssh_g(&d, None) else {
+            return;
+        };
+        assert_eq!(identity_files(&g), ["/home/user/.ssh/id_backup"], "{g}");
+        assert!(g.lines().any(|l| l == "identitiesonly yes"));
+        assert!(g.lines().any(|l| l == "identityagent none"));
+    }
+
+    #[test]
+    fn classify_recognises_openssh_messages() {
+        let d = dest();
+        let c = Path::new("/etc/qubes-borg/destinations/nas.conf");
+        let cases: &[(&[u8], ErrClass)] = &[
+            (b"No ED25519 host key is known for nas and you have requested strict checking.\r\nHost key verification failed.\r\n", ErrClass::HostKey),
+            (b"u@nas.example: Permission denied (publickey).\r\n", ErrClass::Auth),
+            (b"ssh: connect to host nas.example port 2222: Connection refused\r\n", ErrClass::ConnectionRefused),
+            (b"ssh: Could not resolve hostname nas.example: Name or service not known\r\n", ErrClass::Network),
+            (b"kex_exchange_identification: read: Connection reset by peer\r\n", ErrClass::Ssh),
+        ];
+        for (stderr, want) in cases {
+            assert_eq!(
+                classify(255, stderr, &d, c).0,
+                *want,
+                "{}",
+                String::from_utf8_lossy(stderr)
+            );
+        }
+        assert_eq!(
+            classify(127, b"sh: 1: borg: not found\n", &d, c).0,
+            ErrClass::RemoteCommand
+        );
+        let (_, m) = classify(255, b"weird\x1b[0m\n", &d, c);
+        assert!(m.ends_with("weird?[0m"), "{m}");
+    }
+}

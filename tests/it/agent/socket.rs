@@ -1,0 +1,357 @@
+//! The per-connection agent socket of sys-backup (`agent::forward`), end to
+//! end: AgentSocket -> qubes-relay --listen -> (stand-in) qrexec-client-vm
+//! -> qubes-agent-filter -> real ssh-agent, with real ssh and sshd.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{geteuid, Pid};
+use qubes_borg::agent::forward::{AgentError, AgentSocket, AgentSocketOptions};
+
+use crate::support::*;
+
+/// Everything a test needs on the sys-backup side.
+struct Side {
+    vault: Vault,
+    runtime: PathBuf,
+    qrexec_log: PathBuf,
+    journal: PathBuf,
+    opts: AgentSocketOptions,
+}
+
+/// The sys-backup side, with the project's qrexec simulation (flat mode,
+/// tests/sim/README.md) between it and ssh-backup: the project's dom0
+/// policy decides, and qubes-borg.SshAgent in the simulated ssh-backup runs
+/// qubes-agent-filter with qrexec's argv, QREXEC_* environment and
+/// socketpairs. `caller` is the qube the calls come from.
+fn side(tag: &str, caller: &str) -> Side {
+    let vault = Vault::new(tag);
+    let d = vault.dir.path();
+    let runtime = d.join("rt");
+    fs::create_dir(&runtime).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+    let qubes = d.join("qubes");
+    for q in ["sys-backup", "sys-backup-mnt", "ssh-backup/etc/qubes-rpc"] {
+        fs::create_dir_all(qubes.join(q)).unwrap();
+    }
+    let service = qubes.join("ssh-backup/etc/qubes-rpc/qubes-borg.SshAgent");
+    // The installed wrapper execs /usr/libexec/qubes-borg/qubes-agent-filter;
+    // here the same exec, of the built binary, with the vault's paths.
+    write_exec(
+        &service,
+        &format!(
+            "#!/bin/sh\n\
+             QUBES_BORG_KEY_DIR='{}' QUBES_BORG_AGENT_RUNDIR='{}' QUBES_BORG_NOTIFY=0\n\
+             export QUBES_BORG_KEY_DIR QUBES_BORG_AGENT_RUNDIR QUBES_BORG_NOTIFY\n\
+             exec '{}' \"$@\"\n",
+            vault.key_dir.display(),
+            vault.run_dir.display(),
+            FILTER
+        ),
+    );
+    let qrexec_log = d.join("qrexec.log");
+    let client = d.join("qrexec-client-vm");
+    let sim = qrexec_client_vm();
+    write_exec(
+        &client,
+        &format!(
+            "#!/bin/sh\n\
+             printf '%s\\n' \"$*\" >> '{}'\n\
+             QREXEC_SIM_QUBES='{}' QREXEC_SIM_SOURCE='{caller}' exec '{}' \"$@\"\n",
+            qrexec_log.display(),
+            qubes.display(),
+            sim.display()
+        ),
+    );
+    let opts = AgentSocketOptions {
+        runtime_dir: Some(runtime.clone()),
+        qrexec_client: client,
+        relay: PathBuf::from(RELAY),
+        ..Default::default()
+    };
+    Side {
+        journal: qubes.join("ssh-backup/var/log/qubes/qrexec-services.log"),
+        vault,
+        runtime,
+        qrexec_log,
+        opts,
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn assert_private(sock: &Path) {
+    let m = fs::symlink_metadata(sock).unwrap();
+    assert!(m.file_type().is_socket(), "{} is a socket", sock.display());
+    assert_eq!(m.mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(m.uid(), geteuid().as_raw(), "socket owner");
+    let d = fs::symlink_metadata(sock.parent().unwrap()).unwrap();
+    assert!(d.file_type().is_dir());
+    assert_eq!(d.mode() & 0o777, 0o700, "directory mode");
+    assert_eq!(d.uid(), geteuid().as_raw(), "directory owner");
+}
+
+/// The process has exited (a zombie nobody reaped yet counts as exited:
+/// an orphan's reaper may be slow or absent in a container).
+fn gone(pid: u32) -> bool {
+    if kill(Pid::from_raw(pid as i32), None) == Err(Errno::ESRCH) {
+        return true;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        .unwrap_or(true)
+}
+
+#[test]
+fn agent_socket_exists_only_while_held_is_private_and_shows_only_the_backup_key() {
+    let s = side("agent-sock", "sys-backup");
+    assert!(entries(&s.runtime).is_empty(), "absent before");
+    let sock = AgentSocket::start("default", &s.opts).unwrap();
+    assert_private(sock.path());
+    assert_eq!(entries(&s.runtime).len(), 1);
+    let pid = sock.listener_pid().unwrap();
+
+    let out = output(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.starts_with(&s.vault.pub_line(&s.vault.backup_key)));
+    let del = output(
+        Command::new("ssh-add")
+            .arg("-D")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
+    assert!(!del.status.success(), "ssh-add -D through the socket fails");
+    assert_eq!(s.vault.direct_list().lines().count(), 2, "agent unchanged");
+    let calls = fs::read_to_string(&s.qrexec_log).unwrap();
+    assert_eq!(
+        calls, "@default qubes-borg.SshAgent+default\n@default qubes-borg.SshAgent+default\n",
+        "one qrexec call per connection"
+    );
+    let journal = fs::read_to_string(&s.journal).unwrap();
+    assert!(
+        journal.contains(
+            "qubes-agent-filter: sys-backup: key set default: refused: removing all keys"
+        ),
+        "{journal}"
+    );
+
+    sock.close().unwrap();
+    assert!(
+        entries(&s.runtime).is_empty(),
+        "absent after: {:?}",
+        entries(&s.runtime)
+    );
+    wait_for(|| gone(pid), "the listener to exit");
+}
+
+#[test]
+fn agent_socket_in_a_qube_the_policy_does_not_allow_gives_no_keys() {
+    let s = side("agent-sock-denied", "sys-backup-mnt");
+    let sock = AgentSocket::start("default", &s.opts).unwrap();
+    let out = output(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", sock.path()),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        fs::read_to_string(&s.qrexec_log).unwrap(),
+        "@default qubes-borg.SshAgent+default\n"
+    );
+    let journal = fs::read_to_string(&s.journal).unwrap_or_default();
+    assert!(
+        !journal.contains("qubes-agent-filter"),
+        "the filter never ran: {journal}"
+    );
+    sock.close().unwrap();
+    assert!(entries(&s.runtime).is_empty());
+}
+
+#[test]
+fn agent_socket_start_failures_leave_nothing_behind() {
+    let s = side("agent-sock-fail", "sys-backup");
+    let bad = AgentSocketOptions {
+        relay: PathBuf::from("/nonexistent/qubes-relay"),
+        ..s.opts.clone()
+    };
+    assert!(matches!(
+        AgentSocket::start("default", &bad),
+        Err(AgentError::Spawn { .. })
+    ));
+    let exits = AgentSocketOptions {
+        relay: PathBuf::from("/bin/false"),
+        ..s.opts.clone()
+    };
+    let e = AgentSocket::start("default", &exits).unwrap_err();
+    assert!(matches!(e, AgentError::ListenerExited { .. }), "{e}");
+    assert!(matches!(
+        AgentSocket::start("../etc", &s.opts),
+        Err(AgentError::Name(_))
+    ));
+    assert!(entries(&s.runtime).is_empty(), "{:?}", entries(&s.runtime));
+}
+
+/// Start the owner helper (this test binary, running `owner_helper`):
+/// it holds an AgentSocket and runs ssh through it, like qubes-ssh-service.
+fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Item = String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &owner_helper_name(),
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("QB_OWNER_RUNTIME", &s.runtime)
+        .env("QB_OWNER_QREXEC", &s.opts.qrexec_client)
+        .env("QB_OWNER_PORT", sshd.port.to_string())
+        .env("QB_OWNER_KNOWN_HOSTS", &sshd.known_hosts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap());
+    (child, lines)
+}
+
+/// The libtest name of `owner_helper` in this binary (`agent::socket::owner_helper`).
+fn owner_helper_name() -> String {
+    let path = module_path!();
+    let module = path.split_once("::").map_or(path, |(_, m)| m);
+    format!("{module}::owner_helper")
+}
+
+/// Read the helper's output up to the line with `@@tag `; return the rest of
+/// that line. (libtest prints its own text on the same line first.)
+fn read_until(lines: &mut impl Iterator<Item = String>, tag: &str) -> String {
+    let marker = format!("@@{tag}");
+    for l in lines.by_ref() {
+        if let Some(at) = l.find(&marker) {
+            return l[at + marker.len()..].to_string();
+        }
+    }
+    panic!("owner helper ended before printing {marker:?}");
+}
+
+#[test]
+#[ignore = "helper process for the socket lifetime tests; does nothing when run alone"]
+fn owner_helper() {
+    let Some(runtime) = std::env::var_os("QB_OWNER_RUNTIME") else {
+        return;
+    };
+    let opts = AgentSocketOptions {
+        runtime_dir: Some(runtime.into()),
+        qrexec_client: std::env::var_os("QB_OWNER_QREXEC").unwrap().into(),
+        relay: PathBuf::from(RELAY),
+        ..Default::default()
+    };
+    let sock = AgentSocket::start("default", &opts).unwrap();
+    println!("@@SOCKET {}", sock.path().display());
+    println!("@@LISTENER {}", sock.listener_pid().unwrap());
+    let port: u16 = std::env::var("QB_OWNER_PORT").unwrap().parse().unwrap();
+    let kh = PathBuf::from(std::env::var_os("QB_OWNER_KNOWN_HOSTS").unwrap());
+    // The remote command lives until the connection is gone (cat sees EOF
+    // when sshd drops the session), so nothing outlives the test.
+    let mut ssh = ssh_cmd(
+        port,
+        &kh,
+        sock.path(),
+        "echo @@LOGGED-IN; exec cat >/dev/null",
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let _keep_stdin_open = ssh.stdin.take();
+    println!("@@SSH {}", ssh.id());
+    let status = ssh.wait().unwrap();
+    println!("@@SSH-EXITED {status}");
+    drop(sock);
+}
+
+#[test]
+fn agent_socket_is_removed_when_ssh_is_killed() {
+    let s = side("agent-sock-sshkill", "sys-backup");
+    let Some(sshd) = Sshd::start(
+        s.vault.dir.path(),
+        &s.vault.backup_key.with_extension("pub"),
+    ) else {
+        return;
+    };
+    assert!(entries(&s.runtime).is_empty(), "absent before");
+    let (mut owner, mut lines) = spawn_owner(&s, &sshd);
+    let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
+    let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();
+    let ssh: u32 = read_until(&mut lines, "SSH ").parse().unwrap();
+    read_until(&mut lines, "LOGGED-IN");
+    // During the connection: private socket; the login went through it.
+    assert_private(&path);
+    assert!(fs::read_to_string(&s.qrexec_log)
+        .unwrap()
+        .contains("@default qubes-borg.SshAgent+default"));
+
+    let journal = fs::read_to_string(&s.journal).unwrap();
+    assert!(
+        journal.contains("sys-backup: key set default: signed an SSH login"),
+        "{journal}"
+    );
+
+    kill(Pid::from_raw(ssh as i32), Signal::SIGKILL).unwrap();
+    read_until(&mut lines, "SSH-EXITED ");
+    assert!(owner.wait().unwrap().success());
+    assert!(!path.exists(), "socket removed after ssh was killed");
+    assert!(entries(&s.runtime).is_empty(), "{:?}", entries(&s.runtime));
+    assert!(gone(listener), "listener stopped");
+}
+
+#[test]
+fn agent_socket_is_removed_when_its_owner_is_killed() {
+    let s = side("agent-sock-ownerkill", "sys-backup");
+    let Some(sshd) = Sshd::start(
+        s.vault.dir.path(),
+        &s.vault.backup_key.with_extension("pub"),
+    ) else {
+        return;
+    };
+    let (mut owner, mut lines) = spawn_owner(&s, &sshd);
+    let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
+    let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();
+    let ssh: u32 = read_until(&mut lines, "SSH ").parse().unwrap();
+    read_until(&mut lines, "LOGGED-IN");
+    assert_private(&path);
+
+    // SIGKILL the owner (no Drop runs): the listener dies with it and
+    // removes the socket.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let _ = kill(Pid::from_raw(ssh as i32), Signal::SIGKILL);
+    wait_for(
+        || gone(listener),
+        "the listener to exit after its owner died",
+    );
+    assert!(!path.exists(), "socket removed by the listener");
+    // The empty private directory is swept by the next start.
+    let next = AgentSocket::start("default", &s.opts).unwrap();
+    assert_eq!(entries(&s.runtime).len(), 1, "{:?}", entries(&s.runtime));
+    assert!(!path.parent().unwrap().exists(), "stale directory swept");
+    next.close().unwrap();
+    assert!(entries(&s.runtime).is_empty());
+}
