@@ -78,8 +78,10 @@ impl Settings {
     }
 }
 
+/// `[A-Za-z0-9._-]`, not starting with `-` (it becomes an argument of a Qubes tool).
 fn word(s: &str, max: usize) -> bool {
     s.len() <= max
+        && !s.starts_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
@@ -114,22 +116,27 @@ pub fn check_pref(prop: &str, kind: Kind, v: &str) -> Result<(), &'static str> {
     }
 }
 
-/// Feature names `[A-Za-z0-9._-]` (1..=64), values printable ASCII (up to 256 bytes).
+/// Feature names `[A-Za-z0-9._-]` (1..=64), values printable ASCII (up to 256 bytes); neither
+/// starts with `-` (no option can be slipped into `qvm-features NAME F V`).
 pub fn check_feature(name: &str, value: &str) -> Result<(), &'static str> {
     if name.is_empty() || !word(name, 64) {
         return Err("invalid feature name");
     }
-    if value.len() > MAX_FEATURE_VALUE || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if value.len() > MAX_FEATURE_VALUE
+        || value.starts_with('-')
+        || !value.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
         return Err("invalid feature value");
     }
     Ok(())
 }
 
-/// Tags `[A-Za-z0-9_-]` (1..=64) (qubes-core-admin tag names); `created-by-*` tags are
+/// Tags `[A-Za-z0-9_-]` (1..=64, not starting with `-`: a conservative subset of what Qubes accepts); `created-by-*` tags are
 /// qubesd's own and never restored.
 pub fn check_tag(t: &str) -> Result<(), &'static str> {
     if t.is_empty()
         || t.len() > 64
+        || t.starts_with('-')
         || !t
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
@@ -412,6 +419,10 @@ mod tests {
             "unknown=1",
             "no equals sign",
             "pref.vcpus=2\r",
+            "pref.kernel=--help",
+            "feature.--unset=1",
+            "feature.y=-D",
+            "tag=-x",
             "pref.label=blue",
             "pref.label=green",
         ]
@@ -420,7 +431,7 @@ mod tests {
         assert_eq!(s.prefs, vec![("label".to_string(), "blue".to_string())]);
         assert!(s.features.is_empty() && s.tags.is_empty());
         assert_eq!((s.class, s.mode, s.private_size), (None, None, None));
-        assert_eq!(w.len(), 21, "{w:#?}");
+        assert_eq!(w.len(), 25, "{w:#?}");
         assert!(w.iter().any(|x| x.contains("dom0 cannot be a netvm")));
         // Warnings print no control characters.
         assert!(w.iter().all(|x| x.chars().all(|c| !c.is_control())));
