@@ -19,6 +19,13 @@ pub(super) fn fetch(
     qube: Option<&str>,
     secrets: &Secrets,
 ) -> Result<Listing, String> {
+    // The disposable must start fresh: one left running (by hand, or by a crashed run) is shut
+    // down (qvm-shutdown of a halted qube is no error).
+    let t = ctx.cfg.shutdown_timeout.to_string();
+    let disp = ctx.cfg.disposable.clone();
+    if let Err(e) = ctx.call(&["qvm-shutdown", "--wait", "--timeout", &t, &disp]) {
+        ctx.note(&e);
+    }
     let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
     let res = (|| {
         let state = start_disposable(ctx, &mut cleanup)?;

@@ -43,19 +43,23 @@ fn job_sending(json: &[u8], ok: bool) -> Reply {
 }
 
 fn expect_calls(f: &mut Fake, job: Reply) {
-    f.expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
-        .expect(
-            "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8",
-            Reply::ok(""),
-        )
-        .expect(JOB, job)
-        .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-        .expect("losetup --detach /dev/loop8", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        );
+    f.expect(
+        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+        Reply::ok(""),
+    )
+    .expect("qvm-start sys-backup-mnt", Reply::ok(""))
+    .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
+    .expect(
+        "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8",
+        Reply::ok(""),
+    )
+    .expect(JOB, job)
+    .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
+    .expect("losetup --detach /dev/loop8", Reply::ok(""))
+    .expect(
+        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+        Reply::ok(""),
+    );
 }
 
 fn run(c: &Config, qube: Option<&str>, f: &mut Fake) -> (Outcome, String, String) {

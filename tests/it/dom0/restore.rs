@@ -70,6 +70,10 @@ fn disposable(f: &mut Fake, lp: &str) {
 }
 
 fn expect_list(f: &mut Fake, settings: &[&str]) {
+    f.expect(
+        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+        Reply::ok(""),
+    );
     disposable(f, "loop8");
     f.expect(JOB, listing(settings))
         .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
