@@ -155,7 +155,8 @@ test_stale_lock_is_taken_over_a_held_one_is_not() {
     run_backup personal || rc=$?
     kill "$holder" 2>/dev/null || true
     wait "$holder" 2>/dev/null || true
-    assert_eq 4 "$rc" "exit status while another run holds the lock ($(cat "$S/last-run.log"))"
+    # 75 (EX_TEMPFAIL): docs/USAGE.md, src/exit.rs
+    assert_eq 75 "$rc" "exit status while another run holds the lock ($(cat "$S/last-run.log"))"
     assert_nothing_left
 }
 

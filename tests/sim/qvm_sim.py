@@ -627,8 +627,14 @@ def in_qube(state, name, *argv):
 
 
 def qube_mnt_ns(state, name):
+    """The keeper's mount namespace, if the keeper is still the process its pid file names."""
     try:
-        return os.readlink(f"/proc/{keeper_pid(state, name)}/ns/mnt")
+        pid = keeper_pid(state, name)
+        # (a dead keeper's pid may have been reused: its mounts must name this qube's dirs)
+        with open(f"/proc/{pid}/mountinfo", "rb") as f:
+            if os.path.join(state, "qubes", name, "").encode() not in f.read():
+                return None
+        return os.readlink(f"/proc/{pid}/ns/mnt")
     except (OSError, ValueError):
         return None
 
@@ -753,6 +759,9 @@ def stop_qube(store, name):
     q = store.qube(name)
     state = store.state
     kill_qube(state, name)
+    # no pid file for a halted qube (its pid may be reused by anything)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(state, "qubes", name, "pid"))
     # domain-shutdown: its devices are detached once the domain is gone (and has let go of them)
     for att in [a for a in store.data["attachments"] if a["frontend"] == name]:
         detach(store, att, timeout=10.0)
