@@ -54,11 +54,11 @@ pub enum Outcome {
     NoPlan,
 }
 
-struct Ctx<'a> {
-    q: &'a mut dyn Qubes,
-    cfg: &'a Config,
-    err: &'a mut dyn Write,
-    display: Display,
+pub(super) struct Ctx<'a> {
+    pub q: &'a mut dyn Qubes,
+    pub cfg: &'a Config,
+    pub err: &'a mut dyn Write,
+    pub display: Display,
 }
 
 fn fail(argv: &[String], o: &Output) -> String {
@@ -73,7 +73,7 @@ fn fail(argv: &[String], o: &Output) -> String {
 }
 
 impl Ctx<'_> {
-    fn call(&mut self, argv: &[&str]) -> Result<Vec<u8>, String> {
+    pub(super) fn call(&mut self, argv: &[&str]) -> Result<Vec<u8>, String> {
         if self.q.interrupted() {
             return Err(CallError::Interrupted.to_string());
         }
@@ -85,7 +85,7 @@ impl Ctx<'_> {
         Ok(o.stdout)
     }
 
-    fn value(&mut self, argv: &[&str]) -> Result<String, String> {
+    pub(super) fn value(&mut self, argv: &[&str]) -> Result<String, String> {
         let out = self.call(argv)?;
         let s = String::from_utf8(out)
             .map_err(|_| format!("{}: output is not text", argv.join(" ")))?;
@@ -96,7 +96,7 @@ impl Ctx<'_> {
         Ok(s.to_string())
     }
 
-    fn note(&mut self, msg: &str) {
+    pub(super) fn note(&mut self, msg: &str) {
         self.display.clear_line(self.err);
         let _ = writeln!(self.err, "qvm-backup-borg: {msg}");
     }
@@ -184,7 +184,10 @@ fn job_argv(disposable: &str) -> Vec<String> {
 }
 
 /// Starts the disposable and attaches borg's state volume (if persistent); pushes the undo steps.
-fn start_disposable(ctx: &mut Ctx, cleanup: &mut Cleanup) -> Result<Option<String>, String> {
+pub(super) fn start_disposable(
+    ctx: &mut Ctx,
+    cleanup: &mut Cleanup,
+) -> Result<Option<String>, String> {
     let disp = ctx.cfg.disposable.clone();
     ctx.call(&["qvm-start", &disp])?;
     cleanup.push(Undo::Shutdown {
@@ -230,14 +233,25 @@ fn start_disposable(ctx: &mut Ctx, cleanup: &mut Cleanup) -> Result<Option<Strin
     Ok(Some(format!("/dev/{STATE_FRONTEND}")))
 }
 
+/// Most bytes of `data` (borg's --json output) kept from one job.
+pub const MAX_JOB_DATA: usize = 8 << 20;
+
 #[derive(Default)]
-struct JobReport {
-    stats: Option<Stats>,
-    done: Option<bool>,
-    last_error: Option<String>,
+pub(super) struct JobReport {
+    pub stats: Option<Stats>,
+    pub done: Option<bool>,
+    pub last_error: Option<String>,
+    /// `data` lines joined (bounded by MAX_JOB_DATA).
+    pub data: Vec<u8>,
+    pub data_overflow: bool,
 }
 
-fn run_job(ctx: &mut Ctx, qube: &str, total: u64, spec: &Spec) -> Result<JobReport, String> {
+pub(super) fn run_job(
+    ctx: &mut Ctx,
+    qube: &str,
+    total: u64,
+    spec: &Spec,
+) -> Result<JobReport, String> {
     let argv = job_argv(&ctx.cfg.disposable);
     let request = spec::encode(spec);
     let mut report = JobReport::default();
@@ -255,6 +269,13 @@ fn run_job(ctx: &mut Ctx, qube: &str, total: u64, spec: &Spec) -> Result<JobRepo
                 Ok(Event::Phase(p)) => display.phase(err, p.as_str()),
                 Ok(Event::Stats(s)) => report.stats = Some(s),
                 Ok(Event::Done(ok)) => report.done = Some(ok),
+                Ok(Event::Data(d)) => {
+                    if report.data.len() + d.len() > MAX_JOB_DATA {
+                        report.data_overflow = true;
+                    } else {
+                        report.data.extend_from_slice(&d);
+                    }
+                }
                 Ok(Event::Warning(t)) => notes.push(format!("{qube}: {t}")),
                 Ok(Event::Error(t)) => {
                     notes.push(format!("{qube}: error: {t}"));
@@ -328,6 +349,14 @@ fn back_up_one(
         .value(&["qvm-volume", "info", &vol, measure])?
         .parse()
         .unwrap_or(0);
+    let size = if measure == "size" {
+        Some(usage)
+    } else {
+        ctx.value(&["qvm-volume", "info", &vol, "size"])
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    let settings = super::metadata::gather(ctx, &q, item.mode, size);
     spec::check_qube(&pool).map_err(|w| format!("pool name {w}"))?;
     let pool_info = ctx.call(&["qvm-pool", "info", &pool])?;
     let driver = pool_value(&pool_info, "driver").ok_or("qvm-pool info: no driver")?;
@@ -376,6 +405,7 @@ fn back_up_one(
             device: format!("/dev/{PRIVATE_FRONTEND}"),
             compression: item.compression.clone(),
             excludes: item.excludes.clone(),
+            settings,
         }),
     };
     let report = run_job(ctx, &q, usage, &spec)?;

@@ -44,6 +44,9 @@ pub fn create_argv(repo: &str, c: &Create) -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     v.push(format!("--compression={}", c.compression));
+    if !c.settings.is_empty() {
+        v.push(format!("--comment={}", c.settings.join("\n")));
+    }
     match c.mode {
         Mode::Files => {
             v.push("--one-file-system".into());
@@ -84,6 +87,52 @@ pub fn prune_argv(repo: &str, qube: &str, keep: &Keep) -> Vec<String> {
     }
     v.push(repo.into());
     v
+}
+
+/// `borg extract` of a files-mode archive into the current directory (the fresh target fs):
+/// owners by number (the qube's uids), holes kept.
+pub fn extract_argv(repo: &str, archive: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "extract".into(),
+        "--log-json".into(),
+        "--numeric-ids".into(),
+        "--sparse".into(),
+        format!("{repo}::{archive}"),
+    ]
+}
+
+/// `borg extract --stdout` of an image-mode archive's one file (`dev/xvdi`, as create stored
+/// the device path).
+pub fn extract_image_argv(repo: &str, archive: &str, device: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "extract".into(),
+        "--log-json".into(),
+        "--stdout".into(),
+        format!("{repo}::{archive}"),
+        device.trim_start_matches('/').into(),
+    ]
+}
+
+/// Every archive name qubes-borg makes: `QUBE-YYYY-MM-DDT...`.
+pub const ANY_QUBE_GLOB: &str = "*-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*";
+
+/// `borg info --json` of one qube's archives (or every qube's): names, times, statistics and
+/// the comment (the qube's settings) in one JSON document on stdout.
+pub fn info_argv(repo: &str, qube: Option<&str>) -> Vec<String> {
+    let glob = match qube {
+        Some(q) => archive_glob(q),
+        None => ANY_QUBE_GLOB.to_string(),
+    };
+    vec![
+        "borg".into(),
+        "info".into(),
+        "--json".into(),
+        "--log-json".into(),
+        format!("--glob-archives={glob}"),
+        repo.into(),
+    ]
 }
 
 pub fn compact_argv(repo: &str) -> Vec<String> {
@@ -143,6 +192,7 @@ mod tests {
             device: "/dev/xvdi".into(),
             compression: "zstd,3".into(),
             excludes: vec!["sh:home/*/.cache".into()],
+            settings: vec![],
         }
     }
 

@@ -95,6 +95,18 @@ pub fn has_ext4(device: &Path) -> Result<bool, String> {
     Ok(buf[1080..1082] == [0x53, 0xef])
 }
 
+/// Where a restore mounts the fresh filesystem of the target volume.
+pub const TARGET_DIR: &str = "/run/qubes-borg/target";
+/// Options for it: borg extract restores owners and modes; nothing on it runs here.
+pub const TARGET_OPTIONS: &str = "nodev,nosuid,noexec";
+
+/// A fresh ext4 on the restore target (whatever was on it is gone: dom0 attached a new or
+/// explicitly replaced qube's private volume).
+pub fn make_target_fs(device: &str) -> Result<(), String> {
+    check_device(device).map_err(|w| format!("device {device}: {w}"))?;
+    run(&["mkfs.ext4".into(), "-q".into(), "-F".into(), device.into()])
+}
+
 /// Makes the state volume's filesystem on first use (a blank image from dom0).
 pub fn ensure_state_fs(device: &str) -> Result<bool, String> {
     check_device(device).map_err(|w| format!("device {device}: {w}"))?;

@@ -4,11 +4,13 @@
 //! printable ASCII before anyone prints it.
 //!
 //! ```text
-//! phase mount|create|unmount|prune|compact|state
+//! phase mount|create|unmount|prune|compact|state|list|restore
 //! progress BYTES                         bytes of the volume read so far
 //! stats ORIGINAL DEDUPLICATED COMPRESSED FILES
 //! warning TEXT
 //! error TEXT
+//! data HEX                             list: a piece of borg's --json output, hex (dom0 joins
+//!                                       the pieces, bounded, and parses them strictly)
 //! done ok|failed
 //! ```
 
@@ -30,6 +32,8 @@ pub enum Phase {
     Unmount,
     Prune,
     Compact,
+    List,
+    Restore,
 }
 
 const PHASES: &[(&str, Phase)] = &[
@@ -39,6 +43,8 @@ const PHASES: &[(&str, Phase)] = &[
     ("unmount", Phase::Unmount),
     ("prune", Phase::Prune),
     ("compact", Phase::Compact),
+    ("list", Phase::List),
+    ("restore", Phase::Restore),
 ];
 
 impl Phase {
@@ -66,8 +72,13 @@ pub enum Event {
     Stats(Stats),
     Warning(String),
     Error(String),
+    /// A piece of borg's `--json` output (at most MAX_DATA bytes per line).
+    Data(Vec<u8>),
     Done(bool),
 }
+
+/// Most bytes in one `data` line (hex doubles them).
+pub const MAX_DATA: usize = 240;
 
 /// Printable ASCII only (space to `~`), at most MAX_TEXT bytes: anything else becomes `?`.
 /// Used on the job side before sending and on dom0's side before printing.
@@ -104,6 +115,13 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         Event::Warning(t) => format!("warning {}", sanitize(t.as_bytes(), MAX_TEXT)),
         Event::Error(t) => format!("error {}", sanitize(t.as_bytes(), MAX_TEXT)),
         Event::Done(ok) => format!("done {}", if *ok { "ok" } else { "failed" }),
+        Event::Data(d) => {
+            let mut s = String::from("data ");
+            for b in d.iter().take(MAX_DATA) {
+                s += &format!("{b:02x}");
+            }
+            s
+        }
     };
     let mut v = s.into_bytes();
     v.push(b'\n');
@@ -172,6 +190,22 @@ pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
                 compressed: n[2],
                 files: n[3],
             }))
+        }
+        "data" => {
+            let h = rest.as_bytes();
+            if h.is_empty() || h.len() % 2 != 0 || h.len() > 2 * MAX_DATA {
+                return Err(bad());
+            }
+            let nib = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            h.chunks(2)
+                .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
+                .collect::<Option<Vec<u8>>>()
+                .map(Event::Data)
+                .ok_or_else(bad)
         }
         "done" => match rest {
             "ok" => Ok(Event::Done(true)),

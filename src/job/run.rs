@@ -118,6 +118,55 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 }
             }
         }
+        Op::Restore(r) => {
+            let env = borg::env(base, None);
+            out.send(Event::Phase(Phase::Restore));
+            match r.mode {
+                Mode::Files => {
+                    mount::make_target_fs(&r.device)?;
+                    let m = mount::mount(&r.device, mount::TARGET_DIR, mount::TARGET_OPTIONS)?;
+                    let argv = borg::extract_argv(&spec.repository, &r.archive);
+                    let res = run_borg_to(spec, &argv, &env, Some(mount::TARGET_DIR), out, None);
+                    out.send(Event::Phase(Phase::Unmount));
+                    let u = m.unmount();
+                    res?;
+                    u?;
+                }
+                Mode::Image => {
+                    spec::check_device(&r.device)?;
+                    let dev = fs::OpenOptions::new()
+                        .write(true)
+                        .open(&r.device)
+                        .map_err(|e| format!("cannot open {}: {e}", r.device))?;
+                    // The archive stored the device the image was read from: /dev/xvdi.
+                    let argv = borg::extract_image_argv(
+                        &spec.repository,
+                        &r.archive,
+                        &format!("/dev/{}", "xvdi"),
+                    );
+                    let res = run_borg_to(
+                        spec,
+                        &argv,
+                        &env,
+                        None,
+                        out,
+                        Some(dev.try_clone().map_err(|e| e.to_string())?),
+                    );
+                    res?;
+                    dev.sync_all()
+                        .map_err(|e| format!("cannot flush {}: {e}", r.device))?;
+                }
+            }
+        }
+        Op::List(l) => {
+            let env = borg::env(base, None);
+            out.send(Event::Phase(Phase::List));
+            let argv = borg::info_argv(&spec.repository, l.qube.as_deref());
+            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            for piece in json.as_bytes().chunks(super::progress::MAX_DATA) {
+                out.send(Event::Data(piece.to_vec()));
+            }
+        }
         Op::Prune(p) => {
             let env = borg::env(base, None);
             let mut failed = Vec::new();
@@ -161,7 +210,31 @@ fn run_borg<W: Write>(
     cwd: Option<&str>,
     out: &mut Out<W>,
     want_stats: bool,
+) -> Result<String, String> {
+    run_borg_with(spec, argv, env, cwd, out, want_stats, None)
+}
+
+/// `run_borg` without statistics, borg's stdout going to `stdout_to` when given.
+fn run_borg_to<W: Write>(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    out: &mut Out<W>,
+    stdout_to: Option<fs::File>,
 ) -> Result<(), String> {
+    run_borg_with(spec, argv, env, cwd, out, false, stdout_to).map(|_| ())
+}
+
+fn run_borg_with<W: Write>(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    out: &mut Out<W>,
+    want_stats: bool,
+    stdout_to: Option<fs::File>,
+) -> Result<String, String> {
     // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
     let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     {
@@ -170,9 +243,13 @@ fn run_borg<W: Write>(
             .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
     }
     let mut cmd = Command::new(&argv[0]);
+    let to_file = stdout_to.is_some();
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(match stdout_to {
+            Some(f) => Stdio::from(f),
+            None => Stdio::piped(),
+        })
         .stderr(Stdio::piped())
         .env_remove("BORG_PASSPHRASE")
         .env_remove("BORG_PASSCOMMAND")
@@ -189,10 +266,13 @@ fn run_borg<W: Write>(
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
     drop(pass_r);
-    let stdout = child.stdout.take().expect("piped");
+    let stdout = child.stdout.take();
+    debug_assert_eq!(stdout.is_none(), to_file);
     let json = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = stdout.take(MAX_JSON).read_to_string(&mut s);
+        if let Some(o) = stdout {
+            let _ = o.take(MAX_JSON).read_to_string(&mut s);
+        }
         s
     });
     let stderr = child.stderr.take().expect("piped");
@@ -262,7 +342,7 @@ fn run_borg<W: Write>(
             files: n("nfiles"),
         }));
     }
-    Ok(())
+    Ok(json)
 }
 
 #[cfg(test)]

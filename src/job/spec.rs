@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune
+//! op create                      create | prune | list | restore
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -17,7 +17,11 @@
 //! device /dev/xvdi               create only
 //! compression zstd,3             create only
 //! exclude sh:home/*/.cache       create only, repeatable
+//! setting pref.label=red         create only, repeatable: the lines of the archive's comment
 //! keep daily 7                   prune only, repeatable: within|last|hourly|daily|weekly|monthly|yearly
+//! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
+//! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
+//!  the device and extracts into it; image mode writes the archived image to the device)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -122,6 +126,21 @@ pub struct Create {
     pub device: String,
     pub compression: String,
     pub excludes: Vec<String>,
+    /// The qube's settings (dom0's `metadata` text, one line each), stored as the comment.
+    pub settings: Vec<String>,
+}
+
+/// Most `setting` lines.
+pub const MAX_SETTINGS: usize = 256;
+/// Most bytes of all `setting` lines together.
+pub const MAX_SETTINGS_BYTES: usize = 16 * 1024;
+
+/// A setting line: printable ASCII, 1..=1024 bytes.
+pub fn check_setting(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 1024 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("must be 1 to 1024 printable ASCII bytes");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +149,26 @@ pub struct Prune {
     pub keep: Keep,
 }
 
+/// `list`: the archives (with their statistics and comments) of one qube, or of every qube.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List {
+    pub qube: Option<String>,
+}
+
+/// `restore`: the archive's contents onto the (read-write) device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub archive: String,
+    pub mode: Mode,
+    pub device: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
+    List(List),
+    Restore(Restore),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -284,6 +319,8 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
     let op = match &spec.op {
         Op::Create(_) => "create",
         Op::Prune(_) => "prune",
+        Op::List(_) => "list",
+        Op::Restore(_) => "restore",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -302,6 +339,9 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             for e in &c.excludes {
                 s += &format!("exclude {e}\n");
             }
+            for l in &c.settings {
+                s += &format!("setting {l}\n");
+            }
         }
         Op::Prune(p) => {
             for q in &p.qubes {
@@ -313,6 +353,19 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             for (k, n) in &p.keep.counts {
                 s += &format!("keep {} {n}\n", k.as_str());
             }
+        }
+        Op::List(l) => {
+            if let Some(q) = &l.qube {
+                s += &format!("qube {q}\n");
+            }
+        }
+        Op::Restore(r) => {
+            s += &format!(
+                "archive {}\nmode {}\ndevice {}\n",
+                r.archive,
+                r.mode.as_str(),
+                r.device
+            );
         }
     }
     let mut out = s.into_bytes();
@@ -409,6 +462,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let (mut passphrase, mut key_file) = (None, None);
     let mut qubes: Vec<String> = Vec::new();
     let mut excludes = Vec::new();
+    let mut settings: Vec<String> = Vec::new();
     let mut keep = Keep::default();
     let mut keep_lines = Vec::new();
     let mut n = 1;
@@ -425,11 +479,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 let v = match value {
                     "create" => "create",
                     "prune" => "prune",
+                    "list" => "list",
+                    "restore" => "restore",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create or prune".into(),
+                            "must be create, prune, list or restore".into(),
                         ))
                     }
                 };
@@ -487,6 +543,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 excludes.push(check(n, "exclude", value, check_pattern)?)
             }
+            "setting" => {
+                let total: usize = settings.iter().map(|l| l.len() + 1).sum();
+                if settings.len() >= MAX_SETTINGS || total + value.len() > MAX_SETTINGS_BYTES {
+                    return Err(SpecError::TooLong);
+                }
+                settings.push(check(n, "setting", value, check_setting)?)
+            }
             "keep" => {
                 let (kind, v) = value.split_once(' ').ok_or(SpecError::Syntax(n))?;
                 if kind == "within" {
@@ -540,7 +603,45 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 device: device.ok_or(SpecError::Missing("device"))?,
                 compression: compression.ok_or(SpecError::Missing("compression"))?,
                 excludes,
+                settings,
             })
+        }
+        "restore" => {
+            if let Some(&l) = keep_lines.first() {
+                return Err(SpecError::WrongOp(l, "keep"));
+            }
+            if compression.is_some() || !excludes.is_empty() || !settings.is_empty() {
+                return Err(SpecError::WrongOp(0, "compression/exclude/setting"));
+            }
+            if !qubes.is_empty() {
+                return Err(SpecError::WrongOp(0, "qube"));
+            }
+            Op::Restore(Restore {
+                archive: archive.ok_or(SpecError::Missing("archive"))?,
+                mode: mode.ok_or(SpecError::Missing("mode"))?,
+                device: device.ok_or(SpecError::Missing("device"))?,
+            })
+        }
+        "list" => {
+            if let Some(&l) = keep_lines.first() {
+                return Err(SpecError::WrongOp(l, "keep"));
+            }
+            if archive.is_some()
+                || mode.is_some()
+                || device.is_some()
+                || compression.is_some()
+                || !excludes.is_empty()
+                || !settings.is_empty()
+            {
+                return Err(SpecError::WrongOp(
+                    0,
+                    "archive/mode/device/compression/exclude/setting",
+                ));
+            }
+            if qubes.len() > 1 {
+                return Err(SpecError::Repeated(0, "qube"));
+            }
+            Op::List(List { qube: qubes.pop() })
         }
         _ => {
             if archive.is_some()
@@ -548,10 +649,11 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 || device.is_some()
                 || compression.is_some()
                 || !excludes.is_empty()
+                || !settings.is_empty()
             {
                 return Err(SpecError::WrongOp(
                     0,
-                    "archive/mode/device/compression/exclude",
+                    "archive/mode/device/compression/exclude/setting",
                 ));
             }
             if keep.is_empty() {
@@ -589,6 +691,7 @@ mod tests {
                 device: "/dev/xvdi".into(),
                 compression: "zstd,3".into(),
                 excludes: vec!["sh:home/*/.cache".into(), "pp:rw/tmp x".into()],
+                settings: vec!["qubes-borg-settings/1".into(), "pref.label=red".into()],
             }),
         }
     }

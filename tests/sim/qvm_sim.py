@@ -435,9 +435,11 @@ def cmd_volume(argv, store):
     cp.add_argument(metavar="VM:VOLUME", dest="volume")
     cp.add_argument(dest="property")
     cp.add_argument(dest="value")
-    xp = add_aliased(sub, "extend", ["e"])
+    # qvm_volume.py init_extend_parser: "resize", alias "extend" (v4.2.18, v4.3.34)
+    xp = add_aliased(sub, "resize", ["extend"])
     xp.add_argument(metavar="VM:VOLUME", dest="volume")
-    xp.add_argument(dest="size")
+    xp.add_argument("size")
+    xp.add_argument("--force", "-f", action="store_true")
     lsp = add_aliased(sub, "list", ["ls", "l"])
     lsp.add_argument("-p", "--pool", dest="pools", action="append")
     lsp.add_argument("--full", action="store_true")
@@ -452,7 +454,7 @@ def cmd_volume(argv, store):
     mp.add_argument("--no-resize", action="store_true")
     args = p.parse_args(argv)
     cmd = args.command
-    if cmd not in ("info", "i"):
+    if cmd not in ("info", "i", "resize", "extend"):
         raise QubesError(f"qvm-volume {cmd or 'list'} is not simulated")
     # VMVolumeAction.parse_qubes_app
     if ":" not in args.volume:
@@ -463,6 +465,8 @@ def cmd_volume(argv, store):
     vol = store.qube(vm)["volumes"].get(volname)
     if vol is None:
         p.error_runtime(f"vm {vm!r} has no volume {volname!r}")
+    if cmd in ("resize", "extend"):
+        return volume_resize(store, vol, args.size, args.force)
     info = {"pool": vol["pool"], "vid": vol["vid"], "rw": str(vol["rw"]), "source": "",
             "save_on_stop": str(vol["save_on_stop"]), "snap_on_start": str(vol["snap_on_start"]),
             "size": str(vol["size"]), "usage": str(vol_usage(vol)),
@@ -481,6 +485,94 @@ def cmd_volume(argv, store):
     info["is_outdated"] = "False"
     print_table(list(info.items()))
     print("List of available revisions (for revert): none")
+    return 0
+
+
+def volume_resize(store, vol, size_arg, force):
+    """qvm_volume.py extend_volumes (no shrinking without --force) and core-admin
+    qubes/storage/reflink.py ReflinkVolume.resize (v4.2.39, v4.3.50): the running copy
+    (-dirty.img) is resized if it exists, else the committed image."""
+    if not size_arg.isdigit():
+        raise QubesError(f"size {size_arg!r} with a unit suffix is not simulated")
+    size = int(size_arg)
+    if not force and size < vol["size"]:
+        raise QubesError(
+            f"For your own safety, shrinking of {vol['vid']} is disabled ({size} < {vol['size']}). "
+            "If you really know what you are doing, resize filesystem manually first, then use "
+            "`-f` option.")
+    if not vol["rw"]:
+        raise QubesError(f"Cannot resize: {vol['vid']} is read-only")
+    clean, dirty = vol_paths(vol)
+    path = dirty if os.path.exists(dirty) else clean
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    vol["size"] = size
+    store.save()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# qvm-create (qvm_create.py; core-admin qubes/storage/reflink.py ReflinkVolume.create)
+# ------------------------------------------------------------------------------------------------
+
+# core-admin qubes/config.py defaults['private_img_size'] (v4.2.39, v4.3.50)
+PRIVATE_IMG_SIZE = 2 * 1024 * 1024 * 1024
+
+
+def cmd_create(argv, store):
+    p = Parser(prog="qvm-create")
+    p.add_argument("--class", "-C", dest="cls", default="AppVM")
+    p.add_argument("--standalone", action="store_true")
+    p.add_argument("--disp", action="store_true")
+    p.add_argument("--property", "--prop", action="append", default=[])
+    p.add_argument("--pool", "-p", action="append")
+    p.add_argument("-P", dest="one_pool", default="")
+    p.add_argument("--template", "-t")
+    p.add_argument("--label", "-l")
+    p.add_argument("--help-classes", action="store_true")
+    root = p.add_mutually_exclusive_group()
+    root.add_argument("--root-copy-from", "-r", metavar="FILENAME")
+    root.add_argument("--root-move-from", "-R", metavar="FILENAME")
+    root.add_argument("--no-root", action="store_true", default=False)
+    p.add_argument("name", metavar="VMNAME", nargs="?")
+    args = p.parse_args(argv)
+    if args.property or args.pool or args.one_pool or args.root_copy_from or args.root_move_from:
+        raise QubesError("qvm-create --property/--pool/-P/--root-* are not simulated")
+    if args.help_classes:
+        raise QubesError("--help-classes is not simulated")
+    cls = "StandaloneVM" if args.standalone else "DispVM" if args.disp else args.cls
+    label = args.label or ("red" if args.disp else None)
+    if not args.name:
+        p.error("VMNAME is mandatory")
+    if label is None:
+        p.error("--label option is mandatory")
+    if label not in LABELS:
+        p.error(f"no such label: {label!r}; available: {', '.join(LABELS)}")
+    if cls not in ("AppVM", "StandaloneVM"):
+        raise QubesError(f"qvm-create --class {cls} is not simulated")
+    if args.name in store.qubes:
+        raise QubesError(f"VM {args.name} already exists")
+    prefs = {"label": label}
+    if args.template:
+        t = store.qubes.get(args.template)
+        if t is None or t["klass"] != "TemplateVM":
+            raise QubesError(f"No such template: {args.template!r}")
+        if cls == "AppVM":
+            prefs["template"] = args.template
+    vid = f"appvms/{args.name}/private"
+    vol = {"pool": POOL["name"], "vid": vid, "size": PRIVATE_IMG_SIZE, "rw": True,
+           "save_on_stop": True, "snap_on_start": False, "revisions_to_keep": 0,
+           "ephemeral": False}
+    clean, _ = vol_paths(vol)
+    os.makedirs(os.path.dirname(clean), exist_ok=True)
+    with open(clean, "wb") as f:  # _create_sparse_file
+        f.truncate(PRIVATE_IMG_SIZE)
+    q = new_qube(cls, "app", volumes={"private": vol}, prefs=prefs)
+    if cls == "AppVM" and "template" not in prefs:
+        q["defaults"]["template"] = "debian-12"  # the sim's default_template
+    q["defaults"].update({"netvm": None, "kernel": ""})
+    store.qubes[args.name] = q
+    store.save()
     return 0
 
 
@@ -989,7 +1081,7 @@ def cmd_run(argv, store):
 TOOLS = {"qvm-ls": cmd_ls, "qvm-prefs": cmd_prefs, "qvm-volume": cmd_volume,
          "qvm-pool": cmd_pool, "qvm-block": cmd_block, "qvm-start": cmd_start,
          "qvm-shutdown": cmd_shutdown, "qvm-run": cmd_run, "qvm-features": cmd_features,
-         "qvm-tags": cmd_tags}
+         "qvm-tags": cmd_tags, "qvm-create": cmd_create}
 
 
 def log_call(state, argv):

@@ -12,6 +12,10 @@ use qubes_borg::job::spec::{self, Mode, Op};
 
 const NOW: u64 = 1_795_970_096; // 2026-11-29T16:34:56Z
 const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
+/// `qvm-prefs QUBE` (all properties), as qvm_prefs.py prints them; the settings saved with the
+/// archive are read from it.
+const PREFS: &str =
+    "klass     -  AppVM\nlabel     -  red\nmemory    D  400\ntemplate  -  debian-12\n";
 const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
 
 fn cfg(dir: &Path, extra: &str) -> Config {
@@ -60,6 +64,10 @@ fn expect_setup(f: &mut Fake, qube: &str, lp: &str, state_lp: &str) {
     f.expect(&format!("qvm-volume info {qube}:private pool"), Reply::ok("varlibqubes\n"))
         .expect(&format!("qvm-volume info {qube}:private vid"), Reply::ok(&format!("appvms/{qube}/private\n")))
         .expect(&format!("qvm-volume info {qube}:private usage"), Reply::ok("1000\n"))
+        .expect(&format!("qvm-volume info {qube}:private size"), Reply::ok("2000\n"))
+        .expect(&format!("qvm-prefs {qube}"), Reply::ok(PREFS))
+        .expect(&format!("qvm-features {qube}"), Reply::ok(""))
+        .expect(&format!("qvm-tags {qube} list"), Reply::ok(""))
         .expect("qvm-pool info varlibqubes", Reply::ok("name              varlibqubes\ndir_path          /var/lib/qubes\ndriver            file-reflink\nrevisions_to_keep 1\n"))
         .expect(&format!("losetup --read-only --find --show /var/lib/qubes/appvms/{qube}/private.img"), Reply::ok(&format!("/dev/{lp}\n")))
         .expect("qvm-start sys-backup-mnt", Reply::ok(""))
@@ -137,6 +145,18 @@ fn one_halted_qube_in_files_mode_is_backed_up_with_the_exact_calls() {
     assert_eq!(cr.mode, Mode::Files);
     assert!(cr.excludes.contains(&"sh:home/*/.cache".to_string()));
     assert_eq!(s.passphrase, b"correct horse");
+    // The qube's settings (explicitly set properties, mode, volume size) go with the archive.
+    assert_eq!(
+        cr.settings,
+        [
+            "qubes-borg-settings/1",
+            "class=AppVM",
+            "mode=files",
+            "private-size=2000",
+            "pref.label=red",
+            "pref.template=debian-12"
+        ]
+    );
     assert!(
         out.contains("work-2026-11-29T16:34:56Z") && out.contains("4.9 KiB") && out.contains(" ok"),
         "{out}"
@@ -164,6 +184,9 @@ fn lvm_thin_volumes_are_activated_and_looped_from_the_committed_lv() {
         .expect("qvm-volume info vault:private pool", Reply::ok("lvm\n"))
         .expect("qvm-volume info vault:private vid", Reply::ok("qubes_dom0/vm-vault-private\n"))
         .expect("qvm-volume info vault:private size", Reply::ok("10\n"))
+        .expect("qvm-prefs vault", Reply::ok(PREFS))
+        .expect("qvm-features vault", Reply::ok(""))
+        .expect("qvm-tags vault list", Reply::ok(""))
         .expect("qvm-pool info lvm", Reply::ok("name          lvm\ndriver        lvm_thin\nthin_pool     vm-pool\nvolume_group  qubes_dom0\n"))
         .expect("lvchange --activate=y -- /dev/qubes_dom0/vm-vault-private", Reply::ok(""))
         .expect("losetup --read-only --find --show /dev/qubes_dom0/vm-vault-private", Reply::ok("/dev/loop0\n"))
@@ -201,6 +224,10 @@ fn shutdown_option_stops_a_running_qube_and_starts_it_after_cleanup() {
             Reply::ok("appvms/work/private\n"),
         )
         .expect("qvm-volume info work:private usage", Reply::ok("10\n"))
+        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
+        .expect("qvm-prefs work", Reply::ok(PREFS))
+        .expect("qvm-features work", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(""))
         .expect(
             "qvm-pool info p",
             Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
@@ -252,6 +279,10 @@ fn a_failing_attach_is_cleaned_up_and_the_next_qube_still_runs() {
             Reply::ok("appvms/a/private\n"),
         )
         .expect("qvm-volume info a:private usage", Reply::ok("1\n"))
+        .expect("qvm-volume info a:private size", Reply::ok("2000\n"))
+        .expect("qvm-prefs a", Reply::ok(PREFS))
+        .expect("qvm-features a", Reply::ok(""))
+        .expect("qvm-tags a list", Reply::ok(""))
         .expect(
             "qvm-pool info p",
             Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
@@ -340,7 +371,7 @@ fn a_failed_job_fails_its_qube_and_hostile_output_is_contained() {
     );
     assert!(out.contains("FAILED: mount: wrong fs type"), "{out}");
     assert!(
-        !f.calls.iter().any(|c| c[0] == "qvm-prefs"),
+        !f.calls.iter().any(|c| c[0] == "qvm-prefs" && c.len() == 4),
         "no backup_timestamp for a failed qube"
     );
 }
@@ -438,6 +469,10 @@ fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
             Reply::ok("appvms/work/private\n"),
         )
         .expect("qvm-volume info work:private usage", Reply::ok("1\n"))
+        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
+        .expect("qvm-prefs work", Reply::ok(PREFS))
+        .expect("qvm-features work", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(""))
         .expect(
             "qvm-pool info p",
             Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),

@@ -1,3 +1,5 @@
 //! Development machine: tests of `qvm-backup-borg` (dom0) against the fake Qubes door.
 
 mod backup;
+mod list;
+mod restore;

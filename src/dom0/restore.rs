@@ -1,0 +1,303 @@
+//! dom0: `qvm-backup-borg restore QUBE [--archive A] [--as NAME] [--replace]`: recreates a qube
+//! from one of its archives. The archive list and the settings come from the disposable and are
+//! checked (`archives`, `metadata`); the new qube is created with the real tools, tagged
+//! `qubes-borg-restoring` until the data is in, and its private volume is attached read-write
+//! to a fresh disposable where the job makes the filesystem and extracts (never in dom0).
+
+use std::io::Write;
+
+use super::config::Config;
+use super::display::Display;
+use super::list::fetch;
+use super::metadata::{self, Settings};
+use super::qubes::Qubes;
+use super::run::{
+    committed_path, parse_qvm_ls, pool_value, run_job, start_disposable, Ctx, Outcome, Secrets,
+    PRIVATE_FRONTEND,
+};
+use super::volumes::{parse_loop, Cleanup, Undo};
+use crate::job::spec::{self, Op, Restore, Spec};
+
+/// Tag on a qube whose restore has not completed.
+pub const RESTORING_TAG: &str = "qubes-borg-restoring";
+/// Label when the archive names none.
+pub const DEFAULT_LABEL: &str = "red";
+
+pub struct RestoreOptions {
+    pub qube: String,
+    pub archive: Option<String>,
+    pub as_name: Option<String>,
+    pub replace: bool,
+}
+
+/// `QUBE-restored-YYYYMMDD`, the qube part shortened so the name stays within 31 bytes.
+pub fn default_name(qube: &str, date: &str) -> String {
+    let day: String = date
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(8)
+        .collect();
+    let suffix = format!("-restored-{day}");
+    let keep = 31usize.saturating_sub(suffix.len()).min(qube.len());
+    let base = qube[..keep].trim_end_matches(['-', '.', '_']);
+    format!("{base}{suffix}")
+}
+
+fn restore_inner(
+    ctx: &mut Ctx,
+    opts: &RestoreOptions,
+    secrets: &Secrets,
+    out: &mut dyn Write,
+    touched: &mut Option<String>,
+) -> Result<(), String> {
+    let listing = fetch(ctx, Some(&opts.qube), secrets)?;
+    let archive = match &opts.archive {
+        Some(a) => listing
+            .archives
+            .iter()
+            .find(|x| &x.name == a)
+            .ok_or_else(|| format!("no archive {a} of {} in the repository", opts.qube))?,
+        None => listing
+            .archives
+            .last()
+            .ok_or_else(|| format!("no archive of {} in the repository", opts.qube))?,
+    };
+    let (settings, warnings) = match metadata::parse(&archive.comment) {
+        Ok(x) => x,
+        Err(e) => {
+            return Err(format!(
+                "{}: {e}; restore it by hand (docs/USAGE.md)",
+                archive.name
+            ))
+        }
+    };
+    for w in warnings {
+        ctx.note(&format!("{}: {w}", archive.name));
+    }
+    let mode = settings
+        .mode
+        .ok_or_else(|| format!("{}: the settings name no mode", archive.name))?;
+    let target = match &opts.as_name {
+        Some(n) => n.clone(),
+        None => default_name(&opts.qube, &archive.date),
+    };
+    spec::check_qube(&target).map_err(|w| format!("qube name '{target}' {w}"))?;
+    let listed = parse_qvm_ls(&ctx.call(&[
+        "qvm-ls",
+        "--raw-data",
+        "--fields",
+        "NAME,CLASS,STATE,include_in_backups",
+    ])?)?;
+    match listed.iter().find(|l| l.name == target) {
+        Some(_) if !opts.replace => {
+            return Err(format!(
+                "qube {target} exists: nothing was changed (--as NAME for another name, or --replace to overwrite its private volume while it is halted)"
+            ))
+        }
+        Some(l) if l.state != "Halted" => {
+            return Err(format!(
+                "qube {target} is {}: shut it down first (--replace overwrites only a halted qube)",
+                l.state.to_lowercase()
+            ))
+        }
+        Some(_) => {
+            ctx.call(&["qvm-tags", &target, "add", RESTORING_TAG])?;
+            *touched = Some(target.clone());
+        }
+        None => {
+            *touched = Some(target.clone());
+            create(ctx, &target, &settings, &listed)?
+        }
+    }
+    // From here on the qube exists and carries the tag until the data is in.
+    let vol = format!("{target}:private");
+    if let Some(want) = settings.private_size {
+        let have: u64 = ctx
+            .value(&["qvm-volume", "info", &vol, "size"])?
+            .parse()
+            .map_err(|_| "qvm-volume info: size is not a number".to_string())?;
+        if want > have {
+            ctx.call(&["qvm-volume", "resize", &vol, &want.to_string()])?;
+        }
+    }
+    let pool = ctx.value(&["qvm-volume", "info", &vol, "pool"])?;
+    let vid = ctx.value(&["qvm-volume", "info", &vol, "vid"])?;
+    spec::check_qube(&pool).map_err(|w| format!("pool name {w}"))?;
+    let pool_info = ctx.call(&["qvm-pool", "info", &pool])?;
+    let driver = pool_value(&pool_info, "driver").ok_or("qvm-pool info: no driver")?;
+    let (path, lvm) = committed_path(&driver, &pool_info, &vid)?;
+    let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
+    let res = (|| {
+        if lvm {
+            ctx.call(&["lvchange", "--activate=y", "--", &path])?;
+        }
+        let o = ctx.call(&["losetup", "--find", "--show", &path])?;
+        let lp = parse_loop(&o).ok_or("losetup: unexpected output")?;
+        cleanup.push(Undo::Loop {
+            loop_name: lp.clone(),
+        });
+        let state = start_disposable(ctx, &mut cleanup)?;
+        let disp = ctx.cfg.disposable.clone();
+        ctx.call(&[
+            "qvm-block",
+            "attach",
+            "--option",
+            &format!("frontend-dev={PRIVATE_FRONTEND}"),
+            &disp,
+            &format!("dom0:{lp}"),
+        ])?;
+        cleanup.push(Undo::Detach {
+            vm: disp,
+            loop_name: lp,
+        });
+        let spec = Spec {
+            repository: ctx.cfg.repository.clone(),
+            state_device: state,
+            passphrase: secrets.passphrase.clone(),
+            key_file: secrets.key_file.clone(),
+            op: Op::Restore(Restore {
+                archive: archive.name.clone(),
+                mode,
+                device: format!("/dev/{PRIVATE_FRONTEND}"),
+            }),
+        };
+        let r = run_job(ctx, &target, 0, &spec)?;
+        if r.done != Some(true) {
+            return Err(r
+                .last_error
+                .unwrap_or_else(|| "the restore job did not finish".into()));
+        }
+        Ok(())
+    })();
+    let undo = cleanup.undo_all(ctx.q);
+    for u in &undo {
+        ctx.note(&format!("cleanup: {u}"));
+    }
+    res?;
+    if !undo.is_empty() {
+        return Err("cleanup failed (see above)".into());
+    }
+    ctx.call(&["qvm-tags", &target, "del", RESTORING_TAG])?;
+    let _ = writeln!(
+        out,
+        "restored {} ({} mode) as qube {target}",
+        archive.name,
+        mode.as_str()
+    );
+    Ok(())
+}
+
+/// `qvm-create` with the class, template and label saved, then the tag, then the other
+/// settings. A template or netvm that no longer exists, or a setting Qubes refuses, gives a
+/// warning and the Qubes default: never a failure halfway.
+fn create(
+    ctx: &mut Ctx,
+    target: &str,
+    s: &Settings,
+    listed: &[super::plan::QubeInfo],
+) -> Result<(), String> {
+    let class = s.class.clone().unwrap_or_else(|| "AppVM".into());
+    let label = s.pref("label").unwrap_or(DEFAULT_LABEL).to_string();
+    let mut argv: Vec<String> = vec!["qvm-create".into(), "--class".into(), class.clone()];
+    match s.pref("template") {
+        Some(t)
+            if listed
+                .iter()
+                .any(|l| l.name == t && l.class == "TemplateVM") =>
+        {
+            argv.extend(["--template".into(), t.to_string()]);
+        }
+        Some(t) => ctx.note(&format!(
+            "template {t} no longer exists: {target} gets the default template"
+        )),
+        None => {}
+    }
+    argv.extend(["--label".into(), label, target.into()]);
+    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
+    ctx.call(&a)?;
+    ctx.call(&["qvm-tags", target, "add", RESTORING_TAG])?;
+    for (k, v) in &s.prefs {
+        if k == "template" || k == "label" {
+            continue;
+        }
+        if k == "netvm" && !v.is_empty() && !listed.iter().any(|l| &l.name == v) {
+            ctx.note(&format!(
+                "netvm {v} no longer exists: {target} keeps the default netvm"
+            ));
+            continue;
+        }
+        if let Err(e) = ctx.call(&["qvm-prefs", target, k, v]) {
+            ctx.note(&format!("{target}: {k} not set: {e}"));
+        }
+    }
+    for (k, v) in &s.features {
+        if let Err(e) = ctx.call(&["qvm-features", target, k, v]) {
+            ctx.note(&format!("{target}: feature {k} not set: {e}"));
+        }
+    }
+    for t in &s.tags {
+        if t == RESTORING_TAG {
+            continue;
+        }
+        if let Err(e) = ctx.call(&["qvm-tags", target, "add", t]) {
+            ctx.note(&format!("{target}: tag {t} not set: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `restore`.
+pub fn restore(
+    cfg: &Config,
+    opts: &RestoreOptions,
+    secrets: &Secrets,
+    q: &mut dyn Qubes,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Outcome {
+    let mut ctx = Ctx {
+        q,
+        cfg,
+        err,
+        display: Display::new(false),
+    };
+    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+        ctx.note(&n);
+    }
+    let mut touched = None;
+    match restore_inner(&mut ctx, opts, secrets, out, &mut touched) {
+        Ok(()) => Outcome::Ok,
+        Err(e) => {
+            ctx.note(&format!("restore FAILED: {e}"));
+            if let Some(t) = touched {
+                ctx.note(&format!(
+                    "qube {t} carries the tag {RESTORING_TAG}: its restore did not complete and its data is incomplete (remove it with qvm-remove, or run the restore again with --as {t} --replace)"
+                ));
+            }
+            if ctx.q.interrupted() {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_valid_qube_names() {
+        assert_eq!(
+            default_name("work", "2026-11-29T18:00:00Z"),
+            "work-restored-20261129"
+        );
+        let long = default_name("a-very-long-qube-name-x", "2026-11-29T18:00:00Z");
+        assert!(long.len() <= 31, "{long}");
+        assert!(spec::check_qube(&long).is_ok(), "{long}");
+        assert_eq!(long, "a-very-long-q-restored-20261129");
+        let trimmed = default_name("abcdefghijkl-b", "2026-11-29T18:00:00Z");
+        assert_eq!(trimmed, "abcdefghijkl-restored-20261129");
+    }
+}

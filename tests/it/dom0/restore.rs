@@ -1,0 +1,374 @@
+//! Development machine: dom0 `qvm-backup-borg restore` against the fake Qubes: the exact call sequences (list, create
+//! with the saved settings, tag while restoring, read-write attach, the job, cleanup, untag),
+//! refusing to overwrite, and what an interrupted restore leaves visible.
+
+use std::path::Path;
+
+use qubes_borg::dom0::config::{parse, Config};
+use qubes_borg::dom0::qubes::{Fake, Reply};
+use qubes_borg::dom0::restore::{restore, RestoreOptions, RESTORING_TAG};
+use qubes_borg::dom0::run::{Outcome, Secrets};
+use qubes_borg::job::progress::{encode, Event, Phase, MAX_DATA};
+use qubes_borg::job::spec::{self, Mode, Op, Restore};
+
+const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
+const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
+const ARCHIVE: &str = "work-2026-11-29T18:00:00Z";
+
+fn cfg(dir: &Path) -> Config {
+    parse(
+        Path::new("test.conf"),
+        format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n", dir.display(), dir.display()).as_bytes(),
+    )
+    .unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qb-restore-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn job(events: &[Event], ok: bool) -> Reply {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(encode(e));
+    }
+    out.extend(encode(&Event::Done(ok)));
+    Reply {
+        code: if ok { 0 } else { 1 },
+        stdout: out,
+        stderr: vec![],
+        interrupt: false,
+    }
+}
+
+/// The list job's reply: one archive of work with these settings lines.
+fn listing(settings: &[&str]) -> Reply {
+    let comment = settings.join("\\n");
+    let json = format!(
+        r#"{{"archives": [{{"name": "{ARCHIVE}", "comment": "{comment}", "stats": {{"compressed_size": 1, "deduplicated_size": 1, "nfiles": 1, "original_size": 1}}}}]}}"#
+    );
+    let mut ev = vec![Event::Phase(Phase::List)];
+    for p in json.as_bytes().chunks(MAX_DATA) {
+        ev.push(Event::Data(p.to_vec()));
+    }
+    job(&ev, true)
+}
+
+fn disposable(f: &mut Fake, lp: &str) {
+    f.expect("qvm-start sys-backup-mnt", Reply::ok(""))
+        .expect(
+            "losetup --find --show *",
+            Reply::ok(&format!("/dev/{lp}\n")),
+        )
+        .expect(
+            &format!("qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:{lp}"),
+            Reply::ok(""),
+        );
+}
+
+fn expect_list(f: &mut Fake, settings: &[&str]) {
+    f.expect(
+        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+        Reply::ok(""),
+    );
+    disposable(f, "loop8");
+    f.expect(JOB, listing(settings))
+        .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
+        .expect("losetup --detach /dev/loop8", Reply::ok(""))
+        .expect(
+            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+            Reply::ok(""),
+        );
+}
+
+/// From the size check to the job's teardown, for TARGET on a file-reflink pool.
+fn expect_fill(f: &mut Fake, target: &str, job_reply: Reply, resize: bool) {
+    f.expect(
+        &format!("qvm-volume info {target}:private size"),
+        Reply::ok("1073741824\n"),
+    );
+    if resize {
+        f.expect(
+            &format!("qvm-volume resize {target}:private 2147483648"),
+            Reply::ok(""),
+        );
+    }
+    f.expect(
+        &format!("qvm-volume info {target}:private pool"),
+        Reply::ok("varlibqubes\n"),
+    )
+    .expect(
+        &format!("qvm-volume info {target}:private vid"),
+        Reply::ok(&format!("appvms/{target}/private\n")),
+    )
+    .expect(
+        "qvm-pool info varlibqubes",
+        Reply::ok("name      varlibqubes\ndir_path  /var/lib/qubes\ndriver    file-reflink\n"),
+    )
+    // read-write: no --read-only
+    .expect(
+        &format!("losetup --find --show /var/lib/qubes/appvms/{target}/private.img"),
+        Reply::ok("/dev/loop3\n"),
+    );
+    disposable(f, "loop4");
+    f.expect(
+        "qvm-block attach --option frontend-dev=xvdi sys-backup-mnt dom0:loop3",
+        Reply::ok(""),
+    )
+    .expect(JOB, job_reply)
+    .expect("qvm-block detach sys-backup-mnt dom0:loop3", Reply::ok(""))
+    .expect("qvm-block detach sys-backup-mnt dom0:loop4", Reply::ok(""))
+    .expect("losetup --detach /dev/loop4", Reply::ok(""))
+    .expect(
+        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+        Reply::ok(""),
+    )
+    .expect("losetup --detach /dev/loop3", Reply::ok(""));
+}
+
+const SETTINGS: &[&str] = &[
+    "qubes-borg-settings/1",
+    "class=AppVM",
+    "mode=files",
+    "private-size=2147483648",
+    "pref.template=debian-12",
+    "pref.label=purple",
+    "pref.netvm=sys-firewall",
+    "pref.memory=600",
+    "feature.service.cups=1",
+    "tag=borg-e2e",
+];
+
+const QUBES: &str = "dom0|AdminVM|Running|False\ndebian-12|TemplateVM|Halted|False\nsys-firewall|AppVM|Running|False\nwork|AppVM|Halted|True\n";
+
+fn opts(archive: Option<&str>, as_name: Option<&str>, replace: bool) -> RestoreOptions {
+    RestoreOptions {
+        qube: "work".into(),
+        archive: archive.map(String::from),
+        as_name: as_name.map(String::from),
+        replace,
+    }
+}
+
+fn run(c: &Config, o: &RestoreOptions, f: &mut Fake) -> (Outcome, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let s = Secrets {
+        passphrase: b"pw".to_vec(),
+        key_file: None,
+    };
+    let r = restore(c, o, &s, f, &mut out, &mut err);
+    (
+        r,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn a_new_qube_is_created_with_its_settings_filled_read_write_and_untagged_at_the_end() {
+    let d = tmp("new");
+    let t = "work-restored-20261129";
+    let mut f = Fake::default();
+    expect_list(&mut f, SETTINGS);
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(
+            &format!("qvm-create --class AppVM --template debian-12 --label purple {t}"),
+            Reply::ok(""),
+        )
+        .expect(&format!("qvm-tags {t} add {RESTORING_TAG}"), Reply::ok(""))
+        .expect(&format!("qvm-prefs {t} netvm sys-firewall"), Reply::ok(""))
+        .expect(&format!("qvm-prefs {t} memory 600"), Reply::ok(""))
+        .expect(&format!("qvm-features {t} service.cups 1"), Reply::ok(""))
+        .expect(&format!("qvm-tags {t} add borg-e2e"), Reply::ok(""));
+    expect_fill(
+        &mut f,
+        t,
+        job(
+            &[Event::Phase(Phase::Restore), Event::Phase(Phase::Unmount)],
+            true,
+        ),
+        true,
+    );
+    f.expect(&format!("qvm-tags {t} del {RESTORING_TAG}"), Reply::ok(""));
+    let (r, out, err) = run(&cfg(&d), &opts(None, None, false), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert_eq!(
+        out,
+        format!("restored {ARCHIVE} (files mode) as qube {t}\n")
+    );
+    let s = spec::decode(&mut &f.requests[1][..]).unwrap();
+    assert_eq!(
+        s.op,
+        Op::Restore(Restore {
+            archive: ARCHIVE.into(),
+            mode: Mode::Files,
+            device: "/dev/xvdi".into()
+        })
+    );
+    assert_eq!(s.state_device.as_deref(), Some("/dev/xvdj"));
+}
+
+#[test]
+fn a_missing_template_or_netvm_gives_a_warning_and_the_default() {
+    let d = tmp("missing");
+    let t = "old";
+    let mut f = Fake::default();
+    expect_list(
+        &mut f,
+        &[
+            "qubes-borg-settings/1",
+            "mode=image",
+            "private-size=1073741824",
+            "pref.template=fedora-38",
+            "pref.netvm=sys-gone",
+            "pref.label=blue",
+        ],
+    );
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(
+            &format!("qvm-create --class AppVM --label blue {t}"),
+            Reply::ok(""),
+        )
+        .expect(&format!("qvm-tags {t} add {RESTORING_TAG}"), Reply::ok(""));
+    expect_fill(&mut f, t, job(&[], true), false);
+    f.expect(&format!("qvm-tags {t} del {RESTORING_TAG}"), Reply::ok(""));
+    let (r, out, err) = run(&cfg(&d), &opts(Some(ARCHIVE), Some(t), false), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(err.contains("template fedora-38 no longer exists"), "{err}");
+    assert!(err.contains("netvm sys-gone no longer exists"), "{err}");
+    assert!(out.contains("(image mode)"));
+    let s = spec::decode(&mut &f.requests[1][..]).unwrap();
+    assert!(matches!(
+        s.op,
+        Op::Restore(Restore {
+            mode: Mode::Image,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_existing_qube_is_never_touched_without_replace() {
+    let d = tmp("exists");
+    let mut f = Fake::default();
+    expect_list(&mut f, SETTINGS);
+    f.expect(LS, Reply::ok(QUBES));
+    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), false), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("qube work exists: nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains(RESTORING_TAG), "{err}");
+    assert!(f.expected.is_empty());
+}
+
+#[test]
+fn replace_refuses_a_running_qube() {
+    let d = tmp("running");
+    let mut f = Fake::default();
+    expect_list(&mut f, SETTINGS);
+    f.expect(LS, Reply::ok(QUBES));
+    let (r, _, err) = run(&cfg(&d), &opts(None, Some("sys-firewall"), true), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(
+        err.contains("sys-firewall is running: shut it down first"),
+        "{err}"
+    );
+    assert!(f.expected.is_empty());
+}
+
+#[test]
+fn replace_of_a_halted_qube_overwrites_only_its_private_volume() {
+    let d = tmp("replace");
+    let mut f = Fake::default();
+    expect_list(&mut f, SETTINGS);
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""));
+    expect_fill(&mut f, "work", job(&[], true), true);
+    f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
+    let (r, _, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(!f
+        .calls
+        .iter()
+        .any(|c| c[0] == "qvm-create" || c[0] == "qvm-prefs"));
+}
+
+#[test]
+fn a_failed_restore_leaves_the_tag_and_says_so() {
+    let d = tmp("fail");
+    let t = "work-restored-20261129";
+    let mut f = Fake::default();
+    expect_list(
+        &mut f,
+        &[
+            "qubes-borg-settings/1",
+            "mode=files",
+            "private-size=1073741824",
+            "pref.label=red",
+        ],
+    );
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(
+            &format!("qvm-create --class AppVM --label red {t}"),
+            Reply::ok(""),
+        )
+        .expect(&format!("qvm-tags {t} add {RESTORING_TAG}"), Reply::ok(""));
+    expect_fill(
+        &mut f,
+        t,
+        job(
+            &[Event::Error(
+                "borg extract failed (exit 2): Connection closed".into(),
+            )],
+            false,
+        ),
+        false,
+    );
+    let (r, out, err) = run(&cfg(&d), &opts(None, None, false), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(out.is_empty());
+    assert!(err.contains("restore FAILED: borg extract failed"), "{err}");
+    assert!(
+        err.contains(&format!("qube {t} carries the tag {RESTORING_TAG}")),
+        "{err}"
+    );
+    assert!(!f
+        .calls
+        .iter()
+        .any(|c| c.get(2).map(String::as_str) == Some("del")));
+}
+
+#[test]
+fn an_archive_without_settings_or_an_unknown_archive_is_refused_before_any_change() {
+    for (settings, archive, why) in [
+        (&[][..], None, "no qubes-borg-settings/1 settings"),
+        (
+            SETTINGS,
+            Some("work-2020-01-01T00:00:00Z"),
+            "no archive work-2020-01-01T00:00:00Z",
+        ),
+        (
+            &["qubes-borg-settings/1", "pref.label=red"][..],
+            None,
+            "the settings name no mode",
+        ),
+    ] {
+        let d = tmp("nosettings");
+        let mut f = Fake::default();
+        expect_list(&mut f, settings);
+        let (r, _, err) = run(&cfg(&d), &opts(archive, None, false), &mut f);
+        assert_eq!(r, Outcome::Failed);
+        assert!(err.contains(why), "{err}");
+        assert!(f.expected.is_empty());
+    }
+}
