@@ -532,6 +532,10 @@ fn without_an_admin_repository_prune_is_skipped_with_a_note() {
             Reply::ok("appvms/work/private\n"),
         )
         .expect("qvm-volume info work:private usage", Reply::ok("1\n"))
+        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
+        .expect("qvm-prefs work", Reply::ok(PREFS))
+        .expect("qvm-features work", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(""))
         .expect(
             "qvm-pool info p",
             Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
