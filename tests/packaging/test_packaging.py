@@ -1077,17 +1077,22 @@ qubes-borg:
         self.assertEqual([l for l in dest["contents"].splitlines() if not l.startswith("#")],
                          ["host = xyz123.repo.borgbase.com", "user = xyz123", "port = 2222",
                           "host-key = ssh-ed25519 " + key])
-        # The real qubes-ssh-service accepts the file and runs ssh to that server.
-        conf_dir = os.path.join(Env.work, "dest-conf")
-        write(os.path.join(conf_dir, "borgbase.conf"), dest["contents"])
+        # The real qubes-ssh-service accepts the file and runs ssh to that server. Its paths are
+        # fixed (/etc/qubes-borg/destinations, /usr/bin/ssh): the test shows its files there in a
+        # private mount namespace (tests/it/support/overlay-ns).
+        ov = os.path.join(Env.work, "dest-ov")
+        write(os.path.join(ov, "etc", "qubes-borg", "destinations", "borgbase.conf"), dest["contents"])
         argv_file = os.path.join(Env.work, "dest-ssh-argv")
-        write(os.path.join(Env.work, "dest-bin", "ssh"), "#!/bin/sh\nprintf '%%s\\n' \"$@\" > %s\n" % argv_file)
-        os.chmod(os.path.join(Env.work, "dest-bin", "ssh"), 0o755)
-        env = dict(os.environ, QUBES_SSH_SERVICE_CONFIG_DIR=conf_dir, QREXEC_REMOTE_DOMAIN="sys-backup-mnt",
-                   QUBES_SSH_SERVICE_SSH=os.path.join(Env.work, "dest-bin", "ssh"))
-        p = run([os.path.join(RELEASE, "qubes-ssh-service"), "borgbase"], check=False, env=env,
+        ssh = os.path.join(ov, "usr-bin", "ssh")
+        write(ssh, "#!/bin/sh\nprintf '%%s\\n' \"$@\" > %s\n" % argv_file)
+        os.chmod(ssh, 0o755)
+        env = dict(os.environ, QREXEC_REMOTE_DOMAIN="sys-backup-mnt")
+        p = run([os.path.join(REPO, "tests", "it", "support", "overlay-ns"),
+                 os.path.join(ov, "etc") + "=/etc", os.path.join(ov, "usr-bin") + "=/usr/bin", "--",
+                 os.path.join(RELEASE, "qubes-ssh-service"), "borgbase"], check=False, env=env,
                 input="qubes-ssh/1 borgbase borg serve\n")
-        self.assertTrue(p.stdout.startswith("OK\n"), p.stdout + p.stderr)
+        # The status line follows the service's mark line (docs/PROTOCOL.md).
+        self.assertTrue(p.stdout.startswith("\nqubes-ssh/1\nOK\n"), p.stdout + p.stderr)
         argv = open(argv_file).read().split("\n")
         self.assertIn("xyz123.repo.borgbase.com", argv)
         self.assertEqual(argv[argv.index("-p") + 1], "2222")
