@@ -454,14 +454,9 @@ fn a_dry_run_changes_nothing_not_even_another_runs_leftovers() {
     assert!(out.contains("(running: as of its last start)"), "{out}");
 }
 
-#[test]
-fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
-    let d = tmp("prune");
-    let c = cfg(
-        &d,
-        "persistent_state = no\nadmin_repository = ssh://admin/./repo\nkeep_daily = 7\n",
-    );
-    let mut f = Fake::default();
+/// One halted qube on a file-reflink pool backed up with no persistent state: every call up to
+/// and including its backup_timestamp.
+fn expect_one_qube_backed_up(f: &mut Fake) {
     f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"))
         .expect("qvm-volume info work:private pool", Reply::ok("p\n"))
         .expect(
@@ -496,8 +491,19 @@ fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
         .expect(
             &format!("qvm-prefs work backup_timestamp {NOW}"),
             Reply::ok(""),
-        )
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
+        );
+}
+
+#[test]
+fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
+    let d = tmp("prune");
+    let c = cfg(
+        &d,
+        "persistent_state = no\nadmin_repository = ssh://admin/./repo\nkeep_daily = 7\n",
+    );
+    let mut f = Fake::default();
+    expect_one_qube_backed_up(&mut f);
+    f.expect("qvm-start sys-backup-mnt", Reply::ok(""))
         .expect(
             JOB,
             Reply {
@@ -525,41 +531,7 @@ fn without_an_admin_repository_prune_is_skipped_with_a_note() {
     let d = tmp("prune-skip");
     let c = cfg(&d, "persistent_state = no\nkeep_daily = 7\n");
     let mut f = Fake::default();
-    f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"))
-        .expect("qvm-volume info work:private pool", Reply::ok("p\n"))
-        .expect(
-            "qvm-volume info work:private vid",
-            Reply::ok("appvms/work/private\n"),
-        )
-        .expect("qvm-volume info work:private usage", Reply::ok("1\n"))
-        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
-        .expect("qvm-prefs work", Reply::ok(PREFS))
-        .expect("qvm-features work", Reply::ok(""))
-        .expect("qvm-tags work list", Reply::ok(""))
-        .expect(
-            "qvm-pool info p",
-            Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
-        )
-        .expect(
-            "losetup --read-only --find --show /var/lib/qubes/appvms/work/private.img",
-            Reply::ok("/dev/loop1\n"),
-        )
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect(
-            "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
-            Reply::ok(""),
-        )
-        .expect(JOB, job_ok(1))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop1", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        )
-        .expect("losetup --detach /dev/loop1", Reply::ok(""))
-        .expect(
-            &format!("qvm-prefs work backup_timestamp {NOW}"),
-            Reply::ok(""),
-        );
+    expect_one_qube_backed_up(&mut f);
     let (r, _, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "no prune job: {:?}", f.expected);
