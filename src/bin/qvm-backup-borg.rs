@@ -4,13 +4,12 @@
 //! `qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]`
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
-use qubes_borg::dom0::config::{self, Config};
+use qubes_borg::dom0::config;
 use qubes_borg::dom0::run::{self, Options, Outcome, Secrets};
-use qubes_borg::dom0::{lock, qubes::Real, signals::Signals};
+use qubes_borg::dom0::{lock, qubes::Real, secrets, signals::Signals};
 
 use qubes_borg::exit::{self, Program};
 
@@ -44,73 +43,6 @@ fn help() -> String {
 fn die(code: u8, msg: &str) -> ! {
     eprintln!("qvm-backup-borg: {msg}");
     std::process::exit(code.into())
-}
-
-/// A root-only secret file: regular, owned by root (or us), not readable by group or others.
-fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file()
-        || meta.mode() & 0o077 != 0
-        || (meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw())
-    {
-        return Err(format!(
-            "{}: must be a regular file owned by root with mode 0600 or 0400",
-            path.display()
-        ));
-    }
-    let mut v = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024 + 1).read_to_end(&mut v))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if v.len() > 64 * 1024 {
-        return Err(format!("{}: larger than 64 KiB", path.display()));
-    }
-    Ok(v)
-}
-
-fn ask_passphrase() -> Result<Vec<u8>, String> {
-    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
-    let mut tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|e| format!("no passphrase file and no terminal to ask on: {e}"))?;
-    let old = tcgetattr(&tty).map_err(|e| format!("terminal: {e}"))?;
-    let mut quiet = old.clone();
-    quiet.local_flags.remove(LocalFlags::ECHO);
-    write!(tty, "Passphrase of the borg repository: ").map_err(|e| e.to_string())?;
-    tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).map_err(|e| format!("terminal: {e}"))?;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while tty.read(&mut b).map_err(|e| e.to_string())? == 1
-        && b[0] != b'\n'
-        && line.len() <= 64 * 1024
-    {
-        line.push(b[0]);
-    }
-    let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, &old);
-    let _ = writeln!(tty);
-    Ok(line)
-}
-
-fn secrets(cfg: &Config) -> Result<Secrets, String> {
-    let mut passphrase = if cfg.passphrase_file.exists() {
-        read_secret(&cfg.passphrase_file)?
-    } else {
-        ask_passphrase()?
-    };
-    // A trailing newline of an edited file is not part of the passphrase (as borg's --passphrase-fd reads a line).
-    if passphrase.last() == Some(&b'\n') {
-        passphrase.pop();
-    }
-    let key_file = match &cfg.key_file {
-        Some(p) => Some(read_secret(p)?),
-        None => None,
-    };
-    Ok(Secrets {
-        passphrase,
-        key_file,
-    })
 }
 
 /// Exits with the status of `outcome` (as `backup` does).
@@ -160,7 +92,7 @@ fn list_main(args: &[String]) -> ! {
     let signals = Signals::install()
         .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
     let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
-    let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
+    let sec = secrets::load(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
     let mut q = Real {
         signals: Some(signals),
     };
@@ -230,7 +162,7 @@ fn restore_main(args: &[String]) -> ! {
     let signals = Signals::install()
         .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
     let lock = lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(EXIT_LOCKED, &e.to_string()));
-    let sec = secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
+    let sec = secrets::load(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e));
     let mut q = Real {
         signals: Some(signals),
     };
@@ -318,7 +250,7 @@ fn main() {
             key_file: None,
         }
     } else {
-        secrets(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e))
+        secrets::load(&cfg).unwrap_or_else(|e| die(EXIT_CONFIG, &e))
     };
     let mut q = Real {
         signals: Some(signals),
@@ -339,15 +271,5 @@ fn main() {
         now,
     );
     drop(lock);
-    let signal = q
-        .signals
-        .as_ref()
-        .and_then(|s| s.which())
-        .map(|s| s as i32 as u8);
-    let code = match outcome {
-        Outcome::Ok => EXIT_OK,
-        Outcome::Failed | Outcome::NoPlan => EXIT_FAILED,
-        Outcome::Interrupted => exit::SIGNALED + signal.unwrap_or(nix::libc::SIGINT as u8),
-    };
-    std::process::exit(code.into())
+    finish(outcome, &q)
 }

@@ -1,4 +1,4 @@
-//! dom0: `qvm-backup-borg`. `list` and `archives` (with `json`) list the repository. `config` reads backup.conf, `plan` decides (pure), `qubes` is the
+//! dom0: `qvm-backup-borg`. `secrets` reads the passphrase and key file. `list` and `archives` (with `json`) list the repository. `config` reads backup.conf, `plan` decides (pure), `qubes` is the
 //! only door to the Qubes tools, `volumes` undoes what was set up, `lock` keeps runs apart,
 //! `run` drives it all, `display` shows progress. Meets the job only through `job::spec`
 //! and `job::progress`.
@@ -14,5 +14,6 @@ pub mod plan;
 pub mod qubes;
 pub mod restore;
 pub mod run;
+pub mod secrets;
 pub mod signals;
 pub mod volumes;
