@@ -920,7 +920,9 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let d = dir.0.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(load_owned_by(&d, "nas", &[me])));
+        std::thread::spawn(move || {
+            let _ = tx.send(load_owned_by(&d, "nas", &[me]));
+        });
         match rx.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(Err(ConfigError::Unsafe { path, why })) => {
                 assert_eq!((path, why.as_str()), (fifo, "is not a regular file"))
