@@ -46,12 +46,12 @@ MUTANTS_FILES := src/validate.rs src/ssh/argv.rs src/ssh/header.rs src/ssh/statu
 MUTANTS_ARGS := $(addprefix --file ,$(MUTANTS_FILES))
 # Fails when a mutant is missed (exit 2) or times out (exit 3).
 mutants:
-	nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS)
+	CARGO_PROFILE_DEV_DEBUG=0 nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS)
 # Only the mutants in lines the last commit changed in those files (CI).
 MUTANTS_BASE ?= HEAD~1
 mutants-diff:
 	mkdir -p target && git diff $(MUTANTS_BASE) -- $(MUTANTS_FILES) > target/mutants.diff
-	nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS) --in-diff target/mutants.diff
+	CARGO_PROFILE_DEV_DEBUG=0 nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS) --in-diff target/mutants.diff
 
 bench: build
 	tests/bench/run

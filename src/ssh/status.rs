@@ -55,6 +55,25 @@ impl Line {
     }
 }
 
+/// The client's count of what came before the mark: the target's login scripts may print, but
+/// not without bound.
+#[derive(Debug, Default)]
+pub struct BeforeMark {
+    seen: usize,
+}
+
+impl BeforeMark {
+    /// What `untrusted_line` is, or `None` once more than `MAX_BEFORE_MARK` bytes (this line
+    /// included) came before the mark.
+    pub fn line(&mut self, untrusted_line: &[u8]) -> Option<Line> {
+        self.seen += untrusted_line.len();
+        if self.seen > MAX_BEFORE_MARK {
+            return None;
+        }
+        Some(Line::of(untrusted_line))
+    }
+}
+
 /// What went wrong, as one word on the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrClass {
@@ -359,5 +378,23 @@ mod tests {
             StatusError::Malformed("x".into()).to_string(),
             "malformed status line from the service: 'x'"
         );
+    }
+
+    #[test]
+    fn at_most_64_kib_may_come_before_the_mark() {
+        let mut b = BeforeMark::default();
+        let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+        for _ in 0..63 {
+            assert_eq!(b.line(&line), Some(Line::Other));
+        }
+        let mut last = b"y".repeat(1024 - MARK.len() - 1);
+        last.push(b'\n');
+        assert_eq!(b.line(&last), Some(Line::Other));
+        assert_eq!(b.line(b"\n"), Some(Line::Blank));
+        // 65536 bytes so far, the mark included: taken.
+        assert_eq!(b.line(&MARK[1..]), Some(Line::Mark));
+        assert_eq!(63 * 1024 + last.len() + MARK.len(), MAX_BEFORE_MARK);
+        // One byte more: refused.
+        assert_eq!(b.line(b"\n"), None);
     }
 }
