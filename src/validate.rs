@@ -132,7 +132,8 @@ pub fn host(s: &str) -> Result<(), Invalid> {
 /// A TCP port: decimal digits only, 1..=65535, no sign, no leading zero.
 pub fn port(s: &str) -> Result<u16, Invalid> {
     const WHAT: &str = "port";
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // An empty port passes these checks and fails to parse below, with the same message.
+    if s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid(WHAT, "is not a number from 1 to 65535"));
     }
     if s.starts_with('0') {

@@ -216,7 +216,7 @@ pub fn parse<S: AsRef<str>>(untrusted_words: &[S]) -> Result<BorgArgv, ArgvError
 
     // Options, in borg's order: level, topics, quota.
     let mut serve = ServeOptions::default();
-    let mut stage = 0; // 0: level allowed, 1: topics allowed, 2: quota allowed, 3: nothing
+    let mut stage = 0; // 0: nothing yet, 1: after the level or a topic, 2: after the quota
     while i < untrusted_words.len() {
         let w = untrusted_words[i];
         let repeated = || ArgvError::Repeated {
@@ -240,11 +240,11 @@ pub fn parse<S: AsRef<str>>(untrusted_words: &[S]) -> Result<BorgArgv, ArgvError
             serve.debug_topics.push(topic.to_string());
             stage = 1;
         } else if let Some(q) = w.strip_prefix("--storage-quota=") {
-            if stage > 2 {
+            if stage > 1 {
                 return Err(repeated());
             }
             serve.storage_quota = Some(check_quota(q).map_err(|e| invalid(i, e))?);
-            stage = 3;
+            stage = 2;
         } else {
             return Err(unexpected(i));
         }
@@ -287,10 +287,10 @@ fn check_quota(q: &str) -> Result<u64, Invalid> {
         what: "storage quota",
         why: "is not a byte count (1 to 20 decimal digits, no leading zero)",
     };
-    if q.is_empty() || q.len() > 20 || !q.bytes().all(|b| b.is_ascii_digit()) || q.starts_with('0')
-    {
+    if q.len() > 20 || !q.bytes().all(|b| b.is_ascii_digit()) || q.starts_with('0') {
         return Err(bad);
     }
+    // An empty quota passes the checks above and fails here, with the same message.
     q.parse::<u64>().map_err(|_| bad)
 }
 
