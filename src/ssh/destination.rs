@@ -785,11 +785,12 @@ mod tests {
             );
         }
         // The largest blob, and one byte more.
-        let max = blob("ssh-rsa", MAX_KEY_BLOB - 4 - 7);
-        assert_eq!(max.len(), MAX_KEY_BLOB);
+        // The largest blob is 16 KiB (an RSA-16384 key is about 2 KiB).
+        let max = blob("ssh-rsa", 16 * 1024 - 4 - 7);
+        assert_eq!(max.len(), 16384);
         assert!(key("ssh-rsa", &max).is_ok());
         assert_eq!(
-            why("ssh-rsa", &blob("ssh-rsa", MAX_KEY_BLOB - 10)),
+            why("ssh-rsa", &blob("ssh-rsa", 16 * 1024 - 10)),
             "host-key data has an implausible length"
         );
         // The blob names another type, or a length that does not fit.
@@ -929,6 +930,19 @@ mod tests {
             }
             Ok(other) => panic!("want Unsafe, got {other:?}"),
             Err(_) => panic!("opening a FIFO destination file blocked"),
+        }
+    }
+
+    #[test]
+    fn a_socket_in_place_of_the_file_is_an_io_error_not_called_a_symlink() {
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = SafeDir::new("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(dir.0.join("nas.conf")).unwrap();
+        match load_owned_by(&dir.0, "nas", &[me]) {
+            Err(ConfigError::Io { err, .. }) => {
+                assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}")
+            }
+            other => panic!("want Io, got {other:?}"),
         }
     }
 
