@@ -16,7 +16,7 @@ VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter qubes-borg-job
 # Programs installed in dom0.
 DOM0_BINS    := qvm-backup-borg
 
-.PHONY: all build test lint demo bench install-vm install-dom0 clean dist rpm deb
+.PHONY: all build test lint demo bench mutants mutants-diff install-vm install-dom0 clean dist rpm deb
 
 all: build
 
@@ -36,6 +36,21 @@ test: build lint
 
 demo:
 	tests/sim/demo
+
+# Mutation testing of the security-critical files (docs/TESTING.md; needs cargo-mutants).
+# The one list of those files; .cargo/mutants.toml holds the test arguments and exclusions.
+MUTANTS_FILES := src/validate.rs src/ssh/argv.rs src/ssh/header.rs src/ssh/status.rs \
+	src/ssh/destination.rs src/ssh/command.rs \
+	src/agent/wire.rs src/agent/filter.rs src/job/spec.rs src/job/progress.rs \
+	src/dom0/config.rs src/dom0/metadata.rs src/dom0/archives.rs src/dom0/json.rs
+MUTANTS_ARGS := $(addprefix --file ,$(MUTANTS_FILES))
+# Fails when a mutant is missed (exit 2) or times out (exit 3).
+mutants:
+	CARGO_PROFILE_DEV_DEBUG=0 nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS)
+# Only the mutants in lines changed since MUTANTS_BASE in those files (CI; at most MUTANTS_MAX).
+MUTANTS_BASE ?= HEAD~1
+mutants-diff:
+	tests/mutants-diff $(MUTANTS_BASE) $(MUTANTS_FILES)
 
 bench: build
 	tests/bench/run

@@ -132,7 +132,8 @@ pub fn host(s: &str) -> Result<(), Invalid> {
 /// A TCP port: decimal digits only, 1..=65535, no sign, no leading zero.
 pub fn port(s: &str) -> Result<u16, Invalid> {
     const WHAT: &str = "port";
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // An empty port passes these checks and fails to parse below, with the same message.
+    if s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid(WHAT, "is not a number from 1 to 65535"));
     }
     if s.starts_with('0') {
@@ -257,6 +258,125 @@ mod tests {
         ] {
             assert!(path_word("p", bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn why<T: std::fmt::Debug>(r: Result<T, Invalid>) -> &'static str {
+        r.unwrap_err().why
+    }
+
+    #[test]
+    fn users_are_name_bytes_up_to_32_and_not_an_option() {
+        assert_eq!(user("backup_1.x-y"), Ok(()));
+        assert_eq!(user(&"u".repeat(32)), Ok(()));
+        assert_eq!(why(user(&"u".repeat(33))), "is too long");
+        assert_eq!(why(user("")), "is empty");
+        assert_eq!(why(user("-oProxyCommand")), "starts with '-'");
+        for bad in ["a b", "a:b", "a@b", "a/b", "a;b", "caf\u{e9}", "a\nb"] {
+            assert_eq!(
+                why(user(bad)),
+                "contains a character that is not allowed",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(user("").unwrap_err().what, "user");
+    }
+
+    #[test]
+    fn hosts_are_dns_names_or_bare_ip_literals_up_to_253() {
+        for ok in ["my-nas.example", "192.0.2.1", "fd00::1", "::1", "A9"] {
+            assert_eq!(host(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(host(&"h".repeat(253)), Ok(()));
+        assert_eq!(why(host(&"h".repeat(254))), "is too long");
+        assert_eq!(why(host("")), "is empty");
+        assert_eq!(why(host("-oX")), "starts with '-'");
+        for bad in [
+            "a_b",
+            "[fd00::1]",
+            "fe80::1%eth0",
+            "a/b",
+            "a b",
+            "a@b",
+            "h\0",
+        ] {
+            assert_eq!(
+                why(host(bad)),
+                "contains a character that is not allowed",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(host("").unwrap_err().what, "host");
+    }
+
+    #[test]
+    fn the_generic_word_check_reports_each_fault_alone() {
+        let digits = |b: u8| b.is_ascii_digit();
+        assert_eq!(check_word("w", "123", 3, digits), Ok(()));
+        assert_eq!(why(check_word("w", "1234", 3, digits)), "is too long");
+        assert_eq!(why(check_word("w", "", 3, digits)), "is empty");
+        assert_eq!(
+            why(check_word("w", "1a", 3, digits)),
+            "contains a character that is not allowed"
+        );
+        assert_eq!(
+            why(check_word("w", "-1", 3, |b| b == b'-' || b.is_ascii_digit())),
+            "starts with '-'"
+        );
+    }
+
+    #[test]
+    fn names_are_refused_with_a_message_for_each_fault() {
+        assert_eq!(name("n", &"x".repeat(64)), Ok(()));
+        assert_eq!(why(name("n", &"x".repeat(65))), "is too long");
+        assert_eq!(why(name("n", "")), "is empty");
+        assert_eq!(
+            name("destination name", "a/b").unwrap_err().to_string(),
+            "destination name contains a character that is not allowed"
+        );
+        for ok in ["0", "Z", "a", "9-_."] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn ports_have_their_own_message_for_a_leading_zero() {
+        assert_eq!(port("1"), Ok(1));
+        assert_eq!(port("10000"), Ok(10000));
+        assert_eq!(why(port("022")), "has a leading zero");
+        assert_eq!(why(port("0")), "has a leading zero");
+        assert_eq!(why(port("65536")), "is not a number from 1 to 65535");
+        assert_eq!(why(port("123456")), "is not a number from 1 to 65535");
+        assert_eq!(why(port("")), "is not a number from 1 to 65535");
+        assert_eq!(why(port("2a")), "is not a number from 1 to 65535");
+    }
+
+    #[test]
+    fn path_words_are_bounded_at_255_and_name_the_dotdot_fault() {
+        assert_eq!(path_word("p", &"b".repeat(255)), Ok(()));
+        assert_eq!(why(path_word("p", &"b".repeat(256))), "is too long");
+        assert_eq!(path_word("p", "/opt/borg+1/_x-y.z"), Ok(()));
+        assert_eq!(path_word("p", "a..b/..c/d.."), Ok(()));
+        for bad in ["..", "a/..", "../a", "a/../b"] {
+            assert_eq!(
+                why(path_word("p", bad)),
+                "contains a '..' component",
+                "{bad}"
+            );
+        }
+        for bad in ["a:b", "a@b", "a\\b", "a=b", "a%b"] {
+            assert_eq!(
+                why(path_word("p", bad)),
+                "contains a character that is not allowed",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn printable_keeps_space_and_tilde_and_adds_dots_only_when_cut() {
+        assert_eq!(printable(b" ~\x7f\x1f", 10), " ~??");
+        assert_eq!(printable(b"abc", 3), "abc");
+        assert_eq!(printable(b"", 0), "");
     }
 
     #[test]

@@ -216,7 +216,7 @@ pub fn parse<S: AsRef<str>>(untrusted_words: &[S]) -> Result<BorgArgv, ArgvError
 
     // Options, in borg's order: level, topics, quota.
     let mut serve = ServeOptions::default();
-    let mut stage = 0; // 0: level allowed, 1: topics allowed, 2: quota allowed, 3: nothing
+    let mut stage = 0; // 0: nothing yet, 1: after the level or a topic, 2: after the quota
     while i < untrusted_words.len() {
         let w = untrusted_words[i];
         let repeated = || ArgvError::Repeated {
@@ -240,11 +240,11 @@ pub fn parse<S: AsRef<str>>(untrusted_words: &[S]) -> Result<BorgArgv, ArgvError
             serve.debug_topics.push(topic.to_string());
             stage = 1;
         } else if let Some(q) = w.strip_prefix("--storage-quota=") {
-            if stage > 2 {
+            if stage > 1 {
                 return Err(repeated());
             }
             serve.storage_quota = Some(check_quota(q).map_err(|e| invalid(i, e))?);
-            stage = 3;
+            stage = 2;
         } else {
             return Err(unexpected(i));
         }
@@ -287,10 +287,10 @@ fn check_quota(q: &str) -> Result<u64, Invalid> {
         what: "storage quota",
         why: "is not a byte count (1 to 20 decimal digits, no leading zero)",
     };
-    if q.is_empty() || q.len() > 20 || !q.bytes().all(|b| b.is_ascii_digit()) || q.starts_with('0')
-    {
+    if q.len() > 20 || !q.bytes().all(|b| b.is_ascii_digit()) || q.starts_with('0') {
         return Err(bad);
     }
+    // An empty quota passes the checks above and fails here, with the same message.
     q.parse::<u64>().map_err(|_| bad)
 }
 
@@ -337,5 +337,235 @@ mod tests {
         assert!(p("a@b@nas borg serve").is_err());
         assert!(p("nas borg").is_err());
         assert!(p("nas").is_err());
+    }
+
+    fn err(s: &str) -> ArgvError {
+        p(s).unwrap_err()
+    }
+
+    fn unexpected(pos: usize, word: &str) -> ArgvError {
+        ArgvError::Unexpected {
+            pos,
+            word: word.into(),
+        }
+    }
+
+    fn invalid_why(s: &str) -> (usize, &'static str, &'static str) {
+        match err(s) {
+            ArgvError::Invalid { pos, err } => (pos, err.what, err.why),
+            other => panic!("want Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_log_level_borg_sends_is_accepted_and_round_trips() {
+        for (opt, level) in [
+            ("--debug", LogLevel::Debug),
+            ("--info", LogLevel::Info),
+            ("--error", LogLevel::Error),
+            ("--critical", LogLevel::Critical),
+        ] {
+            let a = p(&format!("nas borg serve {opt}")).unwrap();
+            assert_eq!(a.serve.log_level, Some(level), "{opt}");
+            assert_eq!(level.option(), opt);
+            assert_eq!(a.to_words(), ["nas", "borg", "serve", opt]);
+        }
+        assert_eq!(p("nas borg serve").unwrap().serve, ServeOptions::default());
+    }
+
+    #[test]
+    fn a_storage_quota_is_plain_decimal_without_sign_or_leading_zero() {
+        let quota = |q: &str| p(&format!("nas borg serve --storage-quota={q}"));
+        assert_eq!(quota("1").unwrap().serve.storage_quota, Some(1));
+        assert_eq!(
+            quota("18446744073709551615").unwrap().serve.storage_quota,
+            Some(u64::MAX)
+        );
+        for bad in [
+            "+5",
+            "+0",
+            "-5",
+            "0",
+            "05",
+            "",
+            "5\t",
+            "0x10",
+            "18446744073709551616",
+            "100000000000000000000",
+        ] {
+            assert_eq!(
+                invalid_why(&format!("nas borg serve --storage-quota={bad}")),
+                (
+                    4,
+                    "storage quota",
+                    "is not a byte count (1 to 20 decimal digits, no leading zero)"
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_debug_topic_after_the_quota_is_refused() {
+        assert_eq!(
+            err("nas borg serve --storage-quota=1 --debug-topic=repository"),
+            unexpected(5, "--debug-topic=repository")
+        );
+        assert!(p("nas borg serve --debug-topic=repository --storage-quota=1").is_ok());
+    }
+
+    #[test]
+    fn a_log_level_after_a_topic_or_a_second_quota_is_a_repeat() {
+        assert_eq!(
+            err("nas borg serve --debug-topic=repository --info"),
+            ArgvError::Repeated {
+                pos: 5,
+                word: "--info".into()
+            }
+        );
+        assert_eq!(
+            err("nas borg serve --info --error"),
+            ArgvError::Repeated {
+                pos: 5,
+                word: "--error".into()
+            }
+        );
+        assert_eq!(
+            err("nas borg serve --storage-quota=1 --storage-quota=2"),
+            ArgvError::Repeated {
+                pos: 5,
+                word: "--storage-quota=2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn at_most_eight_debug_topics_of_at_most_64_bytes() {
+        let topics = |n: usize| vec!["--debug-topic=repository"; n].join(" ");
+        assert_eq!(
+            p(&format!("nas borg serve {}", topics(MAX_DEBUG_TOPICS)))
+                .unwrap()
+                .serve
+                .debug_topics
+                .len(),
+            MAX_DEBUG_TOPICS
+        );
+        assert_eq!(
+            err(&format!("nas borg serve {}", topics(MAX_DEBUG_TOPICS + 1))),
+            ArgvError::Repeated {
+                pos: 4 + MAX_DEBUG_TOPICS,
+                word: "--debug-topic=repository".into()
+            }
+        );
+        let long = format!("repository{}", "x".repeat(MAX_TOPIC - 10));
+        assert!(p(&format!("nas borg serve --debug-topic={long}")).is_ok());
+        assert_eq!(
+            invalid_why(&format!("nas borg serve --debug-topic={long}x")),
+            (4, "debug topic", "is too long")
+        );
+    }
+
+    #[test]
+    fn a_debug_topic_starts_with_a_letter_and_names_the_repository() {
+        for bad in ["_repository", "1repository", ".repository"] {
+            assert_eq!(
+                invalid_why(&format!("nas borg serve --debug-topic={bad}")),
+                (4, "debug topic", "does not start with a letter"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            invalid_why("nas borg serve --debug-topic=borg.debug.cache"),
+            (
+                4,
+                "debug topic",
+                "is not a repository topic (borg forwards only those)"
+            )
+        );
+        assert_eq!(
+            invalid_why("nas borg serve --debug-topic=repository-x"),
+            (4, "debug topic", "contains a character that is not allowed")
+        );
+        assert!(p("nas borg serve --debug-topic=Z_9.repository").is_ok());
+    }
+
+    #[test]
+    fn each_missing_part_is_named() {
+        assert_eq!(parse::<&str>(&[]), Err(ArgvError::Empty));
+        assert_eq!(err("-p"), ArgvError::Missing("the port after -p"));
+        assert_eq!(err("-p 22"), ArgvError::Missing("the destination name"));
+        assert_eq!(err("nas"), ArgvError::Missing("the remote borg path"));
+        assert_eq!(err("nas borg"), ArgvError::Missing("'serve'"));
+    }
+
+    #[test]
+    fn words_out_of_place_are_refused_at_their_position() {
+        assert_eq!(
+            err("-oProxyCommand=x nas borg serve"),
+            unexpected(1, "-oProxyCommand=x")
+        );
+        assert_eq!(err("-p 22 -oX borg serve"), unexpected(3, "-oX"));
+        assert_eq!(err("nas borg list"), unexpected(3, "list"));
+        assert_eq!(err("-p 22 nas borg serve --info x"), unexpected(7, "x"));
+        assert_eq!(
+            err("nas borg serve --umask=077"),
+            unexpected(4, "--umask=077")
+        );
+    }
+
+    #[test]
+    fn user_port_name_and_path_values_are_checked_where_they_stand() {
+        assert_eq!(
+            invalid_why("-p 0 nas borg serve"),
+            (2, "port", "has a leading zero")
+        );
+        assert_eq!(
+            invalid_why("-p 22 b;id@nas borg serve"),
+            (3, "user", "contains a character that is not allowed")
+        );
+        assert_eq!(invalid_why("@nas borg serve"), (1, "user", "is empty"));
+        assert_eq!(
+            invalid_why("u@.nas borg serve"),
+            (1, "destination name", "starts with '.'")
+        );
+        assert_eq!(
+            invalid_why("nas ../borg serve"),
+            (2, "remote borg path", "contains a '..' component")
+        );
+        let a = p("-p 1 a.b-c_d@nas /opt/borg-1.4/bin/borg serve").unwrap();
+        assert_eq!((a.port, a.user.as_deref()), (Some(1), Some("a.b-c_d")));
+        assert_eq!(a.remote_path, "/opt/borg-1.4/bin/borg");
+    }
+
+    #[test]
+    fn errors_tell_what_was_refused() {
+        assert_eq!(
+            ArgvError::Empty.to_string(),
+            "no command line: expected borg's \"[-p PORT] [USER@]NAME borg serve [OPTIONS]\""
+        );
+        assert_eq!(
+            err("nas borg list").to_string(),
+            "refusing word 3 'list': not part of the 'borg serve' command line borg builds"
+        );
+        assert_eq!(
+            err("nas borg").to_string(),
+            "command line ends before 'serve'"
+        );
+        assert_eq!(
+            err("-p 0 nas borg serve").to_string(),
+            "refusing word 2: port has a leading zero"
+        );
+        assert_eq!(
+            ArgvError::NotUtf8 { pos: 2 }.to_string(),
+            "refusing word 2: not valid UTF-8"
+        );
+        assert_eq!(
+            err("nas borg serve --info --info\x1b").to_string(),
+            "refusing word 5 '--info?': not part of the 'borg serve' command line borg builds"
+        );
+        assert_eq!(
+            err("nas borg serve --info --info").to_string(),
+            "refusing word 5 '--info': repeated or too many"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use super::argv::{self, BorgArgv};
 use super::header;
-use super::status::{Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
+use super::status::{BeforeMark, Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
 use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
@@ -323,17 +323,16 @@ pub fn run(
     // Before the mark: whatever the target's login scripts printed (shown, bounded), then the
     // mark, then the status line (docs/PROTOCOL.md).
     let mut marked = false;
-    let mut before_mark = 0usize;
+    let mut before_mark = BeforeMark::default();
     let mut on_line = |untrusted_line: &[u8]| {
         if !marked {
-            before_mark += untrusted_line.len();
-            if before_mark > MAX_BEFORE_MARK {
+            let Some(kind) = before_mark.line(untrusted_line) else {
                 bad_line = Some(format!(
                     "more than {MAX_BEFORE_MARK} bytes came before the status line (login scripts in the target qube printing?)"
                 ));
                 return LineVerdict::Stop;
-            }
-            match Line::of(untrusted_line) {
+            };
+            match kind {
                 Line::Blank => {}
                 Line::Mark => marked = true,
                 Line::Other => {

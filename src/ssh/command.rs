@@ -353,4 +353,162 @@ mod tests {
         let (_, m) = classify(255, b"weird\x1b[0m\n", &d, c);
         assert!(m.ends_with("weird?[0m"), "{m}");
     }
+
+    fn words(v: Option<Vec<OsString>>) -> Vec<String> {
+        v.unwrap()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn argv_is_exactly_the_fixed_options_then_the_key_options_of_each_kind() {
+        let kh = Path::new("/run/q/known_hosts");
+        let cmd = ["borg".to_string(), "serve".to_string()];
+        let tail = [
+            "-T",
+            "-e",
+            "none",
+            "-p",
+            "2222",
+            "-l",
+            "u",
+            "--",
+            "nas.example",
+            "borg",
+            "serve",
+        ];
+        let expect = |key: &[&str]| -> Vec<String> {
+            let mut v = vec!["ssh", "-F", "none"];
+            v.extend(FIXED_OPTIONS);
+            v.extend([
+                "-oUserKnownHostsFile=/run/q/known_hosts",
+                "-oHostKeyAlias=nas",
+            ]);
+            v.extend(key);
+            v.extend(tail);
+            v.into_iter().map(String::from).collect()
+        };
+        let agent = Path::new("/run/q/agent.sock");
+        assert_eq!(
+            words(argv(Path::new("ssh"), &dest(), kh, Some(agent), &cmd)),
+            expect(&["-oIdentityAgent=/run/q/agent.sock", "-oIdentityFile=none"])
+        );
+        let mut d = dest();
+        d.identity_file = Some("/k/id".into());
+        assert_eq!(
+            words(argv(Path::new("ssh"), &d, kh, None, &cmd)),
+            expect(&[
+                "-oIdentityAgent=none",
+                "-oIdentityFile=/k/id",
+                "-oIdentitiesOnly=yes"
+            ])
+        );
+        assert_eq!(
+            words(argv(Path::new("ssh"), &dest(), kh, None, &cmd)),
+            expect(&["-oIdentityAgent=none"])
+        );
+    }
+
+    #[test]
+    fn each_openssh_message_alone_gives_its_class_and_line() {
+        let d = dest();
+        let c = Path::new("/c/nas.conf");
+        let host_key = "host key of destination 'nas' (nas.example) does not match the pinned host-key lines in /c/nas.conf in sys-backup";
+        for m in [
+            "Host key verification failed.",
+            "@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @",
+            "No ED25519 host key is known for nas and you have requested strict checking.",
+            "Host key for nas has changed and you have requested strict checking.",
+        ] {
+            assert_eq!(
+                classify(255, m.as_bytes(), &d, c),
+                (ErrClass::HostKey, host_key.into()),
+                "{m}"
+            );
+        }
+        let auth = "authentication as u@nas.example port 2222 failed with the default key of sys-backup's user: is its public key installed on the server?";
+        for m in [
+            "u@nas.example: Permission denied (publickey).",
+            "Received disconnect: Too many authentication failures",
+        ] {
+            assert_eq!(
+                classify(255, m.as_bytes(), &d, c),
+                (ErrClass::Auth, auth.into()),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            classify(
+                255,
+                b"ssh: connect to host nas.example port 2222: Connection refused",
+                &d,
+                c
+            ),
+            (
+                ErrClass::ConnectionRefused,
+                "connection to nas.example:2222 refused (destination 'nas')".into()
+            )
+        );
+        for m in [
+            "ssh: Could not resolve hostname x",
+            "x: Name or service not known",
+            "x: Temporary failure in name resolution",
+            "connect to host x: Connection timed out",
+            "connect to host x: Network is unreachable",
+            "connect to host x: No route to host",
+            "connect to host x: Operation timed out",
+        ] {
+            assert_eq!(
+                classify(255, format!("{m}\n").as_bytes(), &d, c),
+                (
+                    ErrClass::Network,
+                    format!(
+                        "cannot reach nas.example:2222 from sys-backup (destination 'nas'): {m}"
+                    )
+                ),
+                "{m}"
+            );
+        }
+        let not_found = "remote command 'borg' not found on nas.example (exit 127); set remote-path in /c/nas.conf";
+        assert_eq!(
+            classify(127, b"", &d, c),
+            (ErrClass::RemoteCommand, not_found.into())
+        );
+        assert_eq!(
+            classify(1, b"bash: borg: command not found\n", &d, c).0,
+            ErrClass::RemoteCommand
+        );
+        assert_eq!(
+            classify(255, b"first\n  last words  \n\n", &d, c),
+            (
+                ErrClass::Ssh,
+                "ssh for destination 'nas' failed (exit 255) before any data: last words".into()
+            )
+        );
+        assert_eq!(
+            classify(2, b"", &d, c),
+            (
+                ErrClass::Ssh,
+                "remote command for destination 'nas' failed (exit 2) before any data: no message"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn an_auth_failure_names_the_key_that_was_offered() {
+        let c = Path::new("/c/nas.conf");
+        let denied = b"Permission denied (publickey).";
+        let mut d = dest();
+        d.agent = Some("backup".into());
+        assert!(classify(255, denied, &d, c)
+            .1
+            .contains("with the split-SSH key set 'backup':"));
+        d.agent = None;
+        d.identity_file = Some("/k/id".into());
+        assert!(classify(255, denied, &d, c)
+            .1
+            .contains("with the key file /k/id:"));
+    }
 }

@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_DIR: &str = "/etc/qubes-borg/destinations";
 /// Largest destination file.
 pub const MAX_FILE: u64 = 64 * 1024;
+/// Largest decoded `host-key` blob (an RSA-16384 key is about 2 KiB).
+pub const MAX_KEY_BLOB: usize = 16 * 1024;
 /// Most pinned host keys per destination.
 pub const MAX_HOST_KEYS: usize = 16;
 /// The remote path borg sends when neither `--remote-path` nor `BORG_REMOTE_PATH` is set.
@@ -175,14 +177,27 @@ pub fn load_owned_by(dir: &Path, name: &str, owners: &[u32]) -> Result<Destinati
             why: format!("is larger than {MAX_FILE} bytes"),
         });
     }
+    let text = read_at_most_max_file(file, &path)?;
+    parse(&path, name, &text)
+}
+
+/// Read the whole of `r`, refusing more than `MAX_FILE` bytes (a file that grew after its size
+/// was checked is refused, not cut).
+fn read_at_most_max_file(r: impl Read, path: &Path) -> Result<Vec<u8>, ConfigError> {
     let mut text = Vec::new();
-    file.take(MAX_FILE + 1)
+    r.take(MAX_FILE + 1)
         .read_to_end(&mut text)
         .map_err(|err| ConfigError::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             err,
         })?;
-    parse(&path, name, &text)
+    if text.len() as u64 > MAX_FILE {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!("is larger than {MAX_FILE} bytes"),
+        });
+    }
+    Ok(text)
 }
 
 fn check_owner(path: &Path, owners: &[u32]) -> Result<(), ConfigError> {
@@ -246,7 +261,11 @@ pub fn parse(path: &Path, name: &str, text: &[u8]) -> Result<Destination, Config
                 format!("byte 0x{b:02x} is not allowed (printable ASCII only)"),
             ));
         }
-        let line = std::str::from_utf8(raw).expect("ASCII").trim();
+        // Every byte passed the check above, so this cannot fail; if the check were ever
+        // weakened, a non-UTF-8 line is still refused here instead of panicking.
+        let line = std::str::from_utf8(raw)
+            .map_err(|_| syntax(n, "the line is not valid UTF-8".into()))?
+            .trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -356,11 +375,16 @@ fn parse_host_key(value: &str) -> Result<HostKey, String> {
     }
     let blob =
         crate::codec::base64_decode(b64.as_bytes()).ok_or("host-key data is not valid base64")?;
-    if blob.len() < 4 + kind.len() || blob.len() > 16 * 1024 {
+    if blob.len() < 4 + kind.len() || blob.len() > MAX_KEY_BLOB {
         return Err("host-key data has an implausible length".into());
     }
-    let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
-    if blob.get(4..4 + n) != Some(kind.as_bytes()) {
+    // The blob starts with the key type as an SSH string (u32 length, bytes). Read without
+    // indexing, so that a short blob is refused here whatever the length check above says.
+    let Some((len, rest)) = blob.split_first_chunk::<4>() else {
+        return Err("host-key data has an implausible length".into());
+    };
+    let n = u32::from_be_bytes(*len) as usize;
+    if rest.get(..n) != Some(kind.as_bytes()) {
         return Err(format!("host-key data is not a '{kind}' key"));
     }
     Ok(HostKey {
@@ -537,9 +561,7 @@ mod tests {
         assert!(conf(&base).is_ok());
         for extra in [
             "ProxyCommand = x\n",
-            "host = other\n",
             "port = 0\n",
-            "user = -oX\n",
             "remote-path = borg; id\n",
             "remote-path = ../borg\n",
             "agent = a/b\n",
@@ -585,5 +607,479 @@ mod tests {
         assert!(d.remote_command(&req("root@nas borg serve")).is_err());
         assert!(d.remote_command(&req("nas /tmp/evil serve")).is_err());
         assert!(d.remote_command(&req("other borg serve")).is_err());
+    }
+
+    fn b64(data: &[u8]) -> String {
+        let mut s = crate::codec::base64_encode_unpadded(data);
+        while s.len() % 4 != 0 {
+            s.push('=');
+        }
+        s
+    }
+
+    /// The key blob of an SSH string `kind` followed by `pad` bytes.
+    fn blob(kind: &str, pad: usize) -> Vec<u8> {
+        let mut b = (kind.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind.as_bytes());
+        b.resize(b.len() + pad, 7);
+        b
+    }
+
+    /// A valid file whose `key = ...` line (if any) is replaced by `line`, as line 3.
+    fn with_line(key: &str, line: &str) -> Result<Destination, ConfigError> {
+        let lines = [
+            "host = h".to_string(),
+            "user = u".to_string(),
+            format!("host-key = ssh-ed25519 {ED25519}"),
+        ];
+        let mut text: Vec<String> = lines
+            .into_iter()
+            .filter(|l| !l.starts_with(&format!("{key} ")))
+            .collect();
+        text.insert(2, line.to_string());
+        conf(&(text.join("\n") + "\n"))
+    }
+
+    fn syntax_at(r: Result<Destination, ConfigError>) -> (usize, String) {
+        match r {
+            Err(ConfigError::Syntax { line, why, .. }) => (line, why),
+            other => panic!("want Syntax, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_value_is_checked_by_its_allowlist() {
+        let long_id = format!("/{}", "k".repeat(255));
+        for (key, line, why) in [
+            ("user", "user = -oX", "user starts with '-'"),
+            ("user", "user = a b", "user contains a character that is not allowed"),
+            ("user", &format!("user = {}", "u".repeat(33)), "user is too long"),
+            ("host", "host = other_host", "host contains a character that is not allowed"),
+            ("host", "host = -oX", "host starts with '-'"),
+            ("host", &format!("host = {}", "h".repeat(254)), "host is too long"),
+            ("port", "port = 0", "port has a leading zero"),
+            ("port", "port = 65536", "port is not a number from 1 to 65535"),
+            ("remote-path", "remote-path = ../borg", "remote-path contains a '..' component"),
+            ("agent", "agent = a/b", "agent key set name contains a character that is not allowed"),
+            ("identity-file", "identity-file = relative/k", "identity-file must be an absolute path"),
+            ("identity-file", "identity-file = /a/../k", "identity-file contains a '..' component"),
+            ("identity-file", &format!("identity-file = {long_id}"), "identity-file is too long"),
+            ("x", "ProxyCommand = x", "unknown key 'ProxyCommand' (known: host, port, user, remote-path, host-key, agent, identity-file)"),
+            ("x", "junk", "expected 'key = value'"),
+        ] {
+            assert_eq!(syntax_at(with_line(key, line)), (3, why.to_string()), "{line}");
+        }
+    }
+
+    #[test]
+    fn values_just_inside_each_limit_are_accepted() {
+        let d = |key: &str, line: &str| with_line(key, line).unwrap();
+        assert_eq!(
+            d("user", &format!("user = {}", "u".repeat(32))).user.len(),
+            32
+        );
+        assert_eq!(
+            d("host", &format!("host = {}", "h".repeat(253))).host.len(),
+            253
+        );
+        assert_eq!(d("host", "host = my-nas.example").host, "my-nas.example");
+        assert_eq!(d("host", "host = fd00::1").host, "fd00::1");
+        assert_eq!(d("port", "port = 65535").port, 65535);
+        let id = format!("/{}", "k".repeat(254));
+        assert_eq!(
+            d("identity-file", &format!("identity-file = {id}")).identity_file,
+            Some(id)
+        );
+        let tabbed = d("user", "user =\tu\t");
+        assert_eq!(tabbed.user, "u");
+        assert_eq!((tabbed.port, tabbed.remote_path.as_str()), (22, "borg"));
+        assert_eq!((tabbed.agent, tabbed.identity_file), (None, None));
+    }
+
+    #[test]
+    fn each_single_valued_key_given_twice_is_refused() {
+        let base = format!("host = h\nuser = u\nhost-key = ssh-ed25519 {ED25519}\n");
+        for line in ["host = h", "user = u"] {
+            let key = line.split(' ').next().unwrap();
+            assert_eq!(
+                syntax_at(conf(&format!("{base}{line}\n"))),
+                (4, format!("'{key}' given twice"))
+            );
+        }
+        for line in [
+            "port = 22",
+            "remote-path = borg",
+            "agent = a",
+            "identity-file = /k",
+        ] {
+            let key = line.split(' ').next().unwrap();
+            assert_eq!(
+                syntax_at(conf(&format!("{base}{line}\n{line}\n"))),
+                (5, format!("'{key}' given twice"))
+            );
+        }
+        assert_eq!(
+            syntax_at(conf(&format!("{base}agent = a\nidentity-file = /k\n"))),
+            (0, "give either 'agent' or 'identity-file', not both".into())
+        );
+    }
+
+    #[test]
+    fn a_missing_user_is_named() {
+        assert!(matches!(
+            conf(&format!("host = h\nhost-key = ssh-ed25519 {ED25519}\n")),
+            Err(ConfigError::Missing { key: "user", .. })
+        ));
+    }
+
+    #[test]
+    fn control_and_non_ascii_bytes_are_refused_with_the_byte_named() {
+        let good = format!("host = h\nuser = u\nhost-key = ssh-ed25519 {ED25519}\n");
+        for (bad, byte) in [
+            (&b"# \x1b[31m"[..], 0x1bu8),
+            (b"# caf\xc3\xa9", 0xc3),
+            (b"# \xff", 0xff),
+            (b"# \x7f", 0x7f),
+            (b"# \x00", 0x00),
+            (b"user = u\r", 0x0d),
+            (b"# \x1f", 0x1f),
+        ] {
+            let mut text = good.as_bytes().to_vec();
+            text.extend_from_slice(bad);
+            let r = parse(Path::new("/t/nas.conf"), "nas", &text);
+            assert_eq!(
+                syntax_at(r),
+                (
+                    4,
+                    format!("byte 0x{byte:02x} is not allowed (printable ASCII only)")
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut text = good.into_bytes();
+        text.extend_from_slice(b"# ~ tab\t and space\n");
+        assert!(parse(Path::new("/t/nas.conf"), "nas", &text).is_ok());
+    }
+
+    #[test]
+    fn host_key_blobs_are_bounded_and_name_their_type() {
+        let key = |kind: &str, data: &[u8]| {
+            with_line("host-key", &format!("host-key = {kind} {}", b64(data)))
+        };
+        let why = |kind: &str, data: &[u8]| syntax_at(key(kind, data)).1;
+        // The smallest blob that holds the type, and one byte less.
+        let min = blob("ssh-ed25519", 0);
+        assert_eq!(
+            key("ssh-ed25519", &min).unwrap().host_keys[0].base64,
+            b64(&min)
+        );
+        assert_eq!(
+            why("ssh-ed25519", &min[..min.len() - 1]),
+            "host-key data has an implausible length"
+        );
+        // Under 4 bytes: refused, never indexed.
+        for short in [&[0u8; 3][..], &[0, 0], &[0]] {
+            assert_eq!(
+                why("ssh-ed25519", short),
+                "host-key data has an implausible length"
+            );
+        }
+        // The largest blob, and one byte more.
+        // The largest blob is 16 KiB (an RSA-16384 key is about 2 KiB).
+        let max = blob("ssh-rsa", 16 * 1024 - 4 - 7);
+        assert_eq!(max.len(), 16384);
+        assert!(key("ssh-rsa", &max).is_ok());
+        assert_eq!(
+            why("ssh-rsa", &blob("ssh-rsa", 16 * 1024 - 10)),
+            "host-key data has an implausible length"
+        );
+        // The blob names another type, or a length that does not fit.
+        assert_eq!(
+            why("ssh-rsa", &blob("ssh-ed25519", 0)),
+            "host-key data is not a 'ssh-rsa' key"
+        );
+        let mut long_len = blob("ssh-ed25519", 0);
+        long_len[3] = 12;
+        assert_eq!(
+            why("ssh-ed25519", &long_len),
+            "host-key data is not a 'ssh-ed25519' key"
+        );
+        let mut short_len = blob("ssh-ed25519", 4);
+        short_len[3] = 10;
+        assert_eq!(
+            why("ssh-ed25519", &short_len),
+            "host-key data is not a 'ssh-ed25519' key"
+        );
+        assert_eq!(
+            why("ssh-ed25519", b"\xff\xff\xff\xffssh-ed25519"),
+            "host-key data is not a 'ssh-ed25519' key"
+        );
+        assert_eq!(
+            syntax_at(with_line("host-key", "host-key = ssh-ed25519 AAAA!!!!")).1,
+            "host-key data is not valid base64"
+        );
+        assert_eq!(
+            syntax_at(with_line(
+                "host-key",
+                &format!("host-key = ssh-dss {ED25519}")
+            ))
+            .1,
+            format!(
+                "host-key type 'ssh-dss' is not one of {}",
+                HOST_KEY_TYPES.join(", ")
+            )
+        );
+        assert_eq!(
+            syntax_at(with_line("host-key", &format!("host-key = ssh-ed25519 {ED25519} comment"))).1,
+            "host-key must be 'TYPE BASE64' (an ssh-keyscan line without the host name and without a comment)"
+        );
+        for kind in HOST_KEY_TYPES {
+            assert!(key(kind, &blob(kind, 3)).is_ok(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn at_most_16_host_keys() {
+        let keys = |n: usize| format!("host-key = ssh-ed25519 {ED25519}\n").repeat(n);
+        let d = conf(&format!("host = h\nuser = u\n{}", keys(MAX_HOST_KEYS))).unwrap();
+        assert_eq!(d.host_keys.len(), MAX_HOST_KEYS);
+        assert_eq!(d.known_hosts("a").lines().count(), MAX_HOST_KEYS);
+        assert_eq!(
+            syntax_at(conf(&format!(
+                "host = h\nuser = u\n{}",
+                keys(MAX_HOST_KEYS + 1)
+            ))),
+            (3 + MAX_HOST_KEYS, "more than 16 host keys".into())
+        );
+    }
+
+    /// A directory safe for `load_owned_by(dir, _, &[me])`, removed on drop.
+    struct SafeDir(PathBuf);
+    impl SafeDir {
+        fn new(tag: &str) -> SafeDir {
+            use std::os::unix::fs::PermissionsExt;
+            let base = std::env::temp_dir().join(format!("qb-dest-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(&base).unwrap();
+            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+            SafeDir(base)
+        }
+        fn write(&self, name: &str, text: &[u8]) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let f = self.0.join(name);
+            std::fs::write(&f, text).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            f
+        }
+    }
+    impl Drop for SafeDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_file_of_64_kib_is_read_whole_and_one_byte_more_is_refused() {
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = SafeDir::new("size");
+        // The key line comes last and without a LF: a file cut short would not parse.
+        let tail = format!("host = h\nuser = u\nhost-key = ssh-ed25519 {ED25519}");
+        let padded = |n: usize| {
+            let mut t = format!("#{}\n", "c".repeat(n - tail.len() - 2)).into_bytes();
+            t.extend_from_slice(tail.as_bytes());
+            assert_eq!(t.len(), n);
+            t
+        };
+        dir.write("nas.conf", &padded(MAX_FILE as usize));
+        assert_eq!(load_owned_by(&dir.0, "nas", &[me]).unwrap().host, "h");
+        let f = dir.write("nas.conf", &padded(MAX_FILE as usize + 1));
+        match load_owned_by(&dir.0, "nas", &[me]) {
+            Err(ConfigError::Unsafe { path, why }) => {
+                assert_eq!((path, why.as_str()), (f, "is larger than 65536 bytes"))
+            }
+            other => panic!("want Unsafe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_grew_after_its_size_was_checked_is_refused_not_cut() {
+        let p = Path::new("/t/nas.conf");
+        let at = vec![b'#'; MAX_FILE as usize];
+        assert_eq!(read_at_most_max_file(&at[..], p).unwrap(), at);
+        let over = vec![b'#'; MAX_FILE as usize + 1];
+        assert!(matches!(
+            read_at_most_max_file(&over[..], p),
+            Err(ConfigError::Unsafe { why, .. }) if why == "is larger than 65536 bytes"
+        ));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking_on_it() {
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = SafeDir::new("fifo");
+        let fifo = dir.0.join("nas.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let d = dir.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_owned_by(&d, "nas", &[me]));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Err(ConfigError::Unsafe { path, why })) => {
+                assert_eq!((path, why.as_str()), (fifo, "is not a regular file"))
+            }
+            Ok(other) => panic!("want Unsafe, got {other:?}"),
+            Err(_) => panic!("opening a FIFO destination file blocked"),
+        }
+    }
+
+    #[test]
+    fn a_socket_in_place_of_the_file_is_an_io_error_not_called_a_symlink() {
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = SafeDir::new("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(dir.0.join("nas.conf")).unwrap();
+        match load_owned_by(&dir.0, "nas", &[me]) {
+            Err(ConfigError::Io { err, .. }) => {
+                assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}")
+            }
+            other => panic!("want Io, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_or_directory_writable_by_others_or_owned_by_another_uid_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = SafeDir::new("mode");
+        let f = dir.write(
+            "nas.conf",
+            format!("host = h\nuser = u\nhost-key = ssh-ed25519 {ED25519}\n").as_bytes(),
+        );
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let refused = |owners: &[u32]| match load_owned_by(&dir.0, "nas", owners) {
+            Err(ConfigError::Unsafe { path, why }) => (path, why),
+            other => panic!("want Unsafe, got {other:?}"),
+        };
+        let writable = "is writable by group or others (chmod go-w)".to_string();
+        for m in [0o600, 0o640, 0o604, 0o755] {
+            set(&f, m);
+            assert!(load_owned_by(&dir.0, "nas", &[me]).is_ok(), "{m:o}");
+        }
+        for m in [0o646, 0o662, 0o666] {
+            set(&f, m);
+            assert_eq!(refused(&[me]), (f.clone(), writable.clone()), "{m:o}");
+        }
+        set(&f, 0o644);
+        set(&dir.0, 0o775);
+        assert_eq!(refused(&[me]), (dir.0.clone(), writable.clone()));
+        set(&dir.0, 0o757);
+        assert_eq!(refused(&[me]), (dir.0.clone(), writable.clone()));
+        set(&dir.0, 0o755);
+        let other = me.wrapping_add(4242);
+        assert_eq!(
+            refused(&[other]),
+            (dir.0.clone(), format!("is owned by uid {me}, not root"))
+        );
+        assert!(load_owned_by(&dir.0, "nas", &[other, me]).is_ok());
+        // The directory owned by an accepted uid, the file not (needs root to chown).
+        if me == 0 {
+            nix::unistd::chown(&f, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            assert_eq!(
+                refused(&[me]),
+                (f.clone(), "is owned by uid 4242, not root".into())
+            );
+        }
+        let not_dir = dir.write("plain", b"");
+        assert!(matches!(
+            load_owned_by(&not_dir, "nas", &[me]),
+            Err(ConfigError::Unsafe { why, .. }) if why == "is not a directory"
+        ));
+    }
+
+    #[test]
+    fn config_errors_tell_what_to_do() {
+        let p = PathBuf::from("/d/nas.conf");
+        assert_eq!(
+            ConfigError::NotFound {
+                name: "nas".into(),
+                path: p.clone()
+            }
+            .to_string(),
+            "unknown destination 'nas': sys-backup has no /d/nas.conf (see docs/PROTOCOL.md)"
+        );
+        assert_eq!(
+            ConfigError::Unsafe {
+                path: p.clone(),
+                why: "is a symbolic link".into()
+            }
+            .to_string(),
+            "refusing /d/nas.conf: is a symbolic link"
+        );
+        assert_eq!(
+            ConfigError::Syntax {
+                path: p.clone(),
+                line: 3,
+                why: "x".into()
+            }
+            .to_string(),
+            "/d/nas.conf line 3: x"
+        );
+        assert_eq!(
+            ConfigError::Missing {
+                path: p.clone(),
+                key: "host"
+            }
+            .to_string(),
+            "/d/nas.conf: required key 'host' is missing"
+        );
+        let io = ConfigError::Io {
+            path: p,
+            err: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(
+            io.to_string().starts_with("cannot read /d/nas.conf: "),
+            "{io}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_destination_name_is_refused_before_any_file_is_opened() {
+        let me = nix::unistd::geteuid().as_raw();
+        match load_owned_by(Path::new("/nonexistent-qb"), "../etc/x", &[me]) {
+            Err(ConfigError::Unsafe { why, .. }) => {
+                assert_eq!(
+                    why,
+                    "destination name contains a character that is not allowed"
+                )
+            }
+            other => panic!("want Unsafe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_mismatch() {
+        let d = conf(&format!(
+            "host = h\nuser = u\nport = 2222\nremote-path = borg-1.4\nhost-key = ssh-ed25519 {ED25519}\n"
+        ))
+        .unwrap();
+        let req = |s: &str| borg_argv::parse(&s.split(' ').collect::<Vec<_>>()).unwrap();
+        let why = |s: &str| d.remote_command(&req(s)).unwrap_err().to_string();
+        assert_eq!(
+            why("-p 22 nas borg serve"),
+            "port 22 is not the configured port of 'nas'; drop the port from the repository URL"
+        );
+        assert_eq!(why("root@nas borg serve"), "user 'root' is not the configured user of 'nas'; drop the user from the repository URL");
+        assert_eq!(why("nas borg-1.2 serve"), "remote path 'borg-1.2' is not the configured one for 'nas'; drop --remote-path/BORG_REMOTE_PATH (sys-backup's config sets it)");
+        assert_eq!(
+            why("other borg serve"),
+            "request names destination 'other' but the qrexec call was for 'nas'"
+        );
+        assert_eq!(
+            d.remote_command(&req("-p 2222 u@nas borg serve --info --storage-quota=9"))
+                .unwrap(),
+            ["borg-1.4", "serve", "--info", "--storage-quota=9"]
+        );
     }
 }

@@ -244,4 +244,124 @@ mod tests {
             Err(HeaderError::Eof { got: 5 })
         );
     }
+
+    /// A valid header of exactly `n` bytes (806 + 1..=255): the longest words borg can send,
+    /// with the remote path making up the rest.
+    fn valid_header_of_len(n: usize) -> Vec<u8> {
+        let argv = |rp: String| BorgArgv {
+            port: Some(65535),
+            user: Some("u".repeat(32)),
+            name: "n".repeat(64),
+            remote_path: rp,
+            serve: borg_argv::ServeOptions {
+                log_level: Some(borg_argv::LogLevel::Critical),
+                debug_topics: vec![format!("repository{}", "x".repeat(54)); 8],
+                storage_quota: Some(u64::MAX),
+            },
+        };
+        let fixed = encode(&argv(String::new())).len();
+        let h = encode(&argv("b".repeat(n - fixed)));
+        assert_eq!(h.len(), n);
+        h
+    }
+
+    #[test]
+    fn decode_takes_a_header_of_max_header_bytes_and_refuses_one_more() {
+        let at_limit = valid_header_of_len(MAX_HEADER);
+        assert_eq!(encode(&decode(&at_limit).unwrap()), at_limit);
+        // Valid in every other way: only its length is wrong.
+        let over = valid_header_of_len(MAX_HEADER + 1);
+        assert!(borg_argv::parse(
+            &std::str::from_utf8(&over[12..over.len() - 1])
+                .unwrap()
+                .split(' ')
+                .collect::<Vec<_>>()
+        )
+        .is_ok());
+        assert_eq!(decode(&over), Err(HeaderError::TooLong));
+    }
+
+    #[test]
+    fn decode_refuses_del_and_non_ascii_but_takes_space_and_tilde() {
+        assert_eq!(
+            decode(b"qubes-ssh/1 nas borg serve\x7f\n"),
+            Err(HeaderError::BadByte {
+                offset: 26,
+                byte: 0x7f
+            })
+        );
+        assert_eq!(
+            decode(b"qubes-ssh/1 n\xc3\xa9s borg serve\n"),
+            Err(HeaderError::BadByte {
+                offset: 13,
+                byte: 0xc3
+            })
+        );
+        assert_eq!(
+            decode(b"qubes-ssh/1 nas ~/borg serve\n"),
+            Err(HeaderError::Argv(ArgvError::Invalid {
+                pos: 2,
+                err: validate::Invalid {
+                    what: "remote borg path",
+                    why: "contains a character that is not allowed"
+                }
+            }))
+        );
+        assert_eq!(
+            decode(b"qubes-ssh/1\n"),
+            Err(HeaderError::Argv(ArgvError::Empty))
+        );
+        assert_eq!(decode(b"\n"), Err(HeaderError::BadMagic(String::new())));
+    }
+
+    #[test]
+    fn read_line_refuses_a_line_whose_lf_would_be_byte_max_header_plus_one() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut long = vec![b'x'; MAX_HEADER];
+        long.push(b'\n');
+        a.write_all(&long).unwrap();
+        assert_eq!(
+            read_line(b.as_fd(), Duration::from_secs(5)),
+            Err(HeaderError::TooLong)
+        );
+        // Exactly MAX_HEADER bytes with the LF: taken.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&long[1..]).unwrap();
+        assert_eq!(
+            read_line(b.as_fd(), Duration::from_secs(5)).unwrap().len(),
+            MAX_HEADER
+        );
+    }
+
+    #[test]
+    fn header_errors_tell_what_was_wrong() {
+        assert_eq!(
+            HeaderError::TooLong.to_string(),
+            "request header longer than 1024 bytes"
+        );
+        assert_eq!(
+            HeaderError::Eof { got: 5 }.to_string(),
+            "client closed the connection after 5 bytes, before the end of the request header"
+        );
+        assert_eq!(
+            HeaderError::Timeout { ms: 1500 }.to_string(),
+            "no complete request header within 1.5 s"
+        );
+        assert_eq!(
+            HeaderError::Io(Errno::EIO).to_string(),
+            format!("reading the request header: {}", Errno::EIO)
+        );
+        assert_eq!(
+            HeaderError::BadByte { offset: 3, byte: 7 }.to_string(),
+            "request header has a forbidden byte 0x07 at offset 3 (control character, NUL or non-ASCII)"
+        );
+        assert_eq!(
+            HeaderError::BadMagic("x\ty".into()).to_string(),
+            "request header does not start with 'qubes-ssh/1' (got 'x?y'): client and service versions differ?"
+        );
+        assert_eq!(
+            HeaderError::Argv(ArgvError::Missing("'serve'")).to_string(),
+            "request command line ends before 'serve'"
+        );
+    }
 }

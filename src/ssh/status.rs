@@ -55,6 +55,25 @@ impl Line {
     }
 }
 
+/// The client's count of what came before the mark: the target's login scripts may print, but
+/// not without bound.
+#[derive(Debug, Default)]
+pub struct BeforeMark {
+    seen: usize,
+}
+
+impl BeforeMark {
+    /// What `untrusted_line` is, or `None` once more than `MAX_BEFORE_MARK` bytes (this line
+    /// included) came before the mark.
+    pub fn line(&mut self, untrusted_line: &[u8]) -> Option<Line> {
+        self.seen += untrusted_line.len();
+        if self.seen > MAX_BEFORE_MARK {
+            return None;
+        }
+        Some(Line::of(untrusted_line))
+    }
+}
+
 /// What went wrong, as one word on the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrClass {
@@ -287,5 +306,95 @@ mod tests {
                 message: "text ?".into()
             })
         );
+    }
+
+    #[test]
+    fn every_class_has_its_own_word_and_reads_back() {
+        for (class, word) in CLASSES {
+            assert_eq!(class.as_str(), *word);
+            assert_eq!(ErrClass::parse(word), *class, "{word}");
+        }
+        assert_eq!(ErrClass::parse("no-such-class"), ErrClass::Other);
+    }
+
+    #[test]
+    fn the_longest_error_line_is_exactly_max_status_and_code_0_becomes_1() {
+        let e = Status::err(255, ErrClass::ConnectionRefused, &"m".repeat(2000));
+        assert_eq!(e.encode().len(), MAX_STATUS);
+        assert_eq!(Status::decode(&e.encode()), Ok(e));
+        let short = Status::err(0, ErrClass::Ssh, "x");
+        assert_eq!(short.encode(), b"ERR 1 ssh x\n");
+    }
+
+    #[test]
+    fn decode_takes_max_status_bytes_and_refuses_one_more() {
+        let line = |n: usize| {
+            let mut l = b"ERR 5 ssh ".to_vec();
+            l.resize(n - 1, b'm');
+            l.push(b'\n');
+            l
+        };
+        assert!(matches!(
+            Status::decode(&line(MAX_STATUS)),
+            Ok(Status::Err { code: 5, .. })
+        ));
+        assert_eq!(
+            Status::decode(&line(MAX_STATUS + 1)),
+            Err(StatusError::TooLong)
+        );
+    }
+
+    #[test]
+    fn decode_refuses_each_malformed_field_alone() {
+        let malformed = |l: &[u8]| match Status::decode(l) {
+            Err(StatusError::Malformed(s)) => s,
+            other => panic!("want Malformed for {l:?}, got {other:?}"),
+        };
+        assert_eq!(malformed(b"ERR 0001 ssh x\n"), "ERR 0001 ssh x");
+        assert_eq!(malformed(b"ERR 1 ss_h x\n"), "ERR 1 ss_h x");
+        assert_eq!(malformed(b"ERR 1  x\n"), "ERR 1  x");
+        assert_eq!(malformed(b"ERR 1\n"), "ERR 1");
+        assert_eq!(malformed(b"ERR  ssh x\n"), "ERR  ssh x");
+        assert_eq!(malformed(b"ERR +1 ssh x\n"), "ERR +1 ssh x");
+        assert_eq!(malformed(b"OK\x1b\n"), "OK?");
+        assert_eq!(malformed(b"OK"), "OK");
+        assert_eq!(
+            Status::decode(b"ERR 001 ssh\n"),
+            Ok(Status::Err {
+                code: 1,
+                class: ErrClass::Ssh,
+                message: String::new()
+            })
+        );
+    }
+
+    #[test]
+    fn status_errors_tell_what_was_wrong() {
+        assert_eq!(
+            StatusError::TooLong.to_string(),
+            "status line from the service is longer than 512 bytes"
+        );
+        assert_eq!(
+            StatusError::Malformed("x".into()).to_string(),
+            "malformed status line from the service: 'x'"
+        );
+    }
+
+    #[test]
+    fn at_most_64_kib_may_come_before_the_mark() {
+        let mut b = BeforeMark::default();
+        let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+        for _ in 0..63 {
+            assert_eq!(b.line(&line), Some(Line::Other));
+        }
+        let mut last = b"y".repeat(1024 - MARK.len() - 1);
+        last.push(b'\n');
+        assert_eq!(b.line(&last), Some(Line::Other));
+        assert_eq!(b.line(b"\n"), Some(Line::Blank));
+        // 65536 bytes so far, the mark included: taken.
+        assert_eq!(b.line(&MARK[1..]), Some(Line::Mark));
+        assert_eq!(63 * 1024 + last.len() + MARK.len(), MAX_BEFORE_MARK);
+        // One byte more: refused.
+        assert_eq!(b.line(b"\n"), None);
     }
 }
