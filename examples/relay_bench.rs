@@ -8,6 +8,9 @@
 //!                            pattern file: page references into a pipe)
 //!   relay_bench sinkgen N    both at once, exit 3 unless N bytes came in
 //!   relay_bench echo         write back whatever comes in
+//!   relay_bench sleepfloor -- CMD... | --connect SOCK
+//!                            the sleeping floor: a thread per direction
+//!                            blocked in splice(2) (see `sleep_floor`)
 //! The harness plays the program that starts the relay (qrexec, or borg):
 //!   relay_bench matrix --relay PATH [--socat PATH] [--floor DIR] [--reps R]
 //!                      [--bytes N] [--both-bytes N] [--rtt-iters K]
@@ -18,8 +21,10 @@
 //! one; write/read 1 MiB on a socket), and measures the command's own wall
 //! time, CPU time (its /proc stat before it is reaped, children excluded) and
 //! peak RSS (VmHWM, sampled). Commands compared side by side, order rotated
-//! every repetition: `qubes-relay`, `socat` (defaults) and, when --floor
-//! names a folder with a built `splicerelay`, that minimal C splice relay.
+//! every repetition: `qubes-relay`, `socat` (defaults), the sleeping floor
+//! and, when --floor names a folder with a built `splicerelay`, that minimal
+//! C splice relay (which spins while idle). Ends with a table of each row
+//! against the goals of issue 11 (ok/MISS).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -33,6 +38,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::sendfile::sendfile;
 use nix::sys::stat::{fstat, SFlag};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -188,6 +194,123 @@ fn take_stdout() -> OwnedFd {
         nix::fcntl::open("/dev/null", OFlag::O_WRONLY, nix::sys::stat::Mode::empty()).unwrap();
     nix::unistd::dup2_stdout(&null).unwrap();
     out
+}
+
+// ---------------- the sleeping floor ----------------
+
+/// One direction of the sleeping floor: blocking splice(2) from src to dst
+/// until EOF (through a 1 MiB pipe when neither end is a pipe), then EOF to
+/// dst's reader (shutdown on a socket; the fds are dropped on return).
+fn splice_dir(src: OwnedFd, dst: OwnedFd) {
+    let big = |fd: BorrowedFd<'_>| {
+        if is_pipe(fd) {
+            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+    };
+    big(src.as_fd());
+    big(dst.as_fd());
+    let sp = |from: BorrowedFd<'_>, to: BorrowedFd<'_>, n: usize| loop {
+        match splice(from, None, to, None, n, SpliceFFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r,
+        }
+    };
+    // A blocking splice out of a socket sleeps holding the destination
+    // pipe's lock (the pipe's reader then waits for the next message too):
+    // from a socket, sleep in poll(2) instead, then splice without waiting.
+    let from_socket = !is_pipe(src.as_fd());
+    let sp_src = |to: BorrowedFd<'_>, n: usize| {
+        if !from_socket {
+            return sp(src.as_fd(), to, n);
+        }
+        loop {
+            let mut p = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut p, PollTimeout::NONE);
+            match splice(
+                src.as_fd(),
+                None,
+                to,
+                None,
+                n,
+                SpliceFFlags::SPLICE_F_NONBLOCK,
+            ) {
+                Err(nix::errno::Errno::EAGAIN) => {
+                    // src was readable: the pipe is full.
+                    let mut p = [PollFd::new(to, PollFlags::POLLOUT)];
+                    let _ = poll(&mut p, PollTimeout::NONE);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                r => return r,
+            }
+        }
+    };
+    if is_pipe(src.as_fd()) || is_pipe(dst.as_fd()) {
+        while let Ok(n) = sp_src(dst.as_fd(), 1 << 20) {
+            if n == 0 {
+                break;
+            }
+        }
+    } else {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        let cap = fcntl(&w, FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap_or(65536) as usize;
+        'outer: while let Ok(n) = sp_src(w.as_fd(), cap) {
+            if n == 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                match sp(r.as_fd(), dst.as_fd(), left) {
+                    Ok(k) if k > 0 => left -= k,
+                    _ => break 'outer,
+                }
+            }
+        }
+    }
+    shut_wr(dst.as_fd());
+}
+
+/// `relay_bench sleepfloor -- CMD...` and `relay_bench sleepfloor --connect
+/// SOCK`: a relay that sleeps while idle, at the least cost the kernel
+/// allows: one thread per direction, each blocked in splice(2) (from a
+/// socket: in poll(2), then one splice), 1 MiB pipes. One wake-up and one
+/// or two system calls per message and hop: the fair yardstick for a relay that must not spin (the
+/// C floor's poll loop returns at once whenever a destination is writable,
+/// so it spins while it waits for data). Exits with CMD's status.
+fn sleep_floor(args: &[String]) -> i32 {
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let null =
+        nix::fcntl::open("/dev/null", OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+    nix::unistd::dup2_stdin(&null).unwrap();
+    let stdout = take_stdout();
+    match args.first().map(String::as_str) {
+        Some("--connect") => {
+            let sock = OwnedFd::from(UnixStream::connect(&args[1]).expect("connect"));
+            let sock2 = sock.try_clone().unwrap();
+            let up = thread::spawn(move || splice_dir(stdin, sock));
+            splice_dir(sock2, stdout);
+            up.join().unwrap();
+            0
+        }
+        Some("--") => {
+            let mut child = Command::new(&args[1])
+                .args(&args[2..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start CMD");
+            let cin = OwnedFd::from(child.stdin.take().unwrap());
+            let cout = OwnedFd::from(child.stdout.take().unwrap());
+            // Not joined: after CMD's exit nothing is left to deliver.
+            thread::spawn(move || splice_dir(stdin, cin));
+            splice_dir(cout, stdout);
+            let st = child.wait().unwrap();
+            st.code().unwrap_or(128)
+        }
+        _ => {
+            eprintln!("usage: relay_bench sleepfloor -- CMD... | --connect SOCK");
+            2
+        }
+    }
 }
 
 // ---------------- harness ----------------
@@ -495,6 +618,7 @@ fn minmax(v: &[f64]) -> (f64, f64) {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Who {
     Floor,
+    Sleep,
     Socat,
     Relay,
 }
@@ -580,6 +704,20 @@ impl Cfg {
                 Some([vec![format!("{f}/splicerelay")], role].concat())
             }
             (Who::Floor, _) => None,
+            (Who::Sleep, Mode::Exec(_)) => Some(
+                [
+                    vec![self.me.clone(), "sleepfloor".into(), "--".into()],
+                    role,
+                ]
+                .concat(),
+            ),
+            (Who::Sleep, Mode::Connect(_)) => Some(vec![
+                self.me.clone(),
+                "sleepfloor".into(),
+                "--connect".into(),
+                sock,
+            ]),
+            (Who::Sleep, Mode::Listen) => None,
         }
     }
 
@@ -648,7 +786,7 @@ fn matrix(args: &[String]) {
     if let Some(only) = get("--only") {
         cases.retain(|c| format!("{} {}", c.mode.name(), c.load.name()).contains(&only));
     }
-    let whos = [Who::Floor, Who::Socat, Who::Relay];
+    let whos = [Who::Floor, Who::Sleep, Who::Socat, Who::Relay];
     println!("Commands (far end = this harness's roles; SOCK = a temporary UNIX socket):");
     for c in &cases {
         for w in whos {
@@ -657,12 +795,20 @@ fn matrix(args: &[String]) {
             }
         }
     }
-    let mut res = vec![[Res::default(), Res::default(), Res::default()]; cases.len()];
+    let mut res = vec![
+        [
+            Res::default(),
+            Res::default(),
+            Res::default(),
+            Res::default()
+        ];
+        cases.len()
+    ];
     for rep in 0..reps {
         for (ci, c) in cases.iter().enumerate() {
             // Rotate the order every repetition: noise hits all alike.
-            for k in 0..3 {
-                let wi = (k + rep + ci) % 3;
+            for k in 0..whos.len() {
+                let wi = (k + rep + ci) % whos.len();
                 let Some(cmd) = cfg.cmd(whos[wi], c.mode, c.load) else {
                     continue;
                 };
@@ -679,9 +825,15 @@ fn matrix(args: &[String]) {
     report(&cases, &res, reps, bytes, both, iters, cfg.floor.is_some());
 }
 
+/// Goals of issue 11 (throughput rows; round-trip rows).
+const GOAL_FLOOR_TIME: f64 = 1.25;
+const GOAL_SOCAT_X: f64 = 8.0;
+const GOAL_CPU_OF_SOCAT: f64 = 1.0 / 8.0;
+const GOAL_RTT_FLOOR: f64 = 1.5;
+
 fn report(
     cases: &[Case],
-    res: &[[Res; 3]],
+    res: &[[Res; 4]],
     reps: usize,
     bytes: u64,
     both: u64,
@@ -697,11 +849,19 @@ fn report(
             format!("{:.2} ({lo:.2}–{hi:.2})", m(&r.secs))
         }
     };
-    let ratio = |a: f64, b: f64| {
+    let q = |a: f64, b: f64| {
         if a.is_finite() && b.is_finite() && b > 0.0 {
-            format!("{:.2}", a / b)
+            Some(a / b)
         } else {
-            "n/a".into()
+            None
+        }
+    };
+    let show = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.2}"));
+    let real = |c: &Case| {
+        if c.real {
+            " **(the chain's real case)**"
+        } else {
+            ""
         }
     };
     println!();
@@ -713,49 +873,79 @@ fn report(
     if !floor {
         println!("C floor (splicerelay) not available: its column is n/a.");
     }
+    println!("C floor: splicerelay (polls for src readable AND dst writable, so it spins while idle). Sleeping floor: `relay_bench sleepfloor` (a thread per direction blocked in splice(2); no poll, no spinning).");
     println!();
-    println!("| case | load | C floor s | socat s | qubes-relay s | relay MiB/s | relay / floor time | relay throughput / socat's | CPU s/GiB relay (socat) | relay CPU / socat's | relay peak RSS KiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| case | load | C floor s | sleeping floor s | socat s | qubes-relay s | relay MiB/s | relay / C floor time | relay / sleeping floor time | relay throughput / socat's | CPU s/GiB relay (socat) | relay CPU / socat's | relay peak RSS KiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // (row name, [checks: (goal text, value, ok)])
+    let mut verdicts: Vec<(String, Vec<(String, Option<f64>, Option<bool>)>)> = Vec::new();
     for (c, r) in cases.iter().zip(res) {
         if let Load::Rtt(_) = c.load {
             continue;
         }
         let (up, down) = c.load.bytes();
         let gib = (up + down) as f64 / GIB;
-        let [f, s, q] = r;
+        let [f, z, s, qr] = r;
         let cpu_gib = |x: &Res| m(&x.cpu) / gib;
+        let vs_floor = q(m(&qr.secs), m(&f.secs));
+        let vs_sleep = q(m(&qr.secs), m(&z.secs));
+        let x_socat = q(m(&s.secs), m(&qr.secs));
+        let cpu_socat = if s.cpu.is_empty() {
+            None
+        } else {
+            q(cpu_gib(qr), cpu_gib(s))
+        };
         println!(
-            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {} | {:.3} ({}) | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} ({}) | {} | {} |",
             c.mode.name(),
-            if c.real {
-                " **(the chain's real case)**"
-            } else {
-                ""
-            },
+            real(c),
             c.load.name(),
             secs(f),
+            secs(z),
             secs(s),
-            secs(q),
-            up.max(down) as f64 / MIB / m(&q.secs),
-            ratio(m(&q.secs), m(&f.secs)),
-            ratio(m(&s.secs), m(&q.secs)),
-            cpu_gib(q),
+            secs(qr),
+            up.max(down) as f64 / MIB / m(&qr.secs),
+            show(vs_floor),
+            show(vs_sleep),
+            show(x_socat),
+            cpu_gib(qr),
             if s.cpu.is_empty() {
                 "n/a".into()
             } else {
                 format!("{:.3}", cpu_gib(s))
             },
-            ratio(cpu_gib(q), cpu_gib(s)),
-            q.peak
+            show(cpu_socat),
+            qr.peak
         );
+        verdicts.push((
+            format!("{}{} / {}", c.mode.name(), real(c), c.load.name()),
+            vec![
+                (
+                    format!("time ≤ {GOAL_FLOOR_TIME}x C floor's"),
+                    vs_floor,
+                    vs_floor.map(|v| v <= GOAL_FLOOR_TIME),
+                ),
+                (
+                    format!("throughput ≥ {GOAL_SOCAT_X}x socat's"),
+                    x_socat,
+                    x_socat.map(|v| v >= GOAL_SOCAT_X),
+                ),
+                (
+                    "CPU/GiB ≤ 1/8 socat's".into(),
+                    cpu_socat,
+                    cpu_socat.map(|v| v <= GOAL_CPU_OF_SOCAT),
+                ),
+                ("(time vs sleeping floor)".into(), vs_sleep, None),
+            ],
+        ));
     }
     println!();
     println!(
         "64-byte round trips x{iters} per run (median of each run's p50, min–max over runs), µs:"
     );
     println!();
-    println!("| case | C floor | socat | qubes-relay | relay / socat | relay / floor |");
-    println!("|---|---|---|---|---|---|");
+    println!("| case | C floor | sleeping floor | socat | qubes-relay | relay / socat | relay / C floor | relay / sleeping floor |");
+    println!("|---|---|---|---|---|---|---|---|");
     let us = |r: &Res| {
         if r.rtt.is_empty() {
             "n/a".to_string()
@@ -766,23 +956,76 @@ fn report(
     };
     for (c, r) in cases.iter().zip(res) {
         if let Load::Rtt(_) = c.load {
-            let [f, s, q] = r;
+            let [f, z, s, qr] = r;
+            let vs_socat = q(m(&qr.rtt), m(&s.rtt));
+            let vs_floor = q(m(&qr.rtt), m(&f.rtt));
+            let vs_sleep = q(m(&qr.rtt), m(&z.rtt));
             println!(
-                "| {}{} | {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode.name(),
-                if c.real {
-                    " **(the chain's real case)**"
-                } else {
-                    ""
-                },
+                real(c),
                 us(f),
+                us(z),
                 us(s),
-                us(q),
-                ratio(m(&q.rtt), m(&s.rtt)),
-                ratio(m(&q.rtt), m(&f.rtt))
+                us(qr),
+                show(vs_socat),
+                show(vs_floor),
+                show(vs_sleep)
             );
+            verdicts.push((
+                format!("{}{} / 64 B round trip", c.mode.name(), real(c)),
+                vec![
+                    ("≤ socat's".into(), vs_socat, vs_socat.map(|v| v <= 1.0)),
+                    (
+                        format!("≤ {GOAL_RTT_FLOOR}x C floor's"),
+                        vs_floor,
+                        vs_floor.map(|v| v <= GOAL_RTT_FLOOR),
+                    ),
+                    (
+                        format!("(≤ {GOAL_RTT_FLOOR}x sleeping floor's)"),
+                        vs_sleep,
+                        None,
+                    ),
+                ],
+            ));
         }
     }
+    println!();
+    println!("Against the goals of issue 11 (ratios of medians; n/a: no such command for this row; parenthesised: for information, not a goal):");
+    println!();
+    println!("| row | goal: ratio verdict ... | row verdict |");
+    println!("|---|---|---|");
+    let (mut ok, mut miss) = (0, 0);
+    for (row, checks) in &verdicts {
+        let mut cells = Vec::new();
+        let mut row_ok = true;
+        for (goal, v, verdict) in checks {
+            let word = match verdict {
+                Some(true) => {
+                    ok += 1;
+                    "ok"
+                }
+                Some(false) => {
+                    miss += 1;
+                    row_ok = false;
+                    "MISS"
+                }
+                None => "",
+            };
+            cells.push(
+                format!("{goal}: {} {word}", show(*v))
+                    .trim_end()
+                    .to_string(),
+            );
+        }
+        println!(
+            "| {row} | {} | {} |",
+            cells.join("; "),
+            if row_ok { "ok" } else { "MISS" }
+        );
+    }
+    println!();
+    println!("Goals: {ok} checks ok, {miss} missed.");
 }
 
 fn main() {
@@ -815,6 +1058,7 @@ fn main() {
         }
         Some("echo") => echo(stdin.as_fd(), std::io::stdout().as_fd()),
         Some("matrix") => matrix(&args[1..]),
+        Some("sleepfloor") => std::process::exit(sleep_floor(&args[1..])),
         _ => {
             eprintln!("usage: relay_bench sink N | gen N | sinkgen N | echo | matrix --relay PATH [--socat PATH] [--floor DIR] [--reps R] [--bytes N] [--both-bytes N] [--rtt-iters K]");
             std::process::exit(2);

@@ -69,6 +69,16 @@ pub(crate) fn kind_of(fd: BorrowedFd<'_>) -> Kind {
     }
 }
 
+/// Grow a socket's send buffer to `want` bytes (the kernel caps it at
+/// `net.core.wmem_max`, then doubles it for its bookkeeping), never shrink
+/// it. Failure is not an error: the socket stays as it was.
+pub(crate) fn grow_sndbuf(fd: BorrowedFd<'_>, want: usize) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::SndBuf};
+    if getsockopt(&fd, SndBuf).is_ok_and(|have| have < want) {
+        let _ = setsockopt(&fd, SndBuf, &want);
+    }
+}
+
 /// shutdown(2) that ignores "not connected" (the peer may already be gone).
 pub(crate) fn shut(fd: BorrowedFd<'_>, how: Shutdown) {
     let _ = shutdown(fd.as_raw_fd(), how);

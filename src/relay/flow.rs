@@ -9,7 +9,7 @@ use nix::fcntl::{splice, SpliceFFlags};
 use nix::sys::socket::Shutdown;
 use nix::unistd::read;
 
-use super::fd::{kind_of, shut, Fd, FlagTable, Kind};
+use super::fd::{grow_sndbuf, kind_of, shut, Fd, FlagTable, Kind};
 use super::pipe::{grow_pipe, Pipe, PIPE_SIZE};
 use super::{Dir, FirstLine, Flow, FlowEnd, LineVerdict, Op, RelayError};
 
@@ -110,6 +110,11 @@ impl<'a> FlowState<'a> {
             if kind == Kind::Pipe {
                 grow_pipe(fd, PIPE_SIZE);
             }
+        }
+        // A socket we write to takes as many bytes per wake-up as its send
+        // buffer holds (208 KiB by default): ask for 1 MiB, as for pipes.
+        if dst_kind == Kind::Socket {
+            grow_sndbuf(flow.dst.as_fd(), PIPE_SIZE);
         }
         let pipe = match mode {
             Mode::Piped => Some(Pipe::new().map_err(setup)?),

@@ -10,7 +10,9 @@
 //!   whose ends are both sockets/files goes through an intermediate pipe
 //!   (grown to 1 MiB with F_SETPIPE_SZ when allowed; EPERM is tolerated).
 //!   A pipe handed to the relay (fd 0/1 from borg's subprocess: 64 KiB) is
-//!   grown the same way, so one wake-up moves up to 1 MiB, not 64 KiB.
+//!   grown the same way, so one wake-up moves up to 1 MiB, not 64 KiB. A
+//!   socket the relay writes to gets SO_SNDBUF 1 MiB (capped by the kernel
+//!   at net.core.wmem_max; never shrunk) for the same reason.
 //! * A direction keeps splicing while bytes move (a splice that moved one
 //!   pipe's worth is not a short read) and goes back to poll on EAGAIN, or
 //!   after a small message (< 4 KiB: interactive traffic, src is empty).

@@ -562,5 +562,29 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(r.returncode, 1, r)
 
 
+class SpliceDataPathTests(unittest.TestCase):
+    """QREXEC_SIM_DATA=splice (the data path tests/bench/chain uses): the client's relay keeps
+    every data-path behaviour of the copy loop (same tests, run with it)."""
+
+    def setUp(self):
+        ServiceTests.setUp(self)
+        os.environ["QREXEC_SIM_DATA"] = "splice"
+
+    def tearDown(self):
+        del os.environ["QREXEC_SIM_DATA"]
+        self.sim.cleanup()
+
+    test_large_transfer_is_byte_exact_both_directions = \
+        ServiceTests.test_large_transfer_is_byte_exact_both_directions
+    test_eof_is_a_half_close_service_writes_after_stdin_eof = \
+        ServiceTests.test_eof_is_a_half_close_service_writes_after_stdin_eof
+    test_caller_sees_stdout_eof_while_service_still_reads = \
+        ServiceTests.test_caller_sees_stdout_eof_while_service_still_reads
+    test_remote_exit_stops_reading_caller_stdin = \
+        ServiceTests.test_remote_exit_stops_reading_caller_stdin
+    test_caller_that_stops_reading_stdout_does_not_shut_the_service_stdout = \
+        ServiceTests.test_caller_that_stops_reading_stdout_does_not_shut_the_service_stdout
+
+
 if __name__ == "__main__":
     unittest.main()
