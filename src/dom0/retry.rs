@@ -116,7 +116,12 @@ pub fn record_link_lost(run_dir: &Path) {
     let _ = std::fs::write(run_dir.join(LINK_LOST), format!("{}\n", now()));
 }
 
-/// Seconds since a job last lost its link, if recorded.
+/// A job got through (and so got the repository's lock): no session of ours is left behind.
+pub fn clear_link_lost(run_dir: &Path) {
+    let _ = std::fs::remove_file(run_dir.join(LINK_LOST));
+}
+
+/// Seconds since a job last lost its link, if recorded (cleared by a later success).
 pub fn link_lost_ago(run_dir: &Path) -> Option<u64> {
     let t: u64 = std::fs::read_to_string(run_dir.join(LINK_LOST))
         .ok()?

@@ -125,7 +125,10 @@ fn back_up_with_retries(
         let r = with_cleanup(ctx, |ctx, cleanup| {
             back_up_one(ctx, item, opts, secrets, cleanup, &mut reason)
         });
-        let Err(e) = r else { return (r, attempts) };
+        let Err(e) = r else {
+            retry::clear_link_lost(&ctx.cfg.run_dir);
+            return (r, attempts);
+        };
         if reason == Some(Reason::Link) {
             retry::record_link_lost(&ctx.cfg.run_dir);
         }

@@ -114,6 +114,11 @@ retry_delay = 3"
     printf '%s\nretries = 1\n' "$conf" | d0 sh -c 'umask 077; cat > /etc/qubes-borg/once.conf'
     mnt_borg init --encryption=repokey-blake2 "$(repo)"
     d0 qvm-shutdown --wait sys-backup-mnt
+    # room for the data the tests add (qvm-volume resize, then the filesystem, as Qubes' own
+    # qubes.ResizeDisk does inside the qube)
+    d0 qvm-volume resize personal:private $((320 << 20))
+    e2fsck -fp "$S/dom0sim/var-lib-qubes/appvms/personal/private.img" >/dev/null
+    resize2fs -f "$S/dom0sim/var-lib-qubes/appvms/personal/private.img" >/dev/null 2>&1
     # enough new data that borg is still sending when it is killed
     add_data personal 48 big-1.bin
 }
