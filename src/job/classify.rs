@@ -40,6 +40,8 @@ const TEXTS: &[(&str, Reason)] = &[
     ("storage quota", Reason::Space),
     ("insufficient free space", Reason::Space),
     ("passphrase supplied in", Reason::Passphrase),
+    // the server or the vault refused the login: not the link, and not better a minute later
+    ("permission denied", Reason::Other),
     ("connection refused", Reason::Link),
     ("connection reset", Reason::Link),
     ("connection timed out", Reason::Link),
