@@ -62,7 +62,15 @@ const KEYS: &[(&str, Where, Count)] = &[
     ("state_size_mib", Where::Global, Count::Once),
     ("shutdown_timeout", Where::Global, Count::Once),
     ("run_dir", Where::Global, Count::Once),
+    ("lock_wait", Where::Global, Count::Once),
+    ("retries", Where::Global, Count::Once),
+    ("retry_delay", Where::Global, Count::Once),
 ];
+
+/// Most `retries`.
+pub const MAX_RETRIES: u32 = 10;
+/// Longest `retry_delay`, and longest wait before any one retry (the delay doubles).
+pub const MAX_RETRY_DELAY: u32 = 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QubeConfig {
@@ -95,6 +103,12 @@ pub struct Config {
     pub shutdown_timeout: u32,
     pub run_dir: PathBuf,
     pub per_qube: Vec<(String, QubeConfig)>,
+    /// borg's `--lock-wait`: seconds to wait for the repository's lock.
+    pub lock_wait: u32,
+    /// More attempts for a qube after a transient failure (link, lock).
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each next one.
+    pub retry_delay: u32,
 }
 
 impl Config {
@@ -253,6 +267,9 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
         shutdown_timeout: 120,
         run_dir: "/run/qubes-borg".into(),
         per_qube: vec![],
+        lock_wait: 60,
+        retries: 2,
+        retry_delay: 30,
     };
     let mut seen: Vec<(Option<String>, &str)> = Vec::new();
     let mut section: Option<String> = None;
@@ -385,6 +402,21 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Config, ConfigError> {
             "state_size_mib" => c.state_size_mib = number(value, 1 << 20).map_err(e)?,
             "shutdown_timeout" => c.shutdown_timeout = number(value, 3600).map_err(e)? as u32,
             "run_dir" => c.run_dir = abs_path(value).map_err(e)?,
+            "lock_wait" => {
+                c.lock_wait = number(value, spec::MAX_LOCK_WAIT as u64).map_err(e)? as u32
+            }
+            "retries" => {
+                c.retries = if value == "0" {
+                    0
+                } else {
+                    number(value, MAX_RETRIES as u64)
+                        .map_err(|_| e(format!("must be a number from 0 to {MAX_RETRIES}")))?
+                        as u32
+                }
+            }
+            "retry_delay" => {
+                c.retry_delay = number(value, MAX_RETRY_DELAY as u64).map_err(e)? as u32
+            }
             other => {
                 let kind = other
                     .strip_prefix("keep_")
@@ -487,6 +519,26 @@ mod tests {
             msg.starts_with("/etc/qubes-borg/backup.conf:2: colour: unknown key"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn retry_and_lock_wait_settings_are_bounded() {
+        let c = p("repository = ssh://b/./r\n").unwrap();
+        assert_eq!((c.lock_wait, c.retries, c.retry_delay), (60, 2, 30));
+        let c =
+            p("repository = ssh://b/./r\nlock_wait = 5\nretries = 0\nretry_delay = 2\n").unwrap();
+        assert_eq!((c.lock_wait, c.retries, c.retry_delay), (5, 0, 2));
+        for (line, key) in [
+            ("lock_wait = 0", "lock_wait"),
+            ("lock_wait = 3601", "lock_wait"),
+            ("retries = 11", "retries"),
+            ("retries = -1", "retries"),
+            ("retry_delay = 0", "retry_delay"),
+            ("retry_delay = 3601", "retry_delay"),
+        ] {
+            let (l, k, _) = line_err(&format!("repository = ssh://b/./r\n{line}\n"));
+            assert_eq!((l, k.as_str()), (2, key), "{line}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and summed up in a `JobReport`.
 
 use super::session::Ctx;
-use crate::job::progress::{sanitize, Event, LineSplitter, Stats};
+use crate::job::progress::{sanitize, Event, LineSplitter, Reason, Stats};
 use crate::job::spec::{self, Spec};
 
 /// The qrexec service of the job in the disposable.
@@ -40,6 +40,8 @@ pub(super) struct JobReport {
     /// `data` lines joined (bounded by MAX_JOB_DATA).
     pub data: Vec<u8>,
     pub data_overflow: bool,
+    /// The category of the job's last failure (`reason` line), if it sent one.
+    pub reason: Option<Reason>,
 }
 
 pub(super) fn run_job(
@@ -47,6 +49,28 @@ pub(super) fn run_job(
     qube: &str,
     total: u64,
     spec: &Spec,
+) -> Result<JobReport, String> {
+    run_job_reason(ctx, qube, total, spec).0
+}
+
+/// `run_job`, also giving the failure category the job sent (also when the job failed).
+pub(super) fn run_job_reason(
+    ctx: &mut Ctx,
+    qube: &str,
+    total: u64,
+    spec: &Spec,
+) -> (Result<JobReport, String>, Option<Reason>) {
+    let mut reason = None;
+    let res = run_job_inner(ctx, qube, total, spec, &mut reason);
+    (res, reason)
+}
+
+fn run_job_inner(
+    ctx: &mut Ctx,
+    qube: &str,
+    total: u64,
+    spec: &Spec,
+    reason: &mut Option<Reason>,
 ) -> Result<JobReport, String> {
     let argv = job_argv(&ctx.cfg.disposable);
     let request = spec::encode(spec);
@@ -65,6 +89,10 @@ pub(super) fn run_job(
                 Ok(Event::Phase(p)) => display.phase(err, p.as_str()),
                 Ok(Event::Stats(s)) => report.stats = Some(s),
                 Ok(Event::Done(ok)) => report.done = Some(ok),
+                Ok(Event::Reason(r)) => {
+                    report.reason = Some(r);
+                    *reason = Some(r);
+                }
                 Ok(Event::Data(d)) => {
                     if report.data.len() + d.len() > MAX_JOB_DATA {
                         report.data_overflow = true;

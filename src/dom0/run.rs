@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 use super::config::Config;
 use super::display::{human, Display};
 use super::facts::parse_qvm_ls;
-use super::job_call::run_job;
+use super::job_call::{run_job, run_job_reason};
 use super::plan::{self, Item};
 use super::qubes::Qubes;
+use super::retry;
 use super::session::{
     attach_private, committed_image, loop_device, start_disposable, stop_leftover_disposable,
     volume_ids, with_cleanup, Ctx,
 };
 pub use super::session::{Outcome, Secrets};
 use super::volumes::{Cleanup, Undo};
-use crate::job::progress::Stats;
+use crate::job::progress::{Reason, Stats};
 use crate::job::spec::{self, Create, Mode, Op, Prune, Spec};
 
 pub struct Options {
@@ -33,6 +34,8 @@ pub struct QubeResult {
     pub stats: Option<Stats>,
     pub duration: Duration,
     pub error: Option<String>,
+    /// How many times the qube's job ran (more than 1 after transient failures).
+    pub attempts: u32,
 }
 
 fn back_up_one(
@@ -41,6 +44,7 @@ fn back_up_one(
     opts: &Options,
     secrets: &Secrets,
     cleanup: &mut Cleanup,
+    reason: &mut Option<Reason>,
 ) -> Result<Stats, String> {
     let q = item.qube.clone();
     let vol = format!("{q}:private");
@@ -90,15 +94,77 @@ fn back_up_one(
             compression: item.compression.clone(),
             excludes: item.excludes.clone(),
             settings,
+            lock_wait: Some(ctx.cfg.lock_wait),
         }),
     };
-    let report = run_job(ctx, &q, usage, &spec)?;
+    let (report, why) = run_job_reason(ctx, &q, usage, &spec);
+    *reason = why;
+    let report = report?;
     match (report.done, report.stats) {
         (Some(true), Some(s)) => Ok(s),
         (Some(true), None) => Err("the job said done but sent no statistics".into()),
         _ => Err(report
             .last_error
             .unwrap_or_else(|| "the job ended without reporting success".into())),
+    }
+}
+
+/// One qube, tried again after a transient failure (`retry`): each attempt in a fresh
+/// disposable with everything undone in between. Returns the last result and the attempts.
+fn back_up_with_retries(
+    ctx: &mut Ctx,
+    item: &Item,
+    opts: &Options,
+    secrets: &Secrets,
+) -> (Result<Stats, String>, u32) {
+    let q = &item.qube;
+    let (mut attempts, mut waited) = (0u32, Duration::ZERO);
+    loop {
+        attempts += 1;
+        let mut reason = None;
+        let r = with_cleanup(ctx, |ctx, cleanup| {
+            back_up_one(ctx, item, opts, secrets, cleanup, &mut reason)
+        });
+        let Err(e) = r else {
+            retry::clear_link_lost(&ctx.cfg.run_dir);
+            return (r, attempts);
+        };
+        if reason == Some(Reason::Link) {
+            retry::record_link_lost(&ctx.cfg.run_dir);
+        }
+        let next = retry::delay(ctx.cfg.retry_delay, attempts);
+        if ctx.q.interrupted()
+            || !retry::should_retry(reason, attempts - 1, ctx.cfg.retries, waited, next)
+        {
+            if let Some(a) = retry::advice(
+                reason,
+                &ctx.cfg.repository,
+                ctx.cfg.lock_wait,
+                retry::link_lost_ago(&ctx.cfg.run_dir),
+            ) {
+                ctx.note(&format!("{q}: {a}"));
+            }
+            let e = match reason {
+                Some(Reason::Other) | None => e,
+                r => format!("{}: {e}", retry::short(r)),
+            };
+            return (Err(e), attempts);
+        }
+        ctx.note(&format!(
+            "{q}: attempt {attempts} failed ({}): {e}; trying again in {} s ({} of {} retries)",
+            retry::short(reason),
+            next.as_secs(),
+            attempts,
+            ctx.cfg.retries
+        ));
+        let until = Instant::now() + next;
+        while Instant::now() < until && !ctx.q.interrupted() {
+            std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+        }
+        waited += next;
+        if ctx.q.interrupted() {
+            return (Err(e), attempts);
+        }
     }
 }
 
@@ -123,6 +189,7 @@ fn prune(ctx: &mut Ctx, qubes: &[String], secrets: &Secrets) -> Result<(), Strin
             op: Op::Prune(Prune {
                 qubes: qubes.to_vec(),
                 keep: ctx.cfg.keep.clone(),
+                lock_wait: Some(ctx.cfg.lock_wait),
             }),
         };
         run_job(ctx, "prune", 0, &spec)?.finished("prune")?;
@@ -142,9 +209,14 @@ pub fn summary(results: &[QubeResult]) -> String {
         };
         let secs = r.duration.as_secs();
         let dur = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        let tries = if r.attempts > 1 {
+            format!(" ({} attempts)", r.attempts)
+        } else {
+            String::new()
+        };
         let res = match &r.error {
-            None => "ok".to_string(),
-            Some(e) => format!("FAILED: {e}"),
+            None => format!("ok{tries}"),
+            Some(e) => format!("FAILED{tries}: {e}"),
         };
         s += &format!(
             "{:<20} {:<42} {:>10} {:>12} {:>9}  {}\n",
@@ -270,9 +342,7 @@ pub fn backup(
             break;
         }
         let t0 = Instant::now();
-        let r = with_cleanup(&mut ctx, |ctx, cleanup| {
-            back_up_one(ctx, item, opts, secrets, cleanup)
-        });
+        let (r, attempts) = back_up_with_retries(&mut ctx, item, opts, secrets);
         let error = r.as_ref().err().cloned();
         if error.is_none() {
             if let Err(e) = ctx.call(&[
@@ -295,6 +365,7 @@ pub fn backup(
             stats: r.ok(),
             duration: t0.elapsed(),
             error,
+            attempts,
         });
     }
     let interrupted = ctx.q.interrupted();

@@ -36,6 +36,15 @@ pub fn env(base_dir: &str, files_cache_suffix: Option<&str>) -> Vec<(String, Str
     v
 }
 
+/// `--lock-wait=N` after borg's subcommand (`argv[1]`), when `lock_wait` is set: borg waits
+/// that long for a lock (the repository's on the server, the cache's here) instead of 1 s.
+pub fn with_lock_wait(mut argv: Vec<String>, lock_wait: Option<u32>) -> Vec<String> {
+    if let Some(w) = lock_wait {
+        argv.insert(2.min(argv.len()), format!("--lock-wait={w}"));
+    }
+    argv
+}
+
 /// `borg create` for one qube. Files mode runs in the mount point and archives `.`; image mode
 /// archives the device itself (`--read-special`).
 pub fn create_argv(repo: &str, c: &Create) -> Vec<String> {
@@ -63,7 +72,7 @@ pub fn create_argv(repo: &str, c: &Create) -> Vec<String> {
             v.push(c.device.clone());
         }
     }
-    v
+    with_lock_wait(v, c.lock_wait)
 }
 
 /// The glob matching exactly this qube's archives (`QUBE-YYYY-MM-DDT...`), so pruning `work`
@@ -193,6 +202,7 @@ mod tests {
             compression: "zstd,3".into(),
             excludes: vec!["sh:home/*/.cache".into()],
             settings: vec![],
+            lock_wait: None,
         }
     }
 
@@ -209,6 +219,17 @@ mod tests {
             v[v.len() - 2..],
             ["ssh://b/./r::work-2026-11-29T18:00:00Z", "."]
         );
+    }
+
+    #[test]
+    fn lock_wait_goes_right_after_the_subcommand() {
+        let mut c = create(Mode::Files);
+        c.lock_wait = Some(45);
+        let v = create_argv("ssh://b/./r", &c);
+        assert_eq!(v[..3], ["borg", "create", "--lock-wait=45"]);
+        assert!(!create_argv("ssh://b/./r", &create(Mode::Files))
+            .iter()
+            .any(|a| a.starts_with("--lock-wait")));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! error TEXT
 //! data HEX                             list: a piece of borg's --json output, hex (dom0 joins
 //!                                       the pieces, bounded, and parses them strictly)
+//! reason link|lock|cache-lock|passphrase|repository|space|mount|other
+//!                                       why the last step failed (a category only: dom0 words
+//!                                       its own message and retries only link and lock)
 //! done ok|failed
 //! ```
 
@@ -74,7 +77,57 @@ pub enum Event {
     Error(String),
     /// A piece of borg's `--json` output (at most MAX_DATA bytes per line).
     Data(Vec<u8>),
+    /// Why the step failed, as a category (sent before its `error`).
+    Reason(Reason),
     Done(bool),
+}
+
+/// Why a job failed, as far as the job can tell from borg's exit status and messages. dom0
+/// trusts it only as a category: a lying job can at most get itself retried a bounded number
+/// of times, or not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The link to the borg server: connection refused, reset, timed out, closed, not responding.
+    Link,
+    /// The repository's lock on the server is held by someone else (`--lock-wait` ran out).
+    Lock,
+    /// borg's local cache lock in the state volume is held.
+    CacheLock,
+    /// The passphrase (or key file) does not open the repository.
+    Passphrase,
+    /// No repository there, not a repository, path not allowed.
+    Repository,
+    /// The server's disk or quota is full.
+    Space,
+    /// The qube's volume could not be mounted.
+    Mount,
+    /// Anything else (including borg killed by a signal).
+    Other,
+}
+
+const REASONS: &[(&str, Reason)] = &[
+    ("link", Reason::Link),
+    ("lock", Reason::Lock),
+    ("cache-lock", Reason::CacheLock),
+    ("passphrase", Reason::Passphrase),
+    ("repository", Reason::Repository),
+    ("space", Reason::Space),
+    ("mount", Reason::Mount),
+    ("other", Reason::Other),
+];
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        REASONS
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("other")
+    }
+    /// Worth another attempt a little later: the link or a lock may come back by itself.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Reason::Link | Reason::Lock | Reason::CacheLock)
+    }
 }
 
 /// Most bytes in one `data` line (hex doubles them).
@@ -115,6 +168,7 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         Event::Warning(t) => format!("warning {}", sanitize(t.as_bytes(), MAX_TEXT)),
         Event::Error(t) => format!("error {}", sanitize(t.as_bytes(), MAX_TEXT)),
         Event::Done(ok) => format!("done {}", if *ok { "ok" } else { "failed" }),
+        Event::Reason(r) => format!("reason {}", r.as_str()),
         Event::Data(d) => {
             let mut s = String::from("data ");
             for b in d.iter().take(MAX_DATA) {
@@ -207,6 +261,11 @@ pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
                 .map(Event::Data)
                 .ok_or_else(bad)
         }
+        "reason" => REASONS
+            .iter()
+            .find(|(n, _)| *n == rest)
+            .map(|(_, r)| Event::Reason(*r))
+            .ok_or_else(bad),
         "done" => match rest {
             "ok" => Ok(Event::Done(true)),
             "failed" => Ok(Event::Done(false)),
@@ -301,6 +360,8 @@ mod tests {
             Event::Error("borg failed: rc 2".into()),
             Event::Done(true),
             Event::Done(false),
+            Event::Reason(Reason::Link),
+            Event::Reason(Reason::CacheLock),
         ];
         for ev in evs {
             let line = encode(&ev);
@@ -339,6 +400,9 @@ mod tests {
             b"stats 1 2 3 4 5",
             b"done maybe",
             b"phase rm",
+            b"reason",
+            b"reason transient",
+            b"reason link ",
             b"PROGRESS 1",
             b"progress",
             b"\xff\xfe",

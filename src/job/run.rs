@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::borg;
 use super::mount::{self, EPHEMERAL_DIR, PRIVATE_DIR, STATE_DIR, STATE_OPTIONS, UNTRUSTED_OPTIONS};
-use super::progress::{encode, Event, Phase, Stats};
+use super::progress::{encode, Event, Phase, Reason, Stats};
 use super::spec::{self, Mode, Op, Spec};
 use crate::exit;
 
@@ -79,6 +79,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             }
             _state = mount::mount(dev, STATE_DIR, STATE_OPTIONS)?;
             private_dir(STATE_DIR)?;
+            clear_stale_cache_locks(out);
             STATE_DIR
         }
         None => {
@@ -104,7 +105,8 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             match c.mode {
                 Mode::Files => {
                     out.send(Event::Phase(Phase::Mount));
-                    let m = mount::mount(&c.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)?;
+                    let m = mount::mount(&c.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)
+                        .inspect_err(|_| out.send(Event::Reason(Reason::Mount)))?;
                     out.send(Event::Phase(Phase::Create));
                     let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, true);
                     out.send(Event::Phase(Phase::Unmount));
@@ -174,7 +176,10 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 out.send(Event::Phase(Phase::Prune));
                 if let Err(e) = run_borg(
                     spec,
-                    &borg::prune_argv(&spec.repository, q, &p.keep),
+                    &borg::with_lock_wait(
+                        borg::prune_argv(&spec.repository, q, &p.keep),
+                        p.lock_wait,
+                    ),
                     &env,
                     None,
                     out,
@@ -187,7 +192,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             out.send(Event::Phase(Phase::Compact));
             run_borg(
                 spec,
-                &borg::compact_argv(&spec.repository),
+                &borg::with_lock_wait(borg::compact_argv(&spec.repository), p.lock_wait),
                 &env,
                 None,
                 out,
@@ -200,6 +205,24 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Before any borg runs in this fresh disposable: borg's cache locks in the state volume can
+/// only be left from an earlier run, whose disposable is gone (`cachelock`).
+fn clear_stale_cache_locks<W: Write>(out: &mut Out<W>) {
+    match super::cachelock::remove_stale(std::path::Path::new(STATE_DIR), borg::BORG_HOST_ID) {
+        Ok(lines) => {
+            for l in lines {
+                out.send(Event::Warning(l));
+            }
+        }
+        Err(e) => out.send(Event::Warning(format!(
+            "cannot clear borg's stale cache lock: {e}"
+        ))),
+    }
+}
+
+/// Most borg messages kept for classifying a failure.
+const MAX_KEPT: usize = 32;
 
 /// Runs borg with the passphrase on an inherited pipe; forwards its progress and log lines;
 /// sends `stats` from `--json` when `want_stats`.
@@ -281,6 +304,8 @@ fn run_borg_with<W: Write>(
     let mut last = Instant::now() - Duration::from_secs(10);
     let mut forwarded = 0usize;
     let mut last_error = String::new();
+    let mut msgid = String::new();
+    let mut kept: Vec<String> = Vec::new();
     loop {
         line.clear();
         match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
@@ -307,7 +332,14 @@ fn run_borg_with<W: Write>(
         }
         if level == "ERROR" || level == "CRITICAL" {
             last_error = msg.clone();
+            if let Some(id) = borg::json_string(&text, "msgid").filter(|i| !i.is_empty()) {
+                msgid = id.chars().take(64).collect();
+            }
         }
+        if kept.len() >= MAX_KEPT {
+            kept.remove(0);
+        }
+        kept.push(msg.chars().take(1024).collect());
         forwarded += 1;
         if forwarded <= MAX_FORWARDED {
             out.send(Event::Warning(format!("borg: {msg}")));
@@ -325,6 +357,8 @@ fn run_borg_with<W: Write>(
     match status.code() {
         Some(0) | Some(1) => {}
         _ => {
+            let reason = super::classify::classify(status.code(), &msgid, &kept);
+            out.send(Event::Reason(reason));
             let what = if last_error.is_empty() {
                 String::new()
             } else {

@@ -19,6 +19,7 @@
 //! exclude sh:home/*/.cache       create only, repeatable
 //! setting pref.label=red         create only, repeatable: the lines of the archive's comment
 //! keep daily 7                   prune only, repeatable: within|last|hourly|daily|weekly|monthly|yearly
+//! lock-wait 60                   create and prune, optional: borg --lock-wait, 1..=3600 seconds
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
 //!  the device and extracts into it; image mode writes the archived image to the device)
@@ -128,7 +129,12 @@ pub struct Create {
     pub excludes: Vec<String>,
     /// The qube's settings (dom0's `metadata` text, one line each), stored as the comment.
     pub settings: Vec<String>,
+    /// borg's `--lock-wait` (seconds): how long to wait for the repository's lock.
+    pub lock_wait: Option<u32>,
 }
+
+/// Longest `lock-wait`.
+pub const MAX_LOCK_WAIT: u32 = 3600;
 
 /// Most `setting` lines.
 pub const MAX_SETTINGS: usize = 256;
@@ -147,6 +153,8 @@ pub fn check_setting(s: &str) -> Result<(), &'static str> {
 pub struct Prune {
     pub qubes: Vec<String>,
     pub keep: Keep,
+    /// borg's `--lock-wait` (seconds).
+    pub lock_wait: Option<u32>,
 }
 
 /// `list`: the archives (with their statistics and comments) of one qube, or of every qube.
@@ -342,6 +350,9 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             for l in &c.settings {
                 s += &format!("setting {l}\n");
             }
+            if let Some(w) = c.lock_wait {
+                s += &format!("lock-wait {w}\n");
+            }
         }
         Op::Prune(p) => {
             for q in &p.qubes {
@@ -352,6 +363,9 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
             }
             for (k, n) in &p.keep.counts {
                 s += &format!("keep {} {n}\n", k.as_str());
+            }
+            if let Some(w) = p.lock_wait {
+                s += &format!("lock-wait {w}\n");
             }
         }
         Op::List(l) => {
@@ -465,6 +479,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let mut settings: Vec<String> = Vec::new();
     let mut keep = Keep::default();
     let mut keep_lines = Vec::new();
+    let mut lock_wait: Option<u32> = None;
     let mut n = 1;
     loop {
         n += 1;
@@ -575,6 +590,16 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 keep_lines.push(n);
             }
+            "lock-wait" => {
+                let w = parse_count(value)
+                    .filter(|w| (1..=MAX_LOCK_WAIT as usize).contains(w))
+                    .ok_or(SpecError::Invalid(
+                        n,
+                        "lock-wait",
+                        "must be 1..3600 seconds".into(),
+                    ))?;
+                set(&mut lock_wait, w as u32, n, "lock-wait")?
+            }
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -604,6 +629,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 compression: compression.ok_or(SpecError::Missing("compression"))?,
                 excludes,
                 settings,
+                lock_wait,
             })
         }
         "restore" => {
@@ -615,6 +641,9 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             }
             if !qubes.is_empty() {
                 return Err(SpecError::WrongOp(0, "qube"));
+            }
+            if lock_wait.is_some() {
+                return Err(SpecError::WrongOp(0, "lock-wait"));
             }
             Op::Restore(Restore {
                 archive: archive.ok_or(SpecError::Missing("archive"))?,
@@ -641,6 +670,9 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             if qubes.len() > 1 {
                 return Err(SpecError::Repeated(0, "qube"));
             }
+            if lock_wait.is_some() {
+                return Err(SpecError::WrongOp(0, "lock-wait"));
+            }
             Op::List(List { qube: qubes.pop() })
         }
         _ => {
@@ -662,7 +694,11 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             if qubes.is_empty() {
                 return Err(SpecError::Missing("qube"));
             }
-            Op::Prune(Prune { qubes, keep })
+            Op::Prune(Prune {
+                qubes,
+                keep,
+                lock_wait,
+            })
         }
     };
     Ok(Spec {
@@ -692,6 +728,7 @@ mod tests {
                 compression: "zstd,3".into(),
                 excludes: vec!["sh:home/*/.cache".into(), "pp:rw/tmp x".into()],
                 settings: vec!["qubes-borg-settings/1".into(), "pref.label=red".into()],
+                lock_wait: Some(60),
             }),
         }
     }
@@ -718,6 +755,7 @@ mod tests {
                     within: Some("2d".into()),
                     counts: vec![(KeepKind::Daily, 7), (KeepKind::Monthly, 6)],
                 },
+                lock_wait: None,
             }),
         };
         let bytes = encode(&s);
@@ -822,6 +860,23 @@ mod tests {
             replace("mode files\n", &format!("mode files\n{long}")),
             Err(SpecError::TooLong)
         );
+    }
+
+    #[test]
+    fn lock_wait_is_bounded() {
+        for bad in ["0", "3601", "-1", "60s", ""] {
+            assert!(
+                matches!(
+                    replace("lock-wait 60\n", &format!("lock-wait {bad}\n")),
+                    Err(SpecError::Invalid(_, "lock-wait", _))
+                ),
+                "{bad}"
+            );
+        }
+        let Op::Create(c) = replace("lock-wait 60\n", "lock-wait 3600\n").unwrap().op else {
+            panic!()
+        };
+        assert_eq!(c.lock_wait, Some(3600));
     }
 
     #[test]

@@ -10,15 +10,15 @@ use qubes_borg::dom0::run::{backup, Options, Outcome, Secrets};
 use qubes_borg::job::progress::{encode, Event, Phase, Stats};
 use qubes_borg::job::spec::{self, Mode, Op};
 
-const NOW: u64 = 1_795_970_096; // 2026-11-29T16:34:56Z
-const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
+pub(super) const NOW: u64 = 1_795_970_096; // 2026-11-29T16:34:56Z
+pub(super) const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
 /// `qvm-prefs QUBE` (all properties), as qvm_prefs.py prints them; the settings saved with the
 /// archive are read from it.
 const PREFS: &str =
     "klass     -  AppVM\nlabel     -  red\nmemory    D  400\ntemplate  -  debian-12\n";
-const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
+pub(super) const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
 
-fn cfg(dir: &Path, extra: &str) -> Config {
+pub(super) fn cfg(dir: &Path, extra: &str) -> Config {
     parse(
         Path::new("test.conf"),
         format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n{extra}", dir.display(), dir.display()).as_bytes(),
@@ -26,7 +26,7 @@ fn cfg(dir: &Path, extra: &str) -> Config {
     .unwrap()
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
+pub(super) fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("qb-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -60,7 +60,7 @@ fn job_ok(original: u64) -> Reply {
 }
 
 /// The calls for one halted qube on a file-reflink pool up to (not including) the job.
-fn expect_setup(f: &mut Fake, qube: &str, lp: &str, state_lp: &str) {
+pub(super) fn expect_setup(f: &mut Fake, qube: &str, lp: &str, state_lp: &str) {
     f.expect(&format!("qvm-volume info {qube}:private pool"), Reply::ok("varlibqubes\n"))
         .expect(&format!("qvm-volume info {qube}:private vid"), Reply::ok(&format!("appvms/{qube}/private\n")))
         .expect(&format!("qvm-volume info {qube}:private usage"), Reply::ok("1000\n"))
@@ -76,7 +76,7 @@ fn expect_setup(f: &mut Fake, qube: &str, lp: &str, state_lp: &str) {
         .expect(&format!("qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:{lp}"), Reply::ok(""));
 }
 
-fn expect_teardown(f: &mut Fake, lp: &str, state_lp: &str) {
+pub(super) fn expect_teardown(f: &mut Fake, lp: &str, state_lp: &str) {
     f.expect(
         &format!("qvm-block detach sys-backup-mnt dom0:{lp}"),
         Reply::ok(""),
@@ -93,7 +93,7 @@ fn expect_teardown(f: &mut Fake, lp: &str, state_lp: &str) {
     .expect(&format!("losetup --detach /dev/{lp}"), Reply::ok(""));
 }
 
-fn opts() -> Options {
+pub(super) fn opts() -> Options {
     Options {
         dry_run: false,
         shutdown: false,
@@ -108,7 +108,7 @@ fn secrets() -> Secrets {
     }
 }
 
-fn run(c: &Config, o: &Options, f: &mut Fake) -> (Outcome, String, String) {
+pub(super) fn run(c: &Config, o: &Options, f: &mut Fake) -> (Outcome, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let r = backup(c, o, &secrets(), f, &mut out, &mut err, false, NOW);
     (

@@ -230,6 +230,7 @@ fn settings_travel_to_borg_as_the_archive_comment() {
         compression: "lz4".into(),
         excludes: vec![],
         settings: vec!["qubes-borg-settings/1".into(), "pref.label=red".into()],
+        lock_wait: None,
     };
     let argv = qubes_borg::job::borg::create_argv("ssh://b/./r", &c);
     assert!(argv.contains(&"--comment=qubes-borg-settings/1\npref.label=red".to_string()));

@@ -3,3 +3,4 @@
 mod backup;
 mod list;
 mod restore;
+mod retry;
