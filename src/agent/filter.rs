@@ -881,6 +881,56 @@ mod tests {
         assert!(check_bind_reply(&[14]).is_err());
     }
 
+    /// A SIGN_RESPONSE carrying `string kind` + `string sig` + `extra`, as the signature blob.
+    fn sign_reply(kind: &[u8], sig: &[u8], extra: &[u8]) -> Vec<u8> {
+        let mut blob = Vec::new();
+        put_string(&mut blob, kind);
+        put_string(&mut blob, sig);
+        blob.extend_from_slice(extra);
+        let mut reply = vec![14];
+        put_string(&mut reply, &blob);
+        reply
+    }
+
+    const NOT_ED25519: Result<SignReply, AgentReplyError> =
+        Err(AgentReplyError("not an ed25519 signature"));
+
+    #[test]
+    fn sign_reply_with_a_signature_of_the_wrong_length_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 64], b"")),
+            Ok(SignReply::Signed)
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 63], b"")),
+            NOT_ED25519
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 65], b"")),
+            NOT_ED25519
+        );
+    }
+
+    #[test]
+    fn sign_reply_with_bytes_after_the_signature_inside_its_blob_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 64], &[0])),
+            NOT_ED25519
+        );
+    }
+
+    #[test]
+    fn sign_reply_with_a_signature_of_another_type_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25518", &[3; 64], b"")),
+            NOT_ED25519
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"rsa-sha2-512", &[3; 64], b"")),
+            NOT_ED25519
+        );
+    }
+
     #[test]
     fn log_escaping_neutralises_control_bytes() {
         assert_eq!(
