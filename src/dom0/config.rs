@@ -209,8 +209,10 @@ fn abs_path(v: &str) -> Result<PathBuf, String> {
 }
 
 fn number(v: &str, max: u64) -> Result<u64, String> {
-    v.parse::<u64>()
-        .ok()
+    // Digits only: `str::parse` alone would also take a leading '+'.
+    Some(v)
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| (1..=max).contains(n))
         .ok_or(format!("must be a number from 1 to {max}"))
 }
@@ -580,6 +582,7 @@ mod tests {
             assert_eq!(bad_line(&format!("{key} = 0")), want);
             assert_eq!(bad_line(&format!("{key} = {}", max + 1)), want);
             assert_eq!(bad_line(&format!("{key} = -1")), want);
+            assert_eq!(bad_line(&format!("{key} = +1")), want);
             p(&format!("{BASE}{key} = 1\n")).unwrap();
             p(&format!("{BASE}{key} = {max}\n")).unwrap();
         }
