@@ -370,6 +370,7 @@ pub(super) fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dom0::qubes::{Fake, Reply};
 
     fn sample() -> Settings {
         Settings {
@@ -703,6 +704,83 @@ mod tests {
         assert_eq!(
             from_qvm_features("\n a 1\nb\n"),
             vec![("b".to_string(), "".to_string())]
+        );
+    }
+
+    /// Runs `gather` for qube `work` against a fake answering the three listing calls.
+    fn gather_with(prefs: Reply, features: Reply, tags: Reply) -> (Vec<String>, String) {
+        let mut fake = Fake::default();
+        fake.expect("qvm-prefs work", prefs)
+            .expect("qvm-features work", features)
+            .expect("qvm-tags work list", tags);
+        let cfg =
+            crate::dom0::config::parse(std::path::Path::new("/c"), b"repository = ssh://b/./r\n")
+                .unwrap();
+        let mut err = Vec::new();
+        let mut ctx = crate::dom0::run::Ctx {
+            q: &mut fake,
+            cfg: &cfg,
+            err: &mut err,
+            display: crate::dom0::display::Display::new(false),
+        };
+        let lines = gather(&mut ctx, "work", Mode::Image, Some(1024));
+        assert!(fake.expected.is_empty());
+        (lines, String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn gather_saves_prefs_features_and_tags_as_setting_lines() {
+        let (lines, notes) = gather_with(
+            Reply::ok("klass  -  AppVM\nlabel  -  red\nmemory  D  400\n"),
+            Reply::ok("service.cups  1\n"),
+            Reply::ok("work-stuff\ncreated-by-dom0\n"),
+        );
+        assert_eq!(
+            lines,
+            [
+                MAGIC,
+                "class=AppVM",
+                "mode=image",
+                "private-size=1024",
+                "pref.label=red",
+                "feature.service.cups=1",
+                "tag=work-stuff"
+            ]
+        );
+        assert_eq!(notes, "");
+    }
+
+    #[test]
+    fn gather_notes_each_failed_listing_and_goes_on() {
+        let (lines, notes) = gather_with(
+            Reply::fail(1, "no such qube"),
+            Reply::fail(1, "no"),
+            Reply::fail(1, "no"),
+        );
+        assert_eq!(lines, [MAGIC, "mode=image", "private-size=1024"]);
+        for part in ["settings", "features", "tags"] {
+            assert!(
+                notes.contains(&format!("work: {part} not saved")),
+                "{notes}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_keeps_settings_up_to_the_job_requests_bound_exactly() {
+        // The magic, mode and size lines take 51 bytes with their newlines; 62 features of
+        // 263 bytes and one of 27 fill MAX_SETTINGS_BYTES exactly; the last one does not fit.
+        let mut features: String = (0..62)
+            .map(|i| format!("f{i:02}  {}\n", "v".repeat(250)))
+            .collect();
+        features += &format!("f62  {}\nf63  v\n", "v".repeat(14));
+        let (lines, notes) = gather_with(Reply::ok(""), Reply::ok(&features), Reply::ok(""));
+        let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert_eq!(total, crate::job::spec::MAX_SETTINGS_BYTES);
+        assert_eq!(lines.last().map(|l| &l[..12]), Some("feature.f62="));
+        assert!(
+            notes.contains("work: settings too long, the rest not saved"),
+            "{notes}"
         );
     }
 
