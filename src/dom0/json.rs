@@ -444,6 +444,12 @@ mod tests {
         let n = |len: usize| format!("1{}", "0".repeat(len - 1));
         assert_eq!(parse(n(64).as_bytes()), Ok(Value::Number(n(64))));
         assert_eq!(parse(n(65).as_bytes()).unwrap_err().why, "number too long");
+        // The length is counted from where the number starts, not from the document start.
+        let inner = format!("[{}]", n(64));
+        assert_eq!(
+            parse(inner.as_bytes()),
+            Ok(Value::Array(vec![Value::Number(n(64))]))
+        );
     }
 
     #[test]
