@@ -932,6 +932,28 @@ mod tests {
     }
 
     #[test]
+    fn identities_answer_of_2048_keys_is_read_and_2049_refused() {
+        let k = key(1);
+        let answer = |n: u32| {
+            let mut reply = vec![12];
+            reply.extend_from_slice(&n.to_be_bytes());
+            for _ in 1..n {
+                put_string(&mut reply, key(2).blob());
+                put_string(&mut reply, b"c");
+            }
+            put_string(&mut reply, k.blob());
+            put_string(&mut reply, b"c");
+            reply
+        };
+        let (_, held) = filter_identities(&answer(MAX_IDENTITIES), &k, b"c").unwrap();
+        assert!(held);
+        assert_eq!(
+            filter_identities(&answer(MAX_IDENTITIES + 1), &k, b"c"),
+            Err(AgentReplyError("too many keys"))
+        );
+    }
+
+    #[test]
     fn key_blobs_up_to_16_kib_are_compared_and_longer_ones_refused_as_malformed() {
         let k = key(1);
         let b = Some(bound());
