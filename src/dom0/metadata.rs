@@ -658,9 +658,11 @@ mod tests {
             render(&s),
             format!("{MAGIC}\npref.vcpus=2\nfeature.ok=1\ntag=t")
         );
-        let mut s = Settings::default();
-        s.private_size = Some(MAX_SIZE);
-        s.class = Some("TemplateVM".into());
+        let s = Settings {
+            private_size: Some(MAX_SIZE),
+            class: Some("TemplateVM".into()),
+            ..Settings::default()
+        };
         assert_eq!(
             render(&s),
             format!("{MAGIC}\nclass=TemplateVM\nprivate-size={MAX_SIZE}")
