@@ -7,9 +7,12 @@ use std::io::Write;
 use super::archives::{self, Listing};
 use super::config::Config;
 use super::display::Display;
+use super::job_call::run_job;
 use super::metadata;
 use super::qubes::Qubes;
-use super::run::{run_job, start_disposable, Ctx, Outcome, Secrets};
+use super::session::{
+    start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Outcome, Secrets,
+};
 use super::volumes::Cleanup;
 use crate::job::spec::{List, Op, Spec};
 
@@ -19,16 +22,9 @@ pub(super) fn fetch(
     qube: Option<&str>,
     secrets: &Secrets,
 ) -> Result<Listing, String> {
-    // The disposable must start fresh: one left running (by hand, or by a crashed run) is shut
-    // down (qvm-shutdown of a halted qube is no error).
-    let t = ctx.cfg.shutdown_timeout.to_string();
-    let disp = ctx.cfg.disposable.clone();
-    if let Err(e) = ctx.call(&["qvm-shutdown", "--wait", "--timeout", &t, &disp]) {
-        ctx.note(&e);
-    }
-    let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
-    let res = (|| {
-        let state = start_disposable(ctx, &mut cleanup)?;
+    stop_leftover_disposable(ctx);
+    with_cleanup(ctx, |ctx, cleanup| {
+        let state = start_disposable(ctx, cleanup)?;
         let spec = Spec {
             repository: ctx.cfg.repository.clone(),
             state_device: state,
@@ -38,25 +34,12 @@ pub(super) fn fetch(
                 qube: qube.map(String::from),
             }),
         };
-        let r = run_job(ctx, "repository", 0, &spec)?;
-        if r.done != Some(true) {
-            return Err(r
-                .last_error
-                .unwrap_or_else(|| "the list job did not finish".into()));
-        }
+        let r = run_job(ctx, "repository", 0, &spec)?.finished("the list job")?;
         if r.data_overflow {
             return Err("the list job sent more data than allowed".into());
         }
         archives::parse_info(&r.data, qube)
-    })();
-    let undo = cleanup.undo_all(ctx.q);
-    for u in &undo {
-        ctx.note(&format!("cleanup: {u}"));
-    }
-    if res.is_ok() && !undo.is_empty() {
-        return Err("cleanup failed (see above)".into());
-    }
-    res
+    })
 }
 
 /// The checked settings of one archive, one `  KEY=VALUE` line each (warnings as notes).

@@ -326,7 +326,7 @@ pub fn from_qvm_features(out: &str) -> Vec<(String, String)> {
 /// renders them as `setting` lines. A failing call leaves its part out with a note: the
 /// backup of the data goes on.
 pub(super) fn gather(
-    ctx: &mut super::run::Ctx,
+    ctx: &mut super::session::Ctx,
     qube: &str,
     mode: Mode,
     private_size: Option<u64>,

@@ -1,11 +1,17 @@
-//! dom0: `qvm-backup-borg`. `secrets` reads the passphrase and key file. `list` and `archives` (with `json`) list the repository. `config` reads backup.conf, `plan` decides (pure), `qubes` is the
-//! only door to the Qubes tools, `volumes` undoes what was set up, `lock` keeps runs apart,
-//! `run` drives it all, `display` shows progress. Meets the job only through `job::spec`
-//! and `job::progress`.
+//! dom0: `qvm-backup-borg`. `cli` parses its command line; `config` reads backup.conf and
+//! `secrets` the passphrase and key file; `plan` decides (pure); `qubes` is the only door to
+//! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
+//! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
+//! `job_call` runs the job and reads its progress; `run` (backup), `list` (with `archives`,
+//! `json`) and `restore` (with `metadata`) are the commands; `lock` keeps runs apart, `signals`
+//! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
+pub mod cli;
 pub mod config;
 pub mod display;
+pub mod facts;
+pub mod job_call;
 pub mod json;
 pub mod list;
 pub mod lock;
@@ -15,5 +21,6 @@ pub mod qubes;
 pub mod restore;
 pub mod run;
 pub mod secrets;
+pub mod session;
 pub mod signals;
 pub mod volumes;

@@ -8,14 +8,16 @@ use std::io::Write;
 
 use super::config::Config;
 use super::display::Display;
+use super::facts::parse_qvm_ls;
+use super::job_call::run_job;
 use super::list::fetch;
 use super::metadata::{self, Settings};
 use super::qubes::Qubes;
-use super::run::{
-    committed_path, parse_qvm_ls, pool_value, run_job, start_disposable, Ctx, Outcome, Secrets,
-    PRIVATE_FRONTEND,
+use super::session::{
+    attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
+    Secrets,
 };
-use super::volumes::{parse_loop, Cleanup, Undo};
+use super::volumes::Cleanup;
 use crate::job::spec::{self, Op, Restore, Spec};
 
 /// Tag on a qube whose restore has not completed.
@@ -120,36 +122,11 @@ fn restore_inner(
             ctx.call(&["qvm-volume", "resize", &vol, &want.to_string()])?;
         }
     }
-    let pool = ctx.value(&["qvm-volume", "info", &vol, "pool"])?;
-    let vid = ctx.value(&["qvm-volume", "info", &vol, "vid"])?;
-    spec::check_qube(&pool).map_err(|w| format!("pool name {w}"))?;
-    let pool_info = ctx.call(&["qvm-pool", "info", &pool])?;
-    let driver = pool_value(&pool_info, "driver").ok_or("qvm-pool info: no driver")?;
-    let (path, lvm) = committed_path(&driver, &pool_info, &vid)?;
-    let mut cleanup = Cleanup::new(&ctx.cfg.run_dir);
-    let res = (|| {
-        if lvm {
-            ctx.call(&["lvchange", "--activate=y", "--", &path])?;
-        }
-        let o = ctx.call(&["losetup", "--find", "--show", &path])?;
-        let lp = parse_loop(&o).ok_or("losetup: unexpected output")?;
-        cleanup.push(Undo::Loop {
-            loop_name: lp.clone(),
-        });
-        let state = start_disposable(ctx, &mut cleanup)?;
-        let disp = ctx.cfg.disposable.clone();
-        ctx.call(&[
-            "qvm-block",
-            "attach",
-            "--option",
-            &format!("frontend-dev={PRIVATE_FRONTEND}"),
-            &disp,
-            &format!("dom0:{lp}"),
-        ])?;
-        cleanup.push(Undo::Detach {
-            vm: disp,
-            loop_name: lp,
-        });
+    let volume = private_volume(ctx, &target)?;
+    with_cleanup(ctx, |ctx, cleanup| {
+        let lp = loop_device(ctx, cleanup, &volume, true)?;
+        let state = start_disposable(ctx, cleanup)?;
+        let device = attach_private(ctx, cleanup, &lp, true)?;
         let spec = Spec {
             repository: ctx.cfg.repository.clone(),
             state_device: state,
@@ -158,25 +135,12 @@ fn restore_inner(
             op: Op::Restore(Restore {
                 archive: archive.name.clone(),
                 mode,
-                device: format!("/dev/{PRIVATE_FRONTEND}"),
+                device,
             }),
         };
-        let r = run_job(ctx, &target, 0, &spec)?;
-        if r.done != Some(true) {
-            return Err(r
-                .last_error
-                .unwrap_or_else(|| "the restore job did not finish".into()));
-        }
+        run_job(ctx, &target, 0, &spec)?.finished("the restore job")?;
         Ok(())
-    })();
-    let undo = cleanup.undo_all(ctx.q);
-    for u in &undo {
-        ctx.note(&format!("cleanup: {u}"));
-    }
-    res?;
-    if !undo.is_empty() {
-        return Err("cleanup failed (see above)".into());
-    }
+    })?;
     ctx.call(&["qvm-tags", &target, "del", RESTORING_TAG])?;
     let _ = writeln!(
         out,

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::config::Config;
-use super::run::Secrets;
+use super::session::Secrets;
 
 /// A root-only secret file: regular, owned by root (or us), not readable by group or others.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {

@@ -1,0 +1,264 @@
+//! dom0: the command line of `qvm-backup-borg`, parsed into a `Command` (pure: the program acts
+//! on it). One parser per subcommand; every qube and archive name is checked here.
+
+use std::path::PathBuf;
+
+use super::config;
+use super::restore::RestoreOptions;
+use super::run::Options;
+use crate::job::spec;
+
+pub const USAGE: &str =
+    "usage: qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]
+  Backs up the qubes chosen in /etc/qubes-borg/backup.conf (or the QUBEs named) with borg,
+  through the disposable sys-backup-mnt. See docs/USAGE.md.
+  --config FILE  another configuration file
+  --dry-run      show the plan, change nothing
+  --shutdown     shut running qubes down first (and start them again after)
+usage: qvm-backup-borg list [--config FILE] [QUBE]
+  Lists the archives (of QUBE, or of every qube) with their dates and sizes.
+usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]
+  Recreates QUBE from its newest archive (or A) as a new qube NAME (default
+  QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
+  volume of an existing halted qube NAME.";
+
+/// What the command line asks for.
+pub enum Command {
+    Help,
+    Backup {
+        config: PathBuf,
+        opts: Options,
+    },
+    List {
+        config: PathBuf,
+        qube: Option<String>,
+    },
+    Restore {
+        config: PathBuf,
+        opts: RestoreOptions,
+    },
+}
+
+/// Parses `args` (without the program name). `Err` is the message for a usage error.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let (cmd, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => {
+            return Err(format!(
+                "expected a command (backup, list, restore)\n{USAGE}"
+            ))
+        }
+    };
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Command::Help);
+    }
+    match cmd {
+        "backup" => backup(rest),
+        "list" => list(rest),
+        "restore" => restore(rest),
+        "--help" | "-h" => Ok(Command::Help),
+        _ => Err(format!(
+            "expected a command (backup, list, restore)\n{USAGE}"
+        )),
+    }
+}
+
+/// Walks the arguments: `--config FILE` is taken here, every other option goes to `option`
+/// (with the iterator, for its value), and every operand to `operand`.
+struct Args<'a> {
+    it: std::slice::Iter<'a, String>,
+    config: PathBuf,
+}
+
+impl<'a> Args<'a> {
+    fn new(args: &'a [String]) -> Self {
+        Args {
+            it: args.iter(),
+            config: PathBuf::from(config::DEFAULT_PATH),
+        }
+    }
+
+    /// The next option or operand; `--config` is consumed on the way.
+    fn next(&mut self) -> Result<Option<&'a str>, String> {
+        loop {
+            match self.it.next().map(String::as_str) {
+                Some("--config") => self.config = PathBuf::from(self.value("--config", "a file")?),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The value of option `opt`.
+    fn value(&mut self, opt: &str, what: &str) -> Result<&'a str, String> {
+        self.it
+            .next()
+            .map(String::as_str)
+            .ok_or_else(|| format!("{opt} needs {what}"))
+    }
+}
+
+fn unknown(opt: &str) -> String {
+    format!("unknown option {opt}\n{USAGE}")
+}
+
+/// A qube name from the command line.
+fn qube(what: &str, s: &str) -> Result<String, String> {
+    spec::check_qube(s).map_err(|w| format!("{what} '{s}' {w}"))?;
+    Ok(s.to_string())
+}
+
+fn backup(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut opts = Options {
+        dry_run: false,
+        shutdown: false,
+        qubes: vec![],
+    };
+    while let Some(x) = a.next()? {
+        match x {
+            "--dry-run" => opts.dry_run = true,
+            "--shutdown" => opts.shutdown = true,
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => opts.qubes.push(qube("qube name", s)?),
+        }
+    }
+    Ok(Command::Backup {
+        config: a.config,
+        opts,
+    })
+}
+
+fn list(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut one = None;
+    while let Some(x) = a.next()? {
+        match x {
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => {
+                if one.replace(qube("qube name", s)?).is_some() {
+                    return Err("list takes at most one qube".into());
+                }
+            }
+        }
+    }
+    Ok(Command::List {
+        config: a.config,
+        qube: one,
+    })
+}
+
+fn restore(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let (mut name, mut archive, mut as_name, mut replace) = (None, None, None, false);
+    while let Some(x) = a.next()? {
+        match x {
+            "--archive" => {
+                let v = a.value("--archive", "a name")?;
+                if spec::check_archive(v).is_err() {
+                    return Err(format!("archive name '{v}' is not valid"));
+                }
+                archive = Some(v.to_string());
+            }
+            "--as" => as_name = Some(qube("qube name", a.value("--as", "a qube name")?)?),
+            "--replace" => replace = true,
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => {
+                if name.replace(qube("qube name", s)?).is_some() {
+                    return Err("restore takes one qube".into());
+                }
+            }
+        }
+    }
+    let qube = name.ok_or_else(|| format!("restore needs a qube\n{USAGE}"))?;
+    Ok(Command::Restore {
+        config: a.config,
+        opts: RestoreOptions {
+            qube,
+            archive,
+            as_name,
+            replace,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn config_is_taken_anywhere_and_operands_are_checked_qube_names() {
+        match parse(&args("backup work --config /tmp/b.conf --dry-run vault")).unwrap() {
+            Command::Backup { config, opts } => {
+                assert_eq!(config, PathBuf::from("/tmp/b.conf"));
+                assert!(opts.dry_run && !opts.shutdown);
+                assert_eq!(opts.qubes, ["work", "vault"]);
+            }
+            _ => panic!("not backup"),
+        }
+        let e = parse(&args("backup -- work")).err().unwrap();
+        assert!(e.starts_with("unknown option --"), "{e}");
+        let e = parse(&args("backup wo/rk")).err().unwrap();
+        assert!(e.starts_with("qube name 'wo/rk'"), "{e}");
+    }
+
+    #[test]
+    fn an_option_missing_its_value_is_a_usage_error() {
+        assert_eq!(
+            parse(&args("list --config")).err().unwrap(),
+            "--config needs a file"
+        );
+        assert_eq!(
+            parse(&args("restore work --as")).err().unwrap(),
+            "--as needs a qube name"
+        );
+    }
+
+    #[test]
+    fn restore_takes_exactly_one_qube_and_a_valid_archive_name() {
+        assert!(parse(&args("restore"))
+            .err()
+            .unwrap()
+            .starts_with("restore needs a qube"));
+        assert_eq!(
+            parse(&args("restore a b")).err().unwrap(),
+            "restore takes one qube"
+        );
+        let e = parse(&args("restore a --archive ../x")).err().unwrap();
+        assert_eq!(e, "archive name '../x' is not valid");
+        match parse(&args(
+            "restore a --archive a-2026-11-29T18:00:00Z --as b --replace",
+        ))
+        .unwrap()
+        {
+            Command::Restore { opts, .. } => {
+                assert_eq!(opts.qube, "a");
+                assert_eq!(opts.archive.as_deref(), Some("a-2026-11-29T18:00:00Z"));
+                assert_eq!(opts.as_name.as_deref(), Some("b"));
+                assert!(opts.replace);
+            }
+            _ => panic!("not restore"),
+        }
+    }
+
+    #[test]
+    fn list_takes_at_most_one_qube_and_help_wins_anywhere() {
+        assert_eq!(
+            parse(&args("list a b")).err().unwrap(),
+            "list takes at most one qube"
+        );
+        assert!(matches!(parse(&args("list a --help")), Ok(Command::Help)));
+        assert!(matches!(parse(&args("--help")), Ok(Command::Help)));
+        assert!(parse(&args(""))
+            .err()
+            .unwrap()
+            .starts_with("expected a command"));
+        assert!(parse(&args("frobnicate"))
+            .err()
+            .unwrap()
+            .starts_with("expected a command"));
+    }
+}

@@ -1,0 +1,137 @@
+//! dom0: one run of the job in the disposable (`qvm-run --service ... qubes-borg.BackupJob`):
+//! the request goes in on stdin, progress lines come back and are checked one by one, shown,
+//! and summed up in a `JobReport`.
+
+use super::session::Ctx;
+use crate::job::progress::{sanitize, Event, LineSplitter, Stats};
+use crate::job::spec::{self, Spec};
+
+/// The qrexec service of the job in the disposable.
+pub const JOB_SERVICE: &str = "qubes-borg.BackupJob";
+/// Most warning/error lines of one job printed (the rest are counted).
+pub const MAX_NOTES: usize = 100;
+
+fn job_argv(disposable: &str) -> Vec<String> {
+    [
+        "qvm-run",
+        "--user",
+        "root",
+        "--pass-io",
+        "--no-gui",
+        "--no-color-output",
+        "--no-color-stderr",
+        "--service",
+        disposable,
+        JOB_SERVICE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Most bytes of `data` (borg's --json output) kept from one job.
+pub const MAX_JOB_DATA: usize = 8 << 20;
+
+#[derive(Default)]
+pub(super) struct JobReport {
+    pub stats: Option<Stats>,
+    pub done: Option<bool>,
+    pub last_error: Option<String>,
+    /// `data` lines joined (bounded by MAX_JOB_DATA).
+    pub data: Vec<u8>,
+    pub data_overflow: bool,
+}
+
+pub(super) fn run_job(
+    ctx: &mut Ctx,
+    qube: &str,
+    total: u64,
+    spec: &Spec,
+) -> Result<JobReport, String> {
+    let argv = job_argv(&ctx.cfg.disposable);
+    let request = spec::encode(spec);
+    let mut report = JobReport::default();
+    let mut splitter = LineSplitter::new();
+    let mut bad = 0usize;
+    let mut shown = 0usize;
+    let mut notes: Vec<String> = Vec::new();
+    let display = &mut ctx.display;
+    let err = &mut *ctx.err;
+    display.start(qube, total);
+    let res = ctx.q.job(&argv, &request, &mut |bytes| {
+        for line in splitter.push(bytes) {
+            match line {
+                Ok(Event::Progress(n)) => display.progress(err, n),
+                Ok(Event::Phase(p)) => display.phase(err, p.as_str()),
+                Ok(Event::Stats(s)) => report.stats = Some(s),
+                Ok(Event::Done(ok)) => report.done = Some(ok),
+                Ok(Event::Data(d)) => {
+                    if report.data.len() + d.len() > MAX_JOB_DATA {
+                        report.data_overflow = true;
+                    } else {
+                        report.data.extend_from_slice(&d);
+                    }
+                }
+                Ok(Event::Warning(t)) => notes.push(format!("{qube}: {t}")),
+                Ok(Event::Error(t)) => {
+                    notes.push(format!("{qube}: error: {t}"));
+                    report.last_error = Some(t);
+                }
+                Err(e) => {
+                    bad += 1;
+                    if bad <= 3 {
+                        notes.push(format!("{qube}: {e}"));
+                    }
+                }
+            }
+            // Print notes as they come, at most MAX_NOTES per job (the job may flood).
+            for n in notes.drain(..) {
+                shown += 1;
+                if shown <= MAX_NOTES {
+                    display.clear_line(err);
+                    let _ = writeln!(err, "qvm-backup-borg: {n}");
+                }
+            }
+        }
+    });
+    display.finish(err);
+    if shown > MAX_NOTES {
+        ctx.note(&format!(
+            "{qube}: {} more warnings from the job not shown",
+            shown - MAX_NOTES
+        ));
+    }
+    if bad > 3 {
+        ctx.note(&format!(
+            "{qube}: {} more malformed lines from the job ignored",
+            bad - 3
+        ));
+    }
+    let out = res.map_err(|e| e.to_string())?;
+    if let Some(e) = splitter.finish() {
+        ctx.note(&format!("{qube}: {e}"));
+    }
+    if out.code != 0 {
+        let text = sanitize(out.stderr.trim_ascii(), 300);
+        if !text.is_empty() {
+            ctx.note(&format!("{qube}: job stderr: {text}"));
+        }
+        return Err(report
+            .last_error
+            .unwrap_or_else(|| format!("the backup job failed (exit {})", out.code)));
+    }
+    Ok(report)
+}
+
+impl JobReport {
+    /// The report of a job that said `done ok`, else the error it gave (or `what` did not finish).
+    pub(super) fn finished(self, what: &str) -> Result<JobReport, String> {
+        if self.done == Some(true) {
+            Ok(self)
+        } else {
+            Err(self
+                .last_error
+                .unwrap_or_else(|| format!("{what} did not finish")))
+        }
+    }
+}
