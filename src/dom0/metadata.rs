@@ -719,7 +719,7 @@ mod tests {
             crate::dom0::config::parse(std::path::Path::new("/c"), b"repository = ssh://b/./r\n")
                 .unwrap();
         let mut err = Vec::new();
-        let mut ctx = crate::dom0::run::Ctx {
+        let mut ctx = crate::dom0::session::Ctx {
             q: &mut fake,
             cfg: &cfg,
             err: &mut err,
