@@ -881,8 +881,159 @@ mod tests {
         assert!(check_bind_reply(&[14]).is_err());
     }
 
+    /// A SIGN_RESPONSE carrying `string kind` + `string sig` + `extra`, as the signature blob.
+    fn sign_reply(kind: &[u8], sig: &[u8], extra: &[u8]) -> Vec<u8> {
+        let mut blob = Vec::new();
+        put_string(&mut blob, kind);
+        put_string(&mut blob, sig);
+        blob.extend_from_slice(extra);
+        let mut reply = vec![14];
+        put_string(&mut reply, &blob);
+        reply
+    }
+
+    const NOT_ED25519: Result<SignReply, AgentReplyError> =
+        Err(AgentReplyError("not an ed25519 signature"));
+
+    #[test]
+    fn sign_reply_with_a_signature_of_the_wrong_length_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 64], b"")),
+            Ok(SignReply::Signed)
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 63], b"")),
+            NOT_ED25519
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 65], b"")),
+            NOT_ED25519
+        );
+    }
+
+    #[test]
+    fn sign_reply_with_bytes_after_the_signature_inside_its_blob_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25519", &[3; 64], &[0])),
+            NOT_ED25519
+        );
+    }
+
+    #[test]
+    fn sign_reply_with_a_signature_of_another_type_is_refused() {
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"ssh-ed25518", &[3; 64], b"")),
+            NOT_ED25519
+        );
+        assert_eq!(
+            check_sign_reply(&sign_reply(b"rsa-sha2-512", &[3; 64], b"")),
+            NOT_ED25519
+        );
+    }
+
+    #[test]
+    fn identities_answer_of_2048_keys_is_read_and_2049_refused() {
+        let k = key(1);
+        let answer = |n: u32| {
+            let mut reply = vec![12];
+            reply.extend_from_slice(&n.to_be_bytes());
+            for _ in 1..n {
+                put_string(&mut reply, key(2).blob());
+                put_string(&mut reply, b"c");
+            }
+            put_string(&mut reply, k.blob());
+            put_string(&mut reply, b"c");
+            reply
+        };
+        let (_, held) = filter_identities(&answer(MAX_IDENTITIES), &k, b"c").unwrap();
+        assert!(held);
+        assert_eq!(
+            filter_identities(&answer(MAX_IDENTITIES + 1), &k, b"c"),
+            Err(AgentReplyError("too many keys"))
+        );
+    }
+
+    #[test]
+    fn key_blobs_up_to_16_kib_are_compared_and_longer_ones_refused_as_malformed() {
+        let k = key(1);
+        let b = Some(bound());
+        let data = userauth(&k, Some(HOST));
+        let v = c(&sign(&vec![7; MAX_KEY_BLOB], &data, 0), &k, b.as_ref());
+        assert!(matches!(v, Verdict::Refuse(Refusal::OtherKey(_))), "{v:?}");
+        let v = c(&sign(&vec![7; MAX_KEY_BLOB + 1], &data, 0), &k, b.as_ref());
+        assert_eq!(
+            v,
+            Verdict::Refuse(Refusal::NotUserAuth("string longer than allowed"))
+        );
+    }
+
+    #[test]
+    fn public_key_file_may_start_with_comments_and_blank_lines() {
+        let k = key(7);
+        let b64 = codec::base64_encode_unpadded(k.blob());
+        let text = format!("# the backup key\n\n  \nssh-ed25519 {b64}\n");
+        assert_eq!(BackupKey::from_public_line(&text).unwrap(), k);
+        assert_eq!(
+            BackupKey::from_public_line("# only a comment\n"),
+            Err(KeyError::Format("no key line"))
+        );
+    }
+
+    #[test]
+    fn key_is_shown_by_its_fingerprint() {
+        let k = key(7);
+        let fp = codec::fingerprint(k.blob());
+        assert!(fp.starts_with("SHA256:") && fp.len() > 40, "{fp}");
+        assert_eq!(k.fingerprint(), fp);
+        assert_eq!(format!("{k:?}"), format!("BackupKey({fp})"));
+        assert_eq!(bound().host_fingerprint(), codec::fingerprint(HOST));
+    }
+
+    #[test]
+    fn key_and_refusal_messages_say_what_was_wrong() {
+        assert_eq!(
+            KeyError::Format("bad base64").to_string(),
+            "not an OpenSSH ed25519 public key line: bad base64"
+        );
+        assert!(KeyError::WrongType("ssh-rsa".into())
+            .to_string()
+            .starts_with("key type \"ssh-rsa\" is not supported"));
+        for (r, want) in [
+            (
+                Refusal::Forbidden("adding a key"),
+                "adding a key is not allowed",
+            ),
+            (
+                Refusal::Extension("query".into()),
+                "extension query is not allowed",
+            ),
+            (Refusal::Bind("x".into()), "session-bind refused: x"),
+            (
+                Refusal::OtherKey("SHA256:x".into()),
+                "sign request for a key that is not the backup key (SHA256:x)",
+            ),
+            (
+                Refusal::NotUserAuth("y"),
+                "sign request that is not an SSH login for the backup key: y",
+            ),
+            (
+                Refusal::NotAllowed("z".into()),
+                "login not allowed for this key set: z",
+            ),
+            (Refusal::Unknown(9), "unknown message type 9"),
+        ] {
+            assert_eq!(r.to_string(), want);
+        }
+        assert_eq!(
+            AgentReplyError("empty").to_string(),
+            "unexpected answer from ssh-agent: empty"
+        );
+    }
+
     #[test]
     fn log_escaping_neutralises_control_bytes() {
+        assert_eq!(escape_for_log(b"abc", 3), "abc", "exactly max: no ellipsis");
+        assert_eq!(escape_for_log(b"!~\x7f\x20", 9), "!~\\x7f\\x20");
         assert_eq!(
             escape_for_log(b"a b\n\x1b[31m\\", 64),
             "a\\x20b\\x0a\\x1b[31m\\x5c"

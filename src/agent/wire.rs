@@ -288,4 +288,133 @@ mod tests {
         let r = Reader::new(&[0]);
         assert!(r.finish().is_err());
     }
+
+    /// Fails once with an error of kind `first`, then reads the bytes of `data`.
+    struct Flaky<'a> {
+        first: Option<io::ErrorKind>,
+        data: &'a [u8],
+    }
+
+    impl Read for Flaky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(kind) = self.first.take() {
+                return Err(io::Error::new(kind, "flaky"));
+            }
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn interrupted_read_is_retried() {
+        let data = frame(&[11]);
+        let mut r = Flaky {
+            first: Some(io::ErrorKind::Interrupted),
+            data: &data,
+        };
+        let mut body = Vec::new();
+        assert!(read_frame(&mut r, &mut body).unwrap());
+        assert_eq!(body, [11]);
+    }
+
+    #[test]
+    fn read_error_other_than_interrupted_is_reported() {
+        let data = frame(&[11]);
+        let mut r = Flaky {
+            first: Some(io::ErrorKind::ConnectionReset),
+            data: &data,
+        };
+        let mut body = Vec::new();
+        assert!(matches!(
+            read_frame(&mut r, &mut body),
+            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset
+        ));
+    }
+
+    #[test]
+    fn write_frame_prefixes_the_body_length() {
+        let mut out = Vec::new();
+        write_frame(&mut out, &[12, 0, 0, 0, 0]).unwrap();
+        assert_eq!(out, [0, 0, 0, 5, 12, 0, 0, 0, 0]);
+        // Exactly the limit is written.
+        let mut out = Vec::new();
+        write_frame(&mut out, &vec![7; MAX_MESSAGE_LEN]).unwrap();
+        assert_eq!(out.len(), 4 + MAX_MESSAGE_LEN);
+        assert_eq!(out[..4], (MAX_MESSAGE_LEN as u32).to_be_bytes());
+    }
+
+    #[test]
+    #[should_panic]
+    fn write_frame_refuses_an_empty_body() {
+        write_frame(&mut Vec::new(), &[]).unwrap();
+    }
+
+    #[test]
+    #[should_panic]
+    fn write_frame_refuses_a_body_over_the_limit() {
+        write_frame(&mut Vec::new(), &vec![7; MAX_MESSAGE_LEN + 1]).unwrap();
+    }
+
+    #[test]
+    fn uint32_and_string_may_end_exactly_at_the_message_end() {
+        let mut r = Reader::new(&[1, 2, 3, 4]);
+        assert_eq!(r.u32(), Ok(0x0102_0304));
+        assert!(r.is_empty());
+        let mut m = Vec::new();
+        put_string(&mut m, b"abc");
+        let mut r = Reader::new(&m);
+        assert!(!r.is_empty());
+        assert_eq!(r.string(3), Ok(&b"abc"[..]));
+        assert!(r.is_empty());
+        assert_eq!(r.finish(), Ok(()));
+    }
+
+    #[test]
+    fn reader_errors_say_which_field_is_wrong() {
+        assert_eq!(Reader::new(&[]).u8(), Err(ParseError("short byte")));
+        assert_eq!(
+            Reader::new(&[0, 0, 1]).u32(),
+            Err(ParseError("short uint32"))
+        );
+        assert_eq!(
+            Reader::new(&[0, 0, 0, 4, 1])
+                .string(3)
+                .unwrap_err()
+                .to_string(),
+            "string longer than allowed"
+        );
+        assert_eq!(
+            Reader::new(&[0, 0, 0, 2, 1])
+                .string(3)
+                .unwrap_err()
+                .to_string(),
+            "string runs past the end of the message"
+        );
+        assert_eq!(
+            Reader::new(&[0]).boolean(),
+            Ok(false),
+            "0 is the boolean false"
+        );
+        assert_eq!(
+            Reader::new(&[2]).boolean(),
+            Err(ParseError("boolean other than 0 or 1"))
+        );
+    }
+
+    #[test]
+    fn frame_errors_tell_what_happened() {
+        assert_eq!(
+            WireError::Truncated { got: 6, wanted: 9 }.to_string(),
+            "connection closed inside a frame (6 of 9 bytes received)"
+        );
+        assert_eq!(
+            WireError::TooLong(300_000).to_string(),
+            "frame of 300000 bytes announced, more than the 262144-byte limit"
+        );
+        assert_eq!(
+            WireError::Empty.to_string(),
+            "frame of length 0 (no message type)"
+        );
+        let e: WireError = io::Error::new(io::ErrorKind::BrokenPipe, "pipe gone").into();
+        assert_eq!(e.to_string(), "pipe gone");
+    }
 }

@@ -245,6 +245,86 @@ mod tests {
     }
 
     #[test]
+    fn each_date_field_is_checked_at_both_ends() {
+        for ok in [
+            "2026-01-01T00:00:00Z",
+            "2026-12-31T23:59:60Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(check_date(ok), "{ok}");
+        }
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-01-00T00:00:00Z",
+            "2026-01-01T00:00:61Z",
+            "2026-01-01T00:00:00ZZ",
+            "2026-01-01T00:00:0Z",
+            "2026-01-01 00:00:00Z",
+            "2026/01/01T00:00:00Z",
+            "2026-01-01T00-00:00Z",
+            "2026-01-01T00:00:00z",
+        ] {
+            assert!(!check_date(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_shortest_archive_name_is_a_one_letter_qube() {
+        assert_eq!(
+            split_name("a-2026-11-29T18:00:00Z"),
+            Some(("a", "2026-11-29T18:00:00Z"))
+        );
+        assert_eq!(split_name("a2026-11-29T18:00:00Z"), None);
+        assert_eq!(split_name("\u{e9}-2026-11-29T18:00:00Z"), None);
+        assert_eq!(split_name("work_2026-11-29T18:00:00Z"), None);
+        assert_eq!(split_name("work-2026-11-29T18:00:00"), None);
+    }
+
+    #[test]
+    fn an_archive_without_comment_has_an_empty_one() {
+        let d = doc(&[r#"{"name": "a-2026-11-29T18:00:00Z", "stats": {"compressed_size": 2, "deduplicated_size": 3, "nfiles": 4, "original_size": 1}}"#.into()]);
+        let l = parse_info(&d, None).unwrap();
+        assert_eq!(
+            l.archives,
+            [Archive {
+                qube: "a".into(),
+                name: "a-2026-11-29T18:00:00Z".into(),
+                date: "2026-11-29T18:00:00Z".into(),
+                original: 1,
+                compressed: 2,
+                deduplicated: 3,
+                files: 4,
+                comment: String::new(),
+            }]
+        );
+        assert_eq!(l.ignored, 0);
+    }
+
+    #[test]
+    fn a_comment_of_16_kib_is_kept_and_one_byte_more_left_out() {
+        let with_comment = |len: usize| {
+            format!(
+                r#"{{"name": "a-2026-11-29T18:00:00Z", "comment": "{}", "stats": {{"compressed_size": 1, "deduplicated_size": 1, "nfiles": 1, "original_size": 1}}}}"#,
+                "x".repeat(len)
+            )
+        };
+        let l = parse_info(&doc(&[with_comment(MAX_COMMENT)]), None).unwrap();
+        assert_eq!(l.archives[0].comment.len(), MAX_COMMENT);
+        let l = parse_info(&doc(&[with_comment(MAX_COMMENT + 1)]), None).unwrap();
+        assert_eq!((l.archives.len(), l.ignored), (0, 1));
+    }
+
+    #[test]
+    fn a_listing_of_100000_entries_is_read_and_more_refused() {
+        let zeros = |n: usize| doc(&vec!["0".to_string(); n]);
+        let l = parse_info(&zeros(MAX_ARCHIVES), None).unwrap();
+        assert_eq!((l.archives.len(), l.ignored), (0, MAX_ARCHIVES));
+        assert!(parse_info(&zeros(MAX_ARCHIVES + 1), None)
+            .unwrap_err()
+            .contains("too many"));
+    }
+
+    #[test]
     fn dates_are_checked() {
         assert!(check_date("2026-11-29T18:00:00Z"));
         for bad in [

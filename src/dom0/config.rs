@@ -223,8 +223,10 @@ fn abs_path(v: &str) -> Result<PathBuf, String> {
 }
 
 fn number(v: &str, max: u64) -> Result<u64, String> {
-    v.parse::<u64>()
-        .ok()
+    // Digits only: `str::parse` alone would also take a leading '+'.
+    Some(v)
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| (1..=max).contains(n))
         .ok_or(format!("must be a number from 1 to {max}"))
 }
@@ -551,6 +553,311 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    const BASE: &str = "repository = ssh://b/./r\n";
+
+    /// The key and reason of the error for BASE plus `line` (the error must be on line 2).
+    fn bad_line(line: &str) -> (String, String) {
+        let (n, key, why) = line_err(&format!("{BASE}{line}\n"));
+        assert_eq!(n, 2, "{line}");
+        (key, why)
+    }
+
+    #[test]
+    fn every_global_key_is_read() {
+        let c = p("repository = ssh://b/./r\n\
+                   mode = image\n\
+                   default_excludes = false\n\
+                   keep_last = 1\nkeep_hourly = 2\nkeep_daily = 3\nkeep_weekly = 4\n\
+                   keep_monthly = 5\nkeep_yearly = 100000\n\
+                   passphrase_file = /root/pass\nkey_file = /root/key\n\
+                   disposable = backup-dvm\npersistent_state = 0\n\
+                   state_image = /var/img\nstate_size_mib = 1048576\n\
+                   shutdown_timeout = 3600\nrun_dir = /run/x\n\
+                   exclude = a\nexclude = b\nqubes = q1\nqubes = q2 q3\n\
+                   \tcompression\t=\tlz4\t\n")
+        .unwrap();
+        assert_eq!(c.mode, Mode::Image);
+        assert!(!c.default_excludes && !c.persistent_state);
+        assert_eq!(
+            c.keep.counts,
+            [
+                (KeepKind::Last, 1),
+                (KeepKind::Hourly, 2),
+                (KeepKind::Daily, 3),
+                (KeepKind::Weekly, 4),
+                (KeepKind::Monthly, 5),
+                (KeepKind::Yearly, 100_000)
+            ]
+        );
+        assert_eq!(c.passphrase_file, Path::new("/root/pass"));
+        assert_eq!(c.key_file.as_deref(), Some(Path::new("/root/key")));
+        assert_eq!(c.disposable, "backup-dvm");
+        assert_eq!(c.state_image, Path::new("/var/img"));
+        assert_eq!(c.state_size_mib, 1 << 20);
+        assert_eq!(c.shutdown_timeout, 3600);
+        assert_eq!(c.run_dir, Path::new("/run/x"));
+        assert_eq!(c.excludes, ["a", "b"]);
+        assert_eq!(c.qubes, ["q1", "q2", "q3"]);
+        assert_eq!(c.compression, "lz4");
+        assert_eq!(c.admin_repository, None);
+    }
+
+    #[test]
+    fn yes_and_no_have_three_spellings_each() {
+        for (v, want) in [
+            ("yes", true),
+            ("true", true),
+            ("1", true),
+            ("no", false),
+            ("false", false),
+            ("0", false),
+        ] {
+            let c = p(&format!("{BASE}persistent_state = {v}\n")).unwrap();
+            assert_eq!(c.persistent_state, want, "{v}");
+        }
+        assert_eq!(
+            bad_line("persistent_state = on"),
+            ("persistent_state".into(), "must be yes or no".into())
+        );
+    }
+
+    #[test]
+    fn numbers_are_bounded_at_both_ends() {
+        for (key, max) in [
+            ("state_size_mib", 1u64 << 20),
+            ("shutdown_timeout", 3600),
+            ("keep_weekly", 100_000),
+        ] {
+            let want = (key.to_string(), format!("must be a number from 1 to {max}"));
+            assert_eq!(bad_line(&format!("{key} = 0")), want);
+            assert_eq!(bad_line(&format!("{key} = {}", max + 1)), want);
+            assert_eq!(bad_line(&format!("{key} = -1")), want);
+            assert_eq!(bad_line(&format!("{key} = +1")), want);
+            p(&format!("{BASE}{key} = 1\n")).unwrap();
+            p(&format!("{BASE}{key} = {max}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn paths_must_be_absolute_without_dot_dot() {
+        for key in ["passphrase_file", "key_file", "state_image", "run_dir"] {
+            for bad in ["etc/x", "/etc/../x", "/etc/.."] {
+                assert_eq!(
+                    bad_line(&format!("{key} = {bad}")),
+                    (key.into(), "must be an absolute path without '..'".into()),
+                    "{key} = {bad}"
+                );
+            }
+            p(&format!("{BASE}{key} = /etc/..x/x..\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_global_value_is_checked() {
+        for (line, key) in [
+            ("admin_repository = ssh://b", "admin_repository"),
+            ("tag = -x", "tag"),
+            ("exclude_qubes = a/b", "exclude_qubes"),
+            ("compression = LZ4", "compression"),
+            ("exclude = a\tb", "exclude"),
+            ("keep_within = 7", "keep_within"),
+            ("disposable = -dvm", "disposable"),
+            ("default_excludes = maybe", "default_excludes"),
+            ("keep_yearly = x", "keep_yearly"),
+            ("mode = tar", "mode"),
+            ("qubes =", "qubes"),
+        ] {
+            assert_eq!(bad_line(line).0, key, "{line}");
+        }
+        assert_eq!(bad_line("qubes =").1, "has no value");
+    }
+
+    #[test]
+    fn per_qube_sections_take_only_per_qube_keys_once_each() {
+        let c = p(&format!(
+            "{BASE}mode = files\n[qube a]\nmode = image\ncompression = lz4\nexclude = x\nexclude = y\n\
+             default_excludes = yes\n[qube  b ]\nmode = files\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.qube("a"),
+            Some(&QubeConfig {
+                mode: Some(Mode::Image),
+                compression: Some("lz4".into()),
+                excludes: vec!["x".into(), "y".into()],
+                default_excludes: Some(true),
+            })
+        );
+        assert_eq!(c.qube("b").unwrap().mode, Some(Mode::Files));
+        assert_eq!(c.qube("c"), None);
+        assert_eq!(c.mode, Mode::Files);
+        let in_section = |line: &str| {
+            let (n, key, why) = line_err(&format!("{BASE}[qube a]\n{line}\n"));
+            assert_eq!(n, 3, "{line}");
+            (key, why)
+        };
+        assert_eq!(
+            line_err(&format!("{BASE}[qube a]\nmode = image\nmode = files\n")),
+            (4, "mode".into(), "given twice".into()),
+            "once per section"
+        );
+        assert_eq!(
+            in_section("keep_daily = 7"),
+            (
+                "keep_daily".into(),
+                "not allowed in [qube a]; put it before the first section".into()
+            )
+        );
+        for (line, key) in [
+            ("mode = tar", "mode"),
+            ("compression = zstd;x", "compression"),
+            ("exclude = a\tb", "exclude"),
+            ("default_excludes = 2", "default_excludes"),
+        ] {
+            assert_eq!(in_section(line).0, key, "{line}");
+        }
+    }
+
+    #[test]
+    fn section_headers_are_checked() {
+        for bad in ["[qube work", "[vm work]", "[qube -x]", "[qube ]"] {
+            assert_eq!(bad_line(bad).0, "(section)", "{bad}");
+        }
+        let (n, key, why) = line_err(&format!("{BASE}[qube a]\n[qube a]\n"));
+        assert_eq!(
+            (n, key.as_str(), why.as_str()),
+            (3, "(section)", "[qube a] given twice")
+        );
+    }
+
+    #[test]
+    fn tabs_are_white_space_but_other_control_characters_are_refused() {
+        p(&format!("{BASE}mode\t=\tfiles\n")).unwrap();
+        assert_eq!(
+            bad_line("mode = files\u{7f}"),
+            ("(line)".into(), "contains a control character".into())
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused() {
+        let e = parse(Path::new("/c"), b"repository = ssh://b/./r\n# \xff\n").unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Io {
+                file: "/c".into(),
+                err: "not UTF-8 text".into()
+            }
+        );
+    }
+
+    #[test]
+    fn errors_tell_the_user_what_to_do() {
+        let f = PathBuf::from("/etc/c");
+        assert_eq!(
+            ConfigError::Io {
+                file: f.clone(),
+                err: "gone".into()
+            }
+            .to_string(),
+            "/etc/c: gone"
+        );
+        assert_eq!(
+            ConfigError::Unsafe {
+                file: f.clone(),
+                why: "not owned by root"
+            }
+            .to_string(),
+            "/etc/c: not owned by root (it holds backup settings: chown root:root and chmod 0600 it)"
+        );
+        assert_eq!(
+            ConfigError::Missing {
+                file: f,
+                key: "repository"
+            }
+            .to_string(),
+            "/etc/c: 'repository' is required (see docs/USAGE.md)"
+        );
+    }
+
+    /// A fresh directory for one test's files.
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("qubes-borg-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+
+    fn write(path: &Path, text: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn unsafe_why(path: &Path) -> &'static str {
+        match load(path) {
+            Err(ConfigError::Unsafe { why, .. }) => why,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn load_reads_a_private_file_of_up_to_256_kib() {
+        let d = scratch("size");
+        let f = d.join("backup.conf");
+        let mut text = BASE.as_bytes().to_vec();
+        text.resize(MAX_FILE as usize - 1, b'#');
+        text.push(b'\n');
+        write(&f, &text, 0o600);
+        assert_eq!(load(&f).unwrap().repository, "ssh://b/./r");
+        text.insert(0, b'\n');
+        write(&f, &text, 0o600);
+        assert_eq!(unsafe_why(&f), "larger than 256 KiB");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn load_refuses_a_file_others_may_write() {
+        let d = scratch("mode");
+        let f = d.join("backup.conf");
+        for mode in [0o644, 0o640, 0o604] {
+            write(&f, BASE.as_bytes(), mode);
+            assert!(load(&f).is_ok(), "{mode:o}");
+        }
+        for mode in [0o620, 0o602, 0o660] {
+            write(&f, BASE.as_bytes(), mode);
+            assert_eq!(unsafe_why(&f), "writable by group or others", "{mode:o}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn load_refuses_a_file_owned_by_another_user() {
+        let d = scratch("owner");
+        let f = d.join("backup.conf");
+        write(&f, BASE.as_bytes(), 0o600);
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 0 { 1000 } else { 0 };
+        if std::os::unix::fs::chown(&f, Some(other), None).is_err() {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        assert_eq!(unsafe_why(&f), "not owned by root");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_regular_file() {
+        let d = scratch("kind");
+        assert_eq!(unsafe_why(&d), "not a regular file");
+        assert!(matches!(
+            load(&d.join("missing")),
+            Err(ConfigError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

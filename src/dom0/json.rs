@@ -11,8 +11,11 @@ pub const MAX_INPUT: usize = 8 << 20;
 pub const MAX_DEPTH: usize = 8;
 /// Longest string accepted (bytes after unescaping).
 pub const MAX_STRING: usize = 64 * 1024;
-/// Most elements of one array or members of one object.
+/// Most elements of one array.
 pub const MAX_ITEMS: usize = 100_000;
+/// Most members of one object (borg's objects have a few dozen; duplicate keys are looked up
+/// member by member, so this also bounds that work).
+pub const MAX_MEMBERS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -139,7 +142,7 @@ impl Parser<'_> {
                     return Ok(Value::Object(m));
                 }
                 loop {
-                    if m.len() >= MAX_ITEMS {
+                    if m.len() >= MAX_MEMBERS {
                         return self.err("too many members");
                     }
                     self.ws();
@@ -365,6 +368,184 @@ mod tests {
         assert_eq!(parse(long.as_bytes()).unwrap_err().why, "string too long");
         let huge = vec![b' '; MAX_INPUT + 1];
         assert_eq!(parse(&huge).unwrap_err().why, "document too large");
+    }
+
+    /// A scalar nested in `depth` arrays.
+    fn nested(depth: usize) -> String {
+        "[".repeat(depth) + "1" + &"]".repeat(depth)
+    }
+
+    #[test]
+    fn a_value_at_depth_8_is_read_and_at_depth_9_refused() {
+        assert!(parse(nested(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            parse(nested(MAX_DEPTH + 1).as_bytes()).unwrap_err().why,
+            "nested too deeply"
+        );
+        let obj = |depth: usize| "{\"a\":".repeat(depth) + "1" + &"}".repeat(depth);
+        assert!(parse(obj(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            parse(obj(MAX_DEPTH + 1).as_bytes()).unwrap_err().why,
+            "nested too deeply"
+        );
+    }
+
+    #[test]
+    fn arrays_hold_at_most_max_items() {
+        let arr = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        let v = parse(arr(MAX_ITEMS).as_bytes()).unwrap();
+        assert_eq!(v.as_array().map(<[Value]>::len), Some(MAX_ITEMS));
+        assert_eq!(
+            parse(arr(MAX_ITEMS + 1).as_bytes()).unwrap_err().why,
+            "too many items"
+        );
+    }
+
+    #[test]
+    fn objects_hold_at_most_max_members() {
+        let obj = |n: usize| {
+            let m: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            format!("{{{}}}", m.join(","))
+        };
+        let v = parse(obj(MAX_MEMBERS).as_bytes()).unwrap();
+        assert_eq!(v.get("k1023"), Some(&Value::Number("1023".into())));
+        assert_eq!(
+            parse(obj(MAX_MEMBERS + 1).as_bytes()).unwrap_err().why,
+            "too many members"
+        );
+    }
+
+    #[test]
+    fn a_string_of_max_string_bytes_is_read_and_one_more_refused() {
+        let s = |n: usize| format!("\"{}\"", "\u{e9}".repeat(n / 2));
+        let v = parse(s(MAX_STRING).as_bytes()).unwrap();
+        assert_eq!(v.as_str().map(str::len), Some(MAX_STRING));
+        let one_more = format!("\"{}\\n\"", "a".repeat(MAX_STRING));
+        assert_eq!(
+            parse(one_more.as_bytes()).unwrap_err().why,
+            "string too long"
+        );
+        let exact = format!("\"{}\\n\"", "a".repeat(MAX_STRING - 1));
+        assert_eq!(
+            parse(exact.as_bytes()).unwrap().as_str().map(str::len),
+            Some(MAX_STRING)
+        );
+    }
+
+    #[test]
+    fn a_document_of_max_input_bytes_is_read() {
+        let mut doc = vec![b' '; MAX_INPUT - 1];
+        doc.push(b'7');
+        assert_eq!(parse(&doc), Ok(Value::Number("7".into())));
+    }
+
+    #[test]
+    fn a_number_of_64_characters_is_read_and_65_refused() {
+        let n = |len: usize| format!("1{}", "0".repeat(len - 1));
+        assert_eq!(parse(n(64).as_bytes()), Ok(Value::Number(n(64))));
+        assert_eq!(parse(n(65).as_bytes()).unwrap_err().why, "number too long");
+        // The length is counted from where the number starts, not from the document start.
+        let inner = format!("[{}]", n(64));
+        assert_eq!(
+            parse(inner.as_bytes()),
+            Ok(Value::Array(vec![Value::Number(n(64))]))
+        );
+    }
+
+    #[test]
+    fn every_number_form_of_rfc_8259_is_read() {
+        for ok in [
+            "0", "-0", "-12", "0.5", "1e5", "1E5", "1e+5", "1e-5", "-1.25E-3",
+        ] {
+            assert_eq!(parse(ok.as_bytes()), Ok(Value::Number(ok.into())), "{ok}");
+        }
+        for (bad, why) in [
+            ("-", "bad number"),
+            ("-a", "bad number"),
+            ("+1", "unexpected character"),
+            ("1e+", "bad exponent"),
+            ("1.e5", "bad fraction"),
+        ] {
+            assert_eq!(parse(bad.as_bytes()).unwrap_err().why, why, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_escape_of_rfc_8259_is_read() {
+        let v = parse(br#""\"\\\/\b\f\n\r\t\u0041\u00E9 ~""#).unwrap();
+        assert_eq!(v.as_str(), Some("\"\\/\u{8}\u{c}\n\r\tA\u{e9} ~"));
+        for (bad, why) in [
+            (&br#""\u00g0""#[..], "bad \\u escape"),
+            (br#""\u00""#, "short \\u escape"),
+            (br#""\u0"#, "short \\u escape"),
+            (br#""\ud83dx""#, "lone surrogate"),
+            (br#""\ud83d\u0041""#, "lone surrogate"),
+            (br#""\"#, "unterminated escape"),
+            (br#""abc"#, "unterminated string"),
+            (b"\"\x1f\"", "control character in string"),
+            (br#""\a""#, "unknown escape"),
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().why,
+                why,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn literals_and_structure_errors_are_named() {
+        assert_eq!(
+            parse(b" [true, false, null] ").unwrap(),
+            Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Null])
+        );
+        for (bad, why, at) in [
+            (&b"[tru]"[..], "unexpected word", 1),
+            (b"[1 2]", "expected , or ]", 3),
+            (b"{\"a\" 1}", "expected :", 5),
+            (b"{\"a\":1 \"b\":2}", "expected , or }", 7),
+            (b"{1:2}", "expected a key", 1),
+            (b"{\"a\":1,\"a\":2}", "duplicate key", 10),
+            (b"1 2", "trailing data", 2),
+            (b"  ", "unexpected end", 2),
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(JsonError { offset: at, why }),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            JsonError {
+                offset: 3,
+                why: "bad number"
+            }
+            .to_string(),
+            "malformed JSON at byte 3: bad number"
+        );
+    }
+
+    #[test]
+    fn values_are_read_only_as_their_own_type() {
+        let v = parse(br#"{"s": "x", "a": [], "n": 5}"#).unwrap();
+        assert_eq!(v.get("s").and_then(Value::as_str), Some("x"));
+        assert_eq!(v.get("n").and_then(Value::as_str), None);
+        assert_eq!(v.get("a").and_then(Value::as_array), Some(&[][..]));
+        assert_eq!(v.get("s").and_then(Value::as_array), None);
+        assert_eq!(v.get("x"), None);
+        assert_eq!(v.get("a").unwrap().get("s"), None);
+        assert_eq!(v.get("n").unwrap().as_u64(5), Some(5));
+        assert_eq!(
+            Value::Number("00000000000000000005".into()).as_u64(9),
+            Some(5)
+        );
+        assert_eq!(
+            Value::Number("000000000000000000005".into()).as_u64(9),
+            None
+        );
+        assert_eq!(Value::String("5".into()).as_u64(9), None);
     }
 
     #[test]

@@ -370,6 +370,7 @@ pub(super) fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dom0::qubes::{Fake, Reply};
 
     fn sample() -> Settings {
         Settings {
@@ -450,6 +451,339 @@ mod tests {
         let (s, w) = parse(&many).unwrap();
         assert_eq!(s.tags.len(), MAX_LINES - 1);
         assert!(w[0].contains("more than"));
+    }
+
+    fn settings(lines: &[&str]) -> (Settings, Vec<String>) {
+        parse(&[&[MAGIC][..], lines].concat().join("\n")).unwrap()
+    }
+
+    /// One line alone after the magic line: accepted (no warning) or the warning's reason.
+    fn one(line: &str) -> Result<Settings, String> {
+        let (s, w) = settings(&[line]);
+        match &w[..] {
+            [] => Ok(s),
+            [x] => Err(x.clone()),
+            _ => panic!("{w:?}"),
+        }
+    }
+
+    #[test]
+    fn every_property_kind_accepts_its_values() {
+        for line in [
+            "pref.template=debian-12",
+            "pref.netvm=",
+            "pref.netvm=sys-firewall",
+            "pref.label=black",
+            "pref.memory=0",
+            "pref.memory=1048576",
+            "pref.maxmem=00000000000000000001",
+            "pref.vcpus=512",
+            "pref.kernel=",
+            "pref.kernel=6.6.63-1.fc37",
+            "pref.virt_mode=pvh",
+            "pref.include_in_backups=True",
+            "pref.include_in_backups=False",
+        ] {
+            let s = one(line).unwrap_or_else(|w| panic!("{line}: {w}"));
+            let (k, v) = line["pref.".len()..].split_once('=').unwrap();
+            assert_eq!(s.pref(k), Some(v), "{line}");
+        }
+        assert_eq!(one("pref.vcpus=2").unwrap().pref("label"), None);
+    }
+
+    #[test]
+    fn every_property_kind_refuses_values_just_outside() {
+        for line in [
+            "pref.template=",
+            "pref.netvm=dom0",
+            "pref.label=Red",
+            "pref.memory=1048577",
+            "pref.maxmem=000000000000000000001",
+            "pref.vcpus=513",
+            "pref.vcpus=",
+            "pref.kernel=-x",
+            "pref.kernel=a/b",
+            "pref.virt_mode=PVH",
+            "pref.include_in_backups=true",
+        ] {
+            let w = one(line).unwrap_err();
+            assert!(w.contains("settings line 2 ignored"), "{line}: {w}");
+        }
+        let long = format!("pref.kernel={}", "k".repeat(65));
+        assert!(one(&long).unwrap_err().contains("invalid value"));
+        let max = format!("pref.kernel={}", "k".repeat(64));
+        assert_eq!(one(&max).unwrap().pref("kernel"), Some(&max[12..]));
+        assert_eq!(
+            check_pref("template", Kind::Qube, "dom0"),
+            Ok(()),
+            "dom0 is refused only as netvm"
+        );
+    }
+
+    #[test]
+    fn feature_names_and_values_are_bounded() {
+        let name64 = "n".repeat(64);
+        let value256 = "v".repeat(256);
+        assert_eq!(check_feature(&name64, &value256), Ok(()));
+        assert_eq!(check_feature("a", ""), Ok(()));
+        assert_eq!(check_feature("a", " ~"), Ok(()));
+        assert_eq!(check_feature("", "1"), Err("invalid feature name"));
+        assert_eq!(
+            check_feature(&"n".repeat(65), "1"),
+            Err("invalid feature name")
+        );
+        assert_eq!(
+            check_feature("a", &"v".repeat(257)),
+            Err("invalid feature value")
+        );
+        assert_eq!(check_feature("a", "-v"), Err("invalid feature value"));
+        assert_eq!(check_feature("a", "\u{7f}"), Err("invalid feature value"));
+        assert_eq!(check_feature("a", "\u{e9}"), Err("invalid feature value"));
+        let (s, w) = settings(&["feature.a=1", "feature.a=2"]);
+        assert_eq!(s.features, vec![("a".to_string(), "1".to_string())]);
+        assert!(w[0].contains("given twice"), "{w:?}");
+    }
+
+    #[test]
+    fn tags_are_bounded_and_qubesd_tags_refused() {
+        assert_eq!(check_tag(&"t".repeat(64)), Ok(()));
+        assert_eq!(check_tag("a_b-C9"), Ok(()));
+        assert_eq!(check_tag(&"t".repeat(65)), Err("invalid tag"));
+        assert_eq!(check_tag(""), Err("invalid tag"));
+        assert_eq!(check_tag("-t"), Err("invalid tag"));
+        assert_eq!(check_tag("a.b"), Err("invalid tag"));
+        assert_eq!(
+            check_tag("created-by-x"),
+            Err("set by qubesd, not restored")
+        );
+        let (s, w) = settings(&["tag=a", "tag=b", "tag=a"]);
+        assert_eq!(s.tags, ["a", "b"]);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("settings line 4 ignored (given twice): tag=a"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn class_mode_and_size_are_read_once() {
+        let (s, w) = settings(&[
+            "class=TemplateVM",
+            "mode=image",
+            "private-size=17592186044416",
+            "class=AppVM",
+            "mode=files",
+            "private-size=1",
+        ]);
+        assert_eq!(s.class.as_deref(), Some("TemplateVM"));
+        assert_eq!(s.mode, Some(Mode::Image));
+        assert_eq!(s.private_size, Some(MAX_SIZE));
+        assert_eq!(w.len(), 3);
+        assert!(w.iter().all(|x| x.contains("given twice")), "{w:?}");
+        assert!(one("private-size=17592186044417")
+            .unwrap_err()
+            .contains("invalid size"));
+        assert_eq!(
+            one("class=StandaloneVM").unwrap().class.as_deref(),
+            Some("StandaloneVM")
+        );
+        assert!(one("class=DispVM").unwrap_err().contains("unknown class"));
+        assert!(one("mode=").unwrap_err().contains("unknown mode"));
+    }
+
+    #[test]
+    fn properties_come_out_in_the_order_qvm_prefs_is_run_in() {
+        let (s, w) = settings(&[
+            "pref.label=red",
+            "pref.netvm=",
+            "pref.template=t",
+            "pref.label=blue",
+        ]);
+        let keys: Vec<&str> = s.prefs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["template", "label", "netvm"]);
+        assert_eq!(s.pref("label"), Some("red"));
+        assert!(
+            w[0].contains("settings line 5 ignored (given twice)"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn empty_lines_are_skipped_silently() {
+        let (s, w) = settings(&["", "tag=a", ""]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.tags, ["a"]);
+    }
+
+    #[test]
+    fn settings_of_16_kib_are_read_and_one_byte_more_refused() {
+        let body = |len: usize| format!("{MAGIC}\ntag=a\n{}", "\n".repeat(len - MAGIC.len() - 7));
+        assert_eq!(body(MAX_TEXT).len(), MAX_TEXT);
+        let (s, w) = parse(&body(MAX_TEXT)).unwrap();
+        assert_eq!((s.tags.len(), w.len()), (1, 1), "{w:?}");
+        assert!(w[0].contains("more than 256 lines"));
+        assert!(parse(&body(MAX_TEXT + 1)).unwrap_err().contains("larger"));
+    }
+
+    #[test]
+    fn line_256_is_read_and_line_257_is_not() {
+        let text = |n: usize| {
+            let mut l = vec![MAGIC.to_string()];
+            l.extend((2..=n).map(|i| format!("tag=t{i}")));
+            l.join("\n")
+        };
+        let (s, w) = parse(&text(MAX_LINES)).unwrap();
+        assert_eq!((s.tags.len(), w.len()), (MAX_LINES - 1, 0));
+        assert_eq!(s.tags.last().map(String::as_str), Some("t256"));
+        let (s, w) = parse(&text(MAX_LINES + 1)).unwrap();
+        assert_eq!(s.tags.len(), MAX_LINES - 1);
+        assert_eq!(w, ["settings: more than 256 lines, the rest ignored"]);
+    }
+
+    #[test]
+    fn render_leaves_out_what_would_not_parse_back() {
+        let s = Settings {
+            class: Some("AdminVM".into()),
+            mode: None,
+            private_size: Some(MAX_SIZE + 1),
+            prefs: vec![
+                ("label".into(), "hotpink".into()),
+                ("qrexec_timeout".into(), "5".into()),
+                ("vcpus".into(), "2".into()),
+            ],
+            features: vec![("a b".into(), "1".into()), ("ok".into(), "1".into())],
+            tags: vec!["created-by-dom0".into(), "t".into()],
+        };
+        assert_eq!(
+            render(&s),
+            format!("{MAGIC}\npref.vcpus=2\nfeature.ok=1\ntag=t")
+        );
+        let s = Settings {
+            private_size: Some(MAX_SIZE),
+            class: Some("TemplateVM".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            render(&s),
+            format!("{MAGIC}\nclass=TemplateVM\nprivate-size={MAX_SIZE}")
+        );
+        let many = Settings {
+            tags: (0..300).map(|i| format!("t{i}")).collect(),
+            ..Settings::default()
+        };
+        let text = render(&many);
+        assert_eq!(text.lines().count(), MAX_LINES);
+        assert!(parse(&text).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn warnings_show_at_most_60_bytes_of_the_line() {
+        let line = format!("unknown={}", "x".repeat(100));
+        let w = one(&line).unwrap_err();
+        assert_eq!(
+            w,
+            format!("settings line 2 ignored (unknown key): {}...", &line[..60])
+        );
+    }
+
+    #[test]
+    fn qvm_prefs_listing_reads_set_values_and_unset_qube_properties() {
+        let (class, p) = from_qvm_prefs(
+            "klass -\nnetvm  -  None\ntemplate  -  None\nkernel  -\nlabel  -  -  x\nvcpus D  2\n",
+        );
+        assert_eq!(class.as_deref(), Some(""));
+        assert_eq!(
+            p,
+            vec![
+                ("netvm".to_string(), "".to_string()),
+                ("template".to_string(), "".to_string()),
+                ("kernel".to_string(), "".to_string()),
+                ("label".to_string(), "-  x".to_string()),
+            ]
+        );
+        let (_, p) = from_qvm_prefs("kernel  -  None\n");
+        assert_eq!(p, vec![("kernel".to_string(), "None".to_string())]);
+        assert_eq!(
+            from_qvm_features("\n a 1\nb\n"),
+            vec![("b".to_string(), "".to_string())]
+        );
+    }
+
+    /// Runs `gather` for qube `work` against a fake answering the three listing calls.
+    fn gather_with(prefs: Reply, features: Reply, tags: Reply) -> (Vec<String>, String) {
+        let mut fake = Fake::default();
+        fake.expect("qvm-prefs work", prefs)
+            .expect("qvm-features work", features)
+            .expect("qvm-tags work list", tags);
+        let cfg =
+            crate::dom0::config::parse(std::path::Path::new("/c"), b"repository = ssh://b/./r\n")
+                .unwrap();
+        let mut err = Vec::new();
+        let mut ctx = crate::dom0::session::Ctx {
+            q: &mut fake,
+            cfg: &cfg,
+            err: &mut err,
+            display: crate::dom0::display::Display::new(false),
+        };
+        let lines = gather(&mut ctx, "work", Mode::Image, Some(1024));
+        assert!(fake.expected.is_empty());
+        (lines, String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn gather_saves_prefs_features_and_tags_as_setting_lines() {
+        let (lines, notes) = gather_with(
+            Reply::ok("klass  -  AppVM\nlabel  -  red\nmemory  D  400\n"),
+            Reply::ok("service.cups  1\n"),
+            Reply::ok("work-stuff\ncreated-by-dom0\n"),
+        );
+        assert_eq!(
+            lines,
+            [
+                MAGIC,
+                "class=AppVM",
+                "mode=image",
+                "private-size=1024",
+                "pref.label=red",
+                "feature.service.cups=1",
+                "tag=work-stuff"
+            ]
+        );
+        assert_eq!(notes, "");
+    }
+
+    #[test]
+    fn gather_notes_each_failed_listing_and_goes_on() {
+        let (lines, notes) = gather_with(
+            Reply::fail(1, "no such qube"),
+            Reply::fail(1, "no"),
+            Reply::fail(1, "no"),
+        );
+        assert_eq!(lines, [MAGIC, "mode=image", "private-size=1024"]);
+        for part in ["settings", "features", "tags"] {
+            assert!(
+                notes.contains(&format!("work: {part} not saved")),
+                "{notes}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_keeps_settings_up_to_the_job_requests_bound_exactly() {
+        // The magic, mode and size lines take 51 bytes with their newlines; 62 features of
+        // 263 bytes and one of 27 fill MAX_SETTINGS_BYTES exactly; the last one does not fit.
+        let mut features: String = (0..62)
+            .map(|i| format!("f{i:02}  {}\n", "v".repeat(250)))
+            .collect();
+        features += &format!("f62  {}\nf63  v\n", "v".repeat(14));
+        let (lines, notes) = gather_with(Reply::ok(""), Reply::ok(&features), Reply::ok(""));
+        let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert_eq!(total, crate::job::spec::MAX_SETTINGS_BYTES);
+        assert_eq!(lines.last().map(|l| &l[..12]), Some("feature.f62="));
+        assert!(
+            notes.contains("work: settings too long, the rest not saved"),
+            "{notes}"
+        );
     }
 
     #[test]

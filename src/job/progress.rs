@@ -417,6 +417,166 @@ mod tests {
     }
 
     #[test]
+    fn every_phase_and_data_round_trip() {
+        for (name, phase) in PHASES {
+            assert_eq!(phase.as_str(), *name);
+            let line = encode(&Event::Phase(*phase));
+            assert_eq!(line, format!("phase {name}\n").into_bytes());
+            assert_eq!(decode(&line[..line.len() - 1]), Ok(Event::Phase(*phase)));
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        for piece in all.chunks(MAX_DATA) {
+            let line = encode(&Event::Data(piece.to_vec()));
+            assert_eq!(
+                decode(&line[..line.len() - 1]),
+                Ok(Event::Data(piece.to_vec()))
+            );
+        }
+        assert_eq!(encode(&Event::Data(vec![0x0f, 0xa0])), b"data 0fa0\n");
+    }
+
+    #[test]
+    fn data_lines_hold_1_to_240_bytes_of_lowercase_hex() {
+        let hex = |n: usize| format!("data {}", "ab".repeat(n));
+        assert_eq!(
+            decode(hex(MAX_DATA).as_bytes()),
+            Ok(Event::Data(vec![0xab; MAX_DATA]))
+        );
+        for bad in [
+            hex(MAX_DATA + 1),
+            hex(0),
+            "data abc".into(),
+            "data AB".into(),
+            "data 0g".into(),
+            "data :0".into(),
+        ] {
+            assert!(
+                matches!(decode(bad.as_bytes()), Err(LineError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        // The job never sends more than MAX_DATA bytes in one line.
+        let line = encode(&Event::Data(vec![1; MAX_DATA + 1]));
+        assert_eq!(line.len(), "data \n".len() + 2 * MAX_DATA);
+    }
+
+    #[test]
+    fn numbers_up_to_2_pow_60_and_19_digits_are_accepted() {
+        assert_eq!(
+            decode(format!("progress {MAX_NUMBER}").as_bytes()),
+            Ok(Event::Progress(MAX_NUMBER))
+        );
+        assert_eq!(
+            decode(b"progress 0000000000000000005"),
+            Ok(Event::Progress(5)),
+            "19 digits"
+        );
+        assert!(
+            matches!(
+                decode(b"progress 00000000000000000005"),
+                Err(LineError::Malformed(_))
+            ),
+            "20 digits"
+        );
+        assert!(matches!(
+            decode(format!("progress {}", MAX_NUMBER + 1).as_bytes()),
+            Err(LineError::Malformed(_))
+        ));
+        assert_eq!(
+            decode(format!("stats 1 2 3 {MAX_NUMBER}").as_bytes()),
+            Ok(Event::Stats(Stats {
+                original: 1,
+                deduplicated: 2,
+                compressed: 3,
+                files: MAX_NUMBER
+            }))
+        );
+        assert!(matches!(
+            decode(format!("stats 1 2 3 {}", MAX_NUMBER + 1).as_bytes()),
+            Err(LineError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_job_clamps_numbers_to_the_bound() {
+        assert_eq!(
+            encode(&Event::Progress(u64::MAX)),
+            format!("progress {MAX_NUMBER}\n").into_bytes()
+        );
+        let s = Stats {
+            original: u64::MAX,
+            deduplicated: u64::MAX,
+            compressed: u64::MAX,
+            files: u64::MAX,
+        };
+        let m = MAX_NUMBER;
+        assert_eq!(
+            encode(&Event::Stats(s)),
+            format!("stats {m} {m} {m} {m}\n").into_bytes()
+        );
+    }
+
+    #[test]
+    fn text_is_cut_at_its_limit_and_marked() {
+        assert_eq!(sanitize(b"abc", 3), "abc");
+        assert_eq!(sanitize(b"abcd", 3), "abc...");
+        assert_eq!(sanitize(b" ~\x7f\x1f", 9), " ~??");
+        let long = "w".repeat(MAX_TEXT + 1);
+        assert_eq!(
+            encode(&Event::Warning(long)),
+            format!("warning {}...\n", "w".repeat(MAX_TEXT)).into_bytes()
+        );
+        assert_eq!(
+            decode(format!("error {}", "e".repeat(MAX_TEXT)).as_bytes()),
+            Ok(Event::Error("e".repeat(MAX_TEXT)))
+        );
+    }
+
+    #[test]
+    fn a_line_of_511_bytes_is_read_and_512_is_too_long() {
+        let line = |len: usize| format!("warning {}", "w".repeat(len - 8)).into_bytes();
+        let want = Event::Warning(format!("{}...", "w".repeat(MAX_TEXT)));
+        assert_eq!(decode(&line(MAX_LINE - 1)), Ok(want.clone()));
+        assert_eq!(decode(&line(MAX_LINE)), Err(LineError::TooLong));
+        let mut sp = LineSplitter::new();
+        let mut stream = line(MAX_LINE - 1);
+        stream.push(b'\n');
+        stream.extend(line(MAX_LINE));
+        stream.extend(b"\ndone ok\n");
+        assert_eq!(
+            sp.push(&stream),
+            vec![Ok(want), Err(LineError::TooLong), Ok(Event::Done(true))]
+        );
+        assert_eq!(sp.finish(), None);
+    }
+
+    #[test]
+    fn a_stream_ending_with_a_newline_has_no_leftover() {
+        assert_eq!(LineSplitter::new().finish(), None);
+        let r = read_all(&mut &b"progress 1\ndone failed\n"[..]).unwrap();
+        assert_eq!(r, vec![Ok(Event::Progress(1)), Ok(Event::Done(false))]);
+        // A too-long last line without newline was already reported once.
+        let r = read_all(&mut &[b'x'; MAX_LINE + 10][..]).unwrap();
+        assert_eq!(r, vec![Err(LineError::TooLong)]);
+    }
+
+    #[test]
+    fn line_errors_tell_the_user_what_the_job_sent() {
+        assert_eq!(
+            LineError::TooLong.to_string(),
+            "the backup job sent a line longer than 512 bytes"
+        );
+        assert_eq!(
+            LineError::Malformed("x".into()).to_string(),
+            "the backup job sent an unexpected line: x"
+        );
+        assert_eq!(
+            decode(b"progress \x1bx"),
+            Err(LineError::Malformed("progress ?x".into()))
+        );
+    }
+
+    #[test]
     fn unterminated_last_line_is_reported() {
         let r = read_all(&mut &b"progress 1\nprogress 2"[..]).unwrap();
         assert_eq!(r[0], Ok(Event::Progress(1)));

@@ -898,5 +898,587 @@ mod tests {
     fn debug_output_hides_secrets() {
         let d = format!("{:?}", create());
         assert!(!d.contains("pass word") && !d.contains("BORG_KEY"), "{d}");
+        assert!(
+            d.contains("ssh://borgbase/./repo") && d.contains("passphrase: \"<hidden>\""),
+            "{d}"
+        );
+    }
+
+    fn round_trips(s: &Spec) -> Result<(), SpecError> {
+        let bytes = encode(s);
+        assert_eq!(decode(&mut &bytes[..])?, *s);
+        Ok(())
+    }
+
+    fn with_create(f: impl FnOnce(&mut Create)) -> Spec {
+        let mut s = create();
+        let Op::Create(c) = &mut s.op else {
+            unreachable!()
+        };
+        f(c);
+        s
+    }
+
+    fn prune() -> Spec {
+        Spec {
+            repository: "ssh://admin/./repo".into(),
+            state_device: None,
+            passphrase: b"p".to_vec(),
+            key_file: None,
+            op: Op::Prune(Prune {
+                qubes: vec!["work".into()],
+                keep: Keep {
+                    within: None,
+                    counts: vec![(KeepKind::Daily, 7)],
+                },
+            }),
+        }
+    }
+
+    /// The prune request with `from` replaced by `to` in its text.
+    fn prune_with(from: &str, to: &str) -> Result<Spec, SpecError> {
+        let text = String::from_utf8_lossy(&encode(&prune())).replace(from, to);
+        assert_ne!(text, String::from_utf8_lossy(&encode(&prune())), "{from}");
+        decode(&mut text.as_bytes())
+    }
+
+    fn restore() -> Spec {
+        Spec {
+            repository: "ssh://borgbase/./repo".into(),
+            state_device: Some("/dev/xvdj".into()),
+            passphrase: b"p".to_vec(),
+            key_file: None,
+            op: Op::Restore(Restore {
+                archive: "work-2026-11-29T18:00:00Z".into(),
+                mode: Mode::Image,
+                device: "/dev/xvdz".into(),
+            }),
+        }
+    }
+
+    fn restore_with(from: &str, to: &str) -> Result<Spec, SpecError> {
+        let text = String::from_utf8_lossy(&encode(&restore())).replace(from, to);
+        decode(&mut text.as_bytes())
+    }
+
+    fn list(qube: Option<&str>) -> Spec {
+        Spec {
+            op: Op::List(List {
+                qube: qube.map(String::from),
+            }),
+            ..prune()
+        }
+    }
+
+    fn list_with(from: &str, to: &str) -> Result<Spec, SpecError> {
+        let text = String::from_utf8_lossy(&encode(&list(Some("work")))).replace(from, to);
+        decode(&mut text.as_bytes())
+    }
+
+    #[test]
+    fn image_mode_restore_and_list_requests_round_trip() {
+        round_trips(&with_create(|c| c.mode = Mode::Image)).unwrap();
+        round_trips(&restore()).unwrap();
+        round_trips(&list(Some("work"))).unwrap();
+        round_trips(&list(None)).unwrap();
+        round_trips(&Spec {
+            key_file: Some(vec![]),
+            ..prune()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn every_keep_kind_round_trips_and_either_kind_of_keep_is_enough() {
+        for (name, kind) in KEEP_KINDS {
+            assert_eq!(kind.as_str(), *name);
+            assert_eq!(KeepKind::parse(name), Some(*kind));
+            let mut s = prune();
+            let Op::Prune(p) = &mut s.op else {
+                unreachable!()
+            };
+            p.keep.counts = vec![(*kind, 3)];
+            round_trips(&s).unwrap();
+        }
+        let mut s = prune();
+        let Op::Prune(p) = &mut s.op else {
+            unreachable!()
+        };
+        p.keep = Keep {
+            within: Some("7d".into()),
+            counts: vec![],
+        };
+        round_trips(&s).unwrap();
+    }
+
+    #[test]
+    fn keep_counts_are_bounded_from_1_to_100000() {
+        let bad = |v: &str| {
+            assert_eq!(
+                prune_with("keep daily 7\n", &format!("keep daily {v}\n")),
+                Err(SpecError::Invalid(
+                    5,
+                    "keep",
+                    "count must be 1..100000".into()
+                )),
+                "{v}"
+            )
+        };
+        bad("0");
+        bad("100001");
+        bad("-1");
+        bad("7x");
+        let Op::Prune(p) = prune_with("keep daily 7\n", "keep daily 100000\n")
+            .unwrap()
+            .op
+        else {
+            panic!()
+        };
+        assert_eq!(p.keep.counts, [(KeepKind::Daily, 100_000)]);
+        let Op::Prune(p) = prune_with("keep daily 7\n", "keep daily 1\n").unwrap().op else {
+            panic!()
+        };
+        assert_eq!(p.keep.counts, [(KeepKind::Daily, 1)]);
+    }
+
+    #[test]
+    fn keep_lines_are_checked_one_fault_each() {
+        assert_eq!(
+            prune_with("keep daily 7\n", "keep daily 7\nkeep daily 8\n"),
+            Err(SpecError::Repeated(6, "keep"))
+        );
+        assert_eq!(
+            prune_with(
+                "keep daily 7\n",
+                "keep daily 7\nkeep within 2d\nkeep within 3d\n"
+            ),
+            Err(SpecError::Repeated(7, "keep within"))
+        );
+        assert_eq!(
+            prune_with("keep daily 7\n", "keep fortnightly 7\n"),
+            Err(SpecError::Invalid(5, "keep", "unknown kind".into()))
+        );
+        assert_eq!(
+            prune_with("keep daily 7\n", "keep daily\n"),
+            Err(SpecError::Syntax(5))
+        );
+        assert!(matches!(
+            prune_with("keep daily 7\n", "keep daily 7\nkeep within 7\n"),
+            Err(SpecError::Invalid(6, "keep within", _))
+        ));
+    }
+
+    #[test]
+    fn keep_within_is_1_to_6_digits_and_a_unit() {
+        for ok in ["1H", "7d", "2w", "6m", "1y", "1Y", "999999d"] {
+            assert_eq!(check_within(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "d", "7", "1000000d", "7x", "7 d", "-7d", "+7d", "7dd"] {
+            assert!(check_within(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prune_needs_keep_and_qubes_and_nothing_of_create() {
+        assert_eq!(
+            prune_with("keep daily 7\n", ""),
+            Err(SpecError::Missing("keep"))
+        );
+        assert_eq!(
+            prune_with("qube work\n", ""),
+            Err(SpecError::Missing("qube"))
+        );
+        for extra in [
+            "archive work-2026-11-29T18:00:00Z\n",
+            "mode files\n",
+            "device /dev/xvdi\n",
+            "compression lz4\n",
+            "exclude x\n",
+            "setting x\n",
+        ] {
+            assert_eq!(
+                prune_with("qube work\n", &format!("qube work\n{extra}")),
+                Err(SpecError::WrongOp(
+                    0,
+                    "archive/mode/device/compression/exclude/setting"
+                )),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prune_request_holds_at_most_1024_qubes() {
+        let qubes = |n: usize| (0..n).map(|i| format!("qube q{i}\n")).collect::<String>();
+        let Op::Prune(p) = prune_with("qube work\n", &qubes(MAX_QUBES)).unwrap().op else {
+            panic!()
+        };
+        assert_eq!(p.qubes.len(), MAX_QUBES);
+        assert_eq!(
+            prune_with("qube work\n", &qubes(MAX_QUBES + 1)),
+            Err(SpecError::TooLong)
+        );
+    }
+
+    #[test]
+    fn create_needs_exactly_one_qube_and_each_of_its_keys() {
+        assert_eq!(
+            replace("qube work\n", "qube work\nqube other\n"),
+            Err(SpecError::Missing("qube (exactly one)"))
+        );
+        assert_eq!(
+            replace("qube work\n", ""),
+            Err(SpecError::Missing("qube (exactly one)"))
+        );
+        for (line, key) in [
+            ("archive work-2026-11-29T18:00:00Z\n", "archive"),
+            ("device /dev/xvdi\n", "device"),
+            ("compression zstd,3\n", "compression"),
+            ("repository ssh://borgbase/./repo\n", "repository"),
+            ("op create\n", "op"),
+        ] {
+            assert_eq!(replace(line, ""), Err(SpecError::Missing(key)), "{key}");
+        }
+        let text = String::from_utf8_lossy(&encode(&create())).into_owned();
+        let at = text.find("passphrase 30\n").unwrap();
+        let without = format!("{}end\n", &text[..at]);
+        assert_eq!(
+            decode(&mut without.as_bytes()),
+            Err(SpecError::Missing("passphrase"))
+        );
+        // Without the optional keys the request is still complete.
+        let s = replace("state-device /dev/xvdj\n", "").unwrap();
+        assert_eq!(s.state_device, None);
+    }
+
+    #[test]
+    fn restore_refuses_create_and_prune_keys() {
+        assert_eq!(
+            restore_with("mode image\n", "mode image\nkeep daily 7\n"),
+            Err(SpecError::WrongOp(7, "keep"))
+        );
+        for extra in ["compression lz4\n", "exclude x\n", "setting x\n"] {
+            assert_eq!(
+                restore_with("mode image\n", &format!("mode image\n{extra}")),
+                Err(SpecError::WrongOp(0, "compression/exclude/setting")),
+                "{extra}"
+            );
+        }
+        assert_eq!(
+            restore_with("mode image\n", "mode image\nqube work\n"),
+            Err(SpecError::WrongOp(0, "qube"))
+        );
+        for (line, key) in [
+            ("archive work-2026-11-29T18:00:00Z\n", "archive"),
+            ("mode image\n", "mode"),
+            ("device /dev/xvdz\n", "device"),
+        ] {
+            assert_eq!(restore_with(line, ""), Err(SpecError::Missing(key)));
+        }
+    }
+
+    #[test]
+    fn list_takes_at_most_one_qube_and_no_other_op_key() {
+        assert_eq!(
+            list_with("qube work\n", "qube work\nqube other\n"),
+            Err(SpecError::Repeated(0, "qube"))
+        );
+        assert_eq!(
+            list_with("qube work\n", "qube work\nkeep daily 7\n"),
+            Err(SpecError::WrongOp(5, "keep"))
+        );
+        for extra in [
+            "archive work-2026-11-29T18:00:00Z\n",
+            "mode files\n",
+            "device /dev/xvdi\n",
+            "compression lz4\n",
+            "exclude x\n",
+            "setting x\n",
+        ] {
+            assert_eq!(
+                list_with("qube work\n", &format!("qube work\n{extra}")),
+                Err(SpecError::WrongOp(
+                    0,
+                    "archive/mode/device/compression/exclude/setting"
+                )),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_keys_given_twice_are_refused() {
+        for line in [
+            "op create\n",
+            "repository ssh://borgbase/./repo\n",
+            "state-device /dev/xvdj\n",
+            "archive work-2026-11-29T18:00:00Z\n",
+            "device /dev/xvdi\n",
+            "compression zstd,3\n",
+        ] {
+            let key = line.split(' ').next().unwrap();
+            assert!(
+                matches!(replace(line, &format!("{line}{line}")), Err(SpecError::Repeated(_, k)) if k == key),
+                "{key}"
+            );
+        }
+        let text =
+            String::from_utf8_lossy(&encode(&create())).replace("end\n", "key-file 1\nx\nend\n");
+        assert_eq!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Repeated(16, "key-file"))
+        );
+        let text =
+            String::from_utf8_lossy(&encode(&create())).replace("end\n", "passphrase 1\nx\nend\n");
+        assert!(matches!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Repeated(_, "passphrase"))
+        ));
+    }
+
+    #[test]
+    fn lines_that_are_not_key_value_are_refused() {
+        assert_eq!(
+            replace("mode files\n", "modefiles\n"),
+            Err(SpecError::Syntax(7))
+        );
+        assert_eq!(
+            replace("mode files\n", "mode \u{e9}\n").unwrap_err(),
+            SpecError::Invalid(7, "mode", "must be files or image".into())
+        );
+        let mut bytes = encode(&create());
+        let at = bytes.windows(5).position(|w| w == b"files").unwrap();
+        bytes[at] = 0xff;
+        assert_eq!(decode(&mut &bytes[..]), Err(SpecError::Syntax(7)));
+        assert_eq!(
+            replace("op create\n", "op delete\n"),
+            Err(SpecError::Invalid(
+                2,
+                "op",
+                "must be create, prune, list or restore".into()
+            ))
+        );
+        assert!(matches!(
+            replace("state-device /dev/xvdj\n", "state-device /dev/xvda\n"),
+            Err(SpecError::Invalid(4, "state-device", _))
+        ));
+        assert_eq!(decode(&mut &b""[..]), Err(SpecError::Truncated));
+        assert_eq!(
+            decode(&mut &b"qubes-borg-job/1"[..]),
+            Err(SpecError::Truncated),
+            "a line without its newline"
+        );
+    }
+
+    #[test]
+    fn a_line_of_4096_bytes_is_read_and_one_more_is_too_long() {
+        let key = |len: usize| format!("frobnicate {}", "a".repeat(len - 11));
+        let line = key(MAX_LINE);
+        assert_eq!(line.len(), MAX_LINE);
+        assert_eq!(
+            replace("mode files\n", &format!("{line}\n")),
+            Err(SpecError::UnknownKey(7, "frobnicate".into()))
+        );
+        assert_eq!(
+            replace("mode files\n", &format!("{}\n", key(MAX_LINE + 1))),
+            Err(SpecError::TooLong)
+        );
+    }
+
+    #[test]
+    fn read_is_retried_when_interrupted() {
+        struct Interrupting<'a>(&'a [u8], bool);
+        impl Read for Interrupting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.1 = !self.1;
+                if self.1 {
+                    return Err(std::io::ErrorKind::Interrupted.into());
+                }
+                self.0.read(buf)
+            }
+        }
+        let bytes = encode(&create());
+        assert_eq!(decode(&mut Interrupting(&bytes, false)).unwrap(), create());
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
+        }
+        assert_eq!(
+            decode(&mut Failing),
+            Err(SpecError::Read("disk on fire".into()))
+        );
+    }
+
+    #[test]
+    fn secrets_up_to_64_kib_are_accepted() {
+        round_trips(&Spec {
+            passphrase: vec![b'\n'; MAX_SECRET],
+            key_file: Some(vec![0; MAX_SECRET]),
+            ..create()
+        })
+        .unwrap();
+        round_trips(&Spec {
+            passphrase: vec![],
+            ..create()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn secret_lengths_are_up_to_9_digits() {
+        let s = replace("passphrase 30\n", "passphrase 000000030\n").unwrap();
+        assert_eq!(s.passphrase, create().passphrase);
+        for bad in ["0000000030", "", "3O", "-30", "+30"] {
+            assert_eq!(
+                replace("passphrase 30\n", &format!("passphrase {bad}\n")),
+                Err(SpecError::Invalid(
+                    14,
+                    "secret",
+                    "length is not a number".into()
+                )),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_not_followed_by_a_newline_is_refused() {
+        assert_eq!(
+            replace("passphrase 30\n", "passphrase 29\n"),
+            Err(SpecError::Invalid(
+                14,
+                "secret",
+                "not followed by a newline".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn excludes_are_limited_in_count_and_length() {
+        let pats = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+        round_trips(&with_create(|c| c.excludes = pats(MAX_EXCLUDES))).unwrap();
+        assert_eq!(
+            round_trips(&with_create(|c| c.excludes = pats(MAX_EXCLUDES + 1))),
+            Err(SpecError::TooLong)
+        );
+        round_trips(&with_create(|c| c.excludes = vec!["x".repeat(MAX_PATTERN)])).unwrap();
+        assert_eq!(
+            check_pattern(&"x".repeat(MAX_PATTERN + 1)),
+            Err("must be 1 to 1024 bytes")
+        );
+        assert_eq!(check_pattern(""), Err("must be 1 to 1024 bytes"));
+        assert_eq!(
+            check_pattern("a\u{85}b"),
+            Err("contains a control character")
+        );
+    }
+
+    #[test]
+    fn settings_are_limited_in_count_length_and_total_size() {
+        round_trips(&with_create(|c| {
+            c.settings = vec!["s".into(); MAX_SETTINGS]
+        }))
+        .unwrap();
+        assert_eq!(
+            round_trips(&with_create(
+                |c| c.settings = vec!["s".into(); MAX_SETTINGS + 1]
+            )),
+            Err(SpecError::TooLong)
+        );
+        // 15 lines of 1023 bytes + newline, then one of 1024: exactly MAX_SETTINGS_BYTES.
+        let mut full = vec!["s".repeat(1023); 15];
+        full.push("s".repeat(1024));
+        round_trips(&with_create(|c| c.settings = full)).unwrap();
+        // 16 lines of 1023 bytes + newline fill it; one more byte is too much.
+        let mut over = vec!["s".repeat(1023); 16];
+        over.push("s".into());
+        assert_eq!(
+            round_trips(&with_create(|c| c.settings = over)),
+            Err(SpecError::TooLong)
+        );
+        assert_eq!(check_setting(&"s".repeat(1024)), Ok(()));
+        for bad in [
+            "s".repeat(1025),
+            String::new(),
+            "a\tb".into(),
+            "\u{e9}".into(),
+        ] {
+            assert_eq!(
+                check_setting(&bad),
+                Err("must be 1 to 1024 printable ASCII bytes"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_setting(" ~"), Ok(()));
+    }
+
+    #[test]
+    fn names_and_urls_are_bounded() {
+        assert_eq!(check_qube(&"q".repeat(31)), Ok(()));
+        assert_eq!(
+            check_qube(&"q".repeat(32)),
+            Err("is longer than 31 characters")
+        );
+        let repo = |len: usize| format!("ssh://b/{}", "r".repeat(len - 8));
+        assert_eq!(check_repository(&repo(MAX_REPOSITORY)), Ok(()));
+        assert_eq!(
+            check_repository(&repo(MAX_REPOSITORY + 1)),
+            Err("is too long")
+        );
+        assert_eq!(
+            check_repository("ssh://b/"),
+            Err("path may hold only A-Z a-z 0-9 . _ / ~ -")
+        );
+        assert_eq!(check_repository("ssh://b"), Err("must be ssh://NAME/PATH"));
+        assert_eq!(check_repository("ssh://b/~user/a_b-c.d"), Ok(()));
+        assert_eq!(check_archive(&"a".repeat(200)), Ok(()));
+        assert!(check_archive(&"a".repeat(201)).is_err());
+        assert_eq!(check_archive("a._:+-Z9"), Ok(()));
+        assert_eq!(check_compression(&"z".repeat(32)), Ok(()));
+        assert!(check_compression(&"z".repeat(33)).is_err());
+        assert_eq!(check_compression("auto,zstd,10"), Ok(()));
+        assert!(check_compression("Zstd").is_err());
+        assert_eq!(check_device("/dev/xvdi"), Ok(()));
+        assert_eq!(check_device("/dev/xvdz"), Ok(()));
+        assert!(check_device("/dev/xvd{").is_err());
+        assert!(check_device("/dex/xvdi").is_err());
+    }
+
+    #[test]
+    fn errors_say_where_and_what() {
+        for (e, want) in [
+            (
+                SpecError::Read("gone".into()),
+                "cannot read the job request: gone",
+            ),
+            (
+                SpecError::TooLong,
+                "job request: a line or value is too long",
+            ),
+            (SpecError::Truncated, "job request: ends before 'end'"),
+            (SpecError::Syntax(3), "job request line 3: not 'KEY VALUE'"),
+            (
+                SpecError::UnknownKey(4, "a\nb".into()),
+                "job request line 4: unknown key 'a\\nb'",
+            ),
+            (
+                SpecError::Repeated(5, "mode"),
+                "job request line 5: 'mode' given twice",
+            ),
+            (
+                SpecError::Invalid(6, "qube", "is empty".into()),
+                "job request line 6: qube: is empty",
+            ),
+            (SpecError::Missing("op"), "job request: 'op' missing"),
+            (
+                SpecError::WrongOp(7, "keep"),
+                "job request line 7: 'keep' does not belong to this op",
+            ),
+        ] {
+            assert_eq!(e.to_string(), want);
+        }
+        assert!(SpecError::BadMagic.to_string().contains(MAGIC));
     }
 }
