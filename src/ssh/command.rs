@@ -172,6 +172,7 @@ pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (
         || has("Network is unreachable")
         || has("No route to host")
         || has("Operation timed out")
+        || (has("Timeout, server") && has("not responding"))
     {
         return (
             ErrClass::Network,
@@ -370,6 +371,7 @@ mod tests {
             (b"ssh: connect to host nas.example port 2222: Connection refused\r\n", ErrClass::ConnectionRefused),
             (b"ssh: Could not resolve hostname nas.example: Name or service not known\r\n", ErrClass::Network),
             (b"kex_exchange_identification: read: Connection reset by peer\r\n", ErrClass::Ssh),
+            (b"Timeout, server nas.example not responding.\r\n", ErrClass::Network),
         ];
         for (stderr, want) in cases {
             assert_eq!(

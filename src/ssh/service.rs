@@ -33,7 +33,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_KEEP: usize = 16 * 1024;
 /// After a failed login, how long to wait for the last lines of the calls to the vault (they
 /// say whether the vault failed, `agent::fault`); they normally come with the calls' end.
-const VAULT_LINES_WAIT: Duration = Duration::from_secs(2);
+const VAULT_LINES_WAIT: Duration = Duration::from_secs(5);
 
 const HELP: &str = "\
 qubes-ssh-service: the qubes-borg.Ssh qrexec service of qubes-borg (runs in sys-backup).
