@@ -18,6 +18,11 @@ use nix::fcntl::OFlag;
 use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+/// How `qubes-relay --listen` reports, on its stderr, a connection's command that exited with a
+/// non-zero status: this, then the status (sys-backup reads it to tell a refused qrexec call to
+/// the vault from a failed login).
+pub const EXIT_REPORT_PREFIX: &str = "qubes-relay: connection: command exited with status ";
 use nix::unistd::{pipe2, Pid};
 
 use crate::exit::{CANNOT_EXECUTE, NOT_FOUND, RELAY_FAILED, SIGNALED};

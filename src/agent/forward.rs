@@ -22,7 +22,9 @@
 //! `libqrexec/process_io.c`), so a leftover of ours would keep the caller's
 //! call open. Their stderr is a pipe that a detached thread of ours copies,
 //! one sanitized line at a time ([`crate::stderr_line`]), to our stderr; it
-//! ends with our process.
+//! ends with our process. On the way it notes the vault faults those lines
+//! report (`fault`: the filter's tagged lines, qubes-relay's exit status of
+//! a refused or failed call), which [`AgentSocket::close_and_fault`] returns.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -31,11 +33,13 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
 
+use super::fault::VaultFault;
 use super::{validate_key_set_name, NameError};
 use crate::tempdir::PrivateDir;
 
@@ -137,6 +141,10 @@ impl std::error::Error for AgentError {}
 pub struct AgentSocket {
     path: PathBuf,
     listener: Option<Child>,
+    /// The first-cause vault fault reported on the listener's stderr so far.
+    fault: Arc<Mutex<Option<VaultFault>>>,
+    /// Receives once the listener's stderr reached EOF (every writer closed it).
+    stderr_done: Option<mpsc::Receiver<()>>,
     /// Dropped after `shutdown` (field order): removes what is left.
     dir: PrivateDir,
 }
@@ -192,6 +200,8 @@ impl AgentSocket {
         let mut me = AgentSocket {
             path: dir.path().join(SOCKET_NAME),
             listener: None,
+            fault: Arc::new(Mutex::new(None)),
+            stderr_done: None,
             dir,
         };
 
@@ -216,10 +226,20 @@ impl AgentSocket {
             })?;
         let mut child = child;
         if let Some(err) = child.stderr.take() {
+            let seen = Arc::clone(&me.fault);
+            let (done, stderr_done) = mpsc::channel();
+            me.stderr_done = Some(stderr_done);
             std::thread::spawn(move || {
                 crate::stderr_line::copy_lines(err, io::stderr(), |l| {
+                    if let Some(f) = VaultFault::of_line(&l) {
+                        let mut kept = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        if kept.map_or(true, |k| f.rank() > k.rank()) {
+                            *kept = Some(f);
+                        }
+                    }
                     Some(format!("split-SSH agent: {l}"))
-                })
+                });
+                let _ = done.send(());
             });
         }
         me.listener = Some(child);
@@ -284,6 +304,22 @@ impl AgentSocket {
     /// Process id of the listener (`qubes-relay --listen`), while it runs.
     pub fn listener_pid(&self) -> Option<u32> {
         self.listener.as_ref().map(Child::id)
+    }
+
+    /// The vault fault reported so far on this socket's calls, if any.
+    pub fn fault(&self) -> Option<VaultFault> {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop forwarding and remove the socket (as `close`), then wait at most `wait` for the
+    /// last lines of the calls to the vault (their end closes the listener's stderr), and
+    /// return the vault fault they reported, if any. For explaining a failed login.
+    pub fn close_and_fault(mut self, wait: Duration) -> Option<VaultFault> {
+        let _ = self.shutdown();
+        if let Some(done) = self.stderr_done.take() {
+            let _ = done.recv_timeout(wait);
+        }
+        self.fault()
     }
 
     /// Stop forwarding and remove the socket and its directory, reporting

@@ -7,9 +7,11 @@
 //! - [`service`]: the `qubes-borg.SshAgent` service in ssh-backup, one client
 //!   connection in front of the dedicated ssh-agent.
 //! - [`forward`]: the per-connection agent socket in sys-backup.
+//! - [`fault`]: vault failures as classes, from the filter's log lines to sys-backup.
 //!
 //! See docs/SPLIT-SSH.md.
 
+pub mod fault;
 pub mod filter;
 pub mod forward;
 pub mod keyset;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::fault::VaultFault;
 use super::filter::{self, BackupKey, Binding, SignReply, Verdict};
 use super::keyset::{self, LoginPolicy, PolicyError};
 use super::rate;
@@ -32,8 +33,10 @@ pub const KEY_SUBDIR: &str = ".ssh/qubes-borg";
 pub const MAX_REQUESTS: u32 = 64;
 /// Most signatures made on one connection (ssh needs 1 per login).
 pub const MAX_SIGNATURES: u32 = 4;
-/// How long to wait for the local ssh-agent's answer.
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for the local ssh-agent's answer. It signs an ed25519 login in
+/// microseconds (keys are loaded without confirmation), so this only bounds a frozen agent:
+/// the login fails within seconds as a vault fault instead of after sshd's LoginGraceTime.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest public key file read.
 const MAX_PUBKEY_FILE: u64 = 16 * 1024;
 
@@ -211,16 +214,32 @@ pub struct Summary {
 struct Agent<'a> {
     path: &'a Path,
     conn: Option<UnixStream>,
+    /// It did not answer within `AGENT_TIMEOUT` once: later requests on this connection fail
+    /// at once instead of waiting again.
+    frozen: bool,
 }
 
 impl Agent<'_> {
-    /// Send one request frame and read the answer frame.
+    /// Send one request frame and read the answer frame. The error is a log line that ends in
+    /// the vault-fault tag when it is one (`fault`).
     fn call(&mut self, body: &[u8], reply: &mut Vec<u8>) -> Result<(), String> {
+        let frozen = || {
+            format!(
+                "the ssh-agent at {} did not answer within {} s (frozen?){}",
+                self.path.display(),
+                AGENT_TIMEOUT.as_secs(),
+                VaultFault::AgentTimeout.tag()
+            )
+        };
+        if self.frozen {
+            return Err(frozen());
+        }
         if self.conn.is_none() {
             let c = UnixStream::connect(self.path).map_err(|e| {
                 format!(
-                    "cannot reach the ssh-agent at {}: {e} (is qubes-borg-agent@NAME.service running?)",
-                    self.path.display()
+                    "cannot reach the ssh-agent at {}: {e} (is qubes-borg-agent@NAME.service running?){}",
+                    self.path.display(),
+                    VaultFault::AgentDown.tag()
                 )
             })?;
             c.set_read_timeout(Some(AGENT_TIMEOUT)).ok();
@@ -237,7 +256,13 @@ impl Agent<'_> {
             });
         res.map_err(|e| {
             self.conn = None;
-            format!("ssh-agent at {}: {e}", self.path.display())
+            let timed_out = matches!(&e, WireError::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+            if timed_out {
+                self.frozen = true;
+                frozen()
+            } else {
+                format!("ssh-agent at {}: {e}", self.path.display())
+            }
         })
     }
 }
@@ -259,6 +284,7 @@ pub fn serve(
     let mut agent = Agent {
         path: &cfg.agent_socket,
         conn: None,
+        frozen: false,
     };
     let comment = format!("qubes-borg {} key", cfg.key_set);
     let who = format!("{}: key set {}", cfg.source, cfg.key_set);
@@ -318,8 +344,9 @@ pub fn serve(
                     Ok((ours, held)) => {
                         if !held {
                             events.log(&format!(
-                                "{who}: the ssh-agent does not hold the backup key {}; answering with no keys",
-                                key.fingerprint()
+                                "{who}: the ssh-agent does not hold the backup key {}; answering with no keys{}",
+                                key.fingerprint(),
+                                VaultFault::NoKey.tag()
                             ));
                         }
                         reply = ours;

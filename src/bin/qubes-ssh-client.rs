@@ -45,6 +45,11 @@ fn main() -> ExitCode {
                 client::hold_before_eof(std::io::stderr().as_fd());
             }
             drop(stdout);
+            if e.before_eof() {
+                // borg reads stdout's EOF ("Connection closed by remote host") before its next
+                // write to us fails with EPIPE (a Broken pipe traceback).
+                client::hold_before_eof(std::io::stderr().as_fd());
+            }
             drop(stdin);
             code
         }

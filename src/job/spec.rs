@@ -931,6 +931,7 @@ mod tests {
                     within: None,
                     counts: vec![(KeepKind::Daily, 7)],
                 },
+                lock_wait: None,
             }),
         }
     }

@@ -180,5 +180,10 @@ fn serve_one(conn: OwnedFd, argv: &[OsString]) {
         child.terminate();
     }
     drop(conn);
-    let _ = child.wait_code();
+    // A failed command says why (its exit status), for whoever reads our stderr: in sys-backup
+    // the agent socket's owner tells a refused or failed qrexec call to the vault from a
+    // login the server refused (its agent component).
+    if let Ok(code @ 1..) = child.wait_code() {
+        eprintln!("{}{code}", child::EXIT_REPORT_PREFIX);
+    }
 }

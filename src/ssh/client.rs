@@ -4,7 +4,7 @@
 
 use super::argv::{self, BorgArgv};
 use super::header;
-use super::status::{BeforeMark, Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
+use super::status::{BeforeMark, ErrClass, Line, Status, LOG_PREFIX, MAX_BEFORE_MARK, MAX_STATUS};
 use crate::child;
 use crate::exit::{self, Program};
 use crate::relay::{self, Fd, FirstLine, Flow, LineVerdict, RelayError};
@@ -16,8 +16,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::time::TimeSpec;
@@ -194,6 +193,13 @@ pub enum ClientError {
     Lost { call: String, target: String },
     /// No status line came within the status timeout.
     StatusTimeout { call: String, secs: u64 },
+    /// The session ran, then ssh in sys-backup failed (exit 255); the service's log line says
+    /// why (connection lost: keep-alive timeout, closed, reset).
+    SessionLost {
+        name: String,
+        code: u8,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -202,7 +208,7 @@ impl ClientError {
         match self {
             ClientError::Start { .. } => exit::OSERR,
             ClientError::Wait(_) => exit::SOFTWARE,
-            ClientError::Service { code, .. } => *code,
+            ClientError::Service { code, .. } | ClientError::SessionLost { code, .. } => *code,
             ClientError::Qrexec { code, .. } => match *code {
                 exit::QREXEC_REFUSED | exit::QREXEC_FAILED | exit::QREXEC_NOT_FOUND => *code,
                 _ => exit::PROTOCOL,
@@ -230,7 +236,8 @@ impl fmt::Display for ClientError {
             }
             ClientError::Wait(e) => write!(f, "waiting for qrexec-client-vm: {e}"),
             ClientError::BadStatus { call, message } => write!(f, "{call}: {message}"),
-            ClientError::Service { name, message, .. } => write!(f, "{name}: {message}"),
+            ClientError::Service { name, message, .. }
+            | ClientError::SessionLost { name, message, .. } => write!(f, "{name}: {message}"),
             ClientError::Qrexec { code, target, call } => {
                 f.write_str(&qrexec_message(*code, target, call))
             }
@@ -287,12 +294,12 @@ pub fn run(
     // own log line last) on qrexec-client-vm's stderr: pass it on to borg one sanitized line
     // at a time; the service's log line only says that the service ended (qrexec sends the exit
     // status after all of it), its content is the ERR line's or of no interest.
-    let service_ended = Arc::new(AtomicBool::new(false));
-    let ended = Arc::clone(&service_ended);
+    let service_log: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let ended = Arc::clone(&service_log);
     let stderr_thread = std::thread::spawn(move || {
         stderr_line::copy_lines(cerr, std::io::stderr(), |line| {
             if line.starts_with(LOG_PREFIX) {
-                ended.store(true, Ordering::SeqCst);
+                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
                 None
             } else {
                 Some(line)
@@ -390,7 +397,8 @@ pub fn run(
     };
     // qrexec-client-vm has exited: its stderr is at EOF, every line of it is out
     let _ = stderr_thread.join();
-    let lost = code == exit::QREXEC_LOST && !service_ended.load(Ordering::SeqCst);
+    let service_log = service_log.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let lost = code == exit::QREXEC_LOST && service_log.is_none();
 
     if let Some(message) = bad_line {
         return Err(ClientError::BadStatus { call, message });
@@ -402,7 +410,14 @@ pub fn run(
         });
     }
     match (result, status) {
-        (Ok(_), Some(Status::Ok)) => Ok(code),
+        (Ok(_), Some(Status::Ok)) => match service_log.as_deref().and_then(session_lost) {
+            Some(message) if code == 255 => Err(ClientError::SessionLost {
+                name,
+                code,
+                message,
+            }),
+            _ => Ok(code),
+        },
         (_, Some(Status::Err { code, message, .. })) => Err(ClientError::Service {
             name,
             code,
@@ -416,6 +431,22 @@ pub fn run(
         (Err(err), _) => Err(ClientError::Relay { call, err }),
         (Ok(_), None) => Err(ClientError::NoStatus { call, code }),
     }
+}
+
+/// The reason in the service's log line (its last stderr line, already sanitized) when ssh
+/// failed during the session: `qubes-ssh-service: source=Q destination=N
+/// outcome=connection-lost exit=255 up=U down=D: MESSAGE` gives MESSAGE (bounded).
+pub fn session_lost(untrusted_log_line: &str) -> Option<String> {
+    let rest = untrusted_log_line.strip_prefix(LOG_PREFIX)?;
+    let (fields, untrusted_message) = rest.split_once(": ")?;
+    let class = ErrClass::ConnectionLost.as_str();
+    if !fields
+        .split(' ')
+        .any(|f| f.strip_prefix("outcome=") == Some(class))
+    {
+        return None;
+    }
+    Some(validate::printable(untrusted_message.as_bytes(), 300))
 }
 
 /// Give borg time to read an error line on `stderr` while its stdout pipe is still open (call
@@ -573,5 +604,28 @@ mod tests {
         };
         assert_eq!(lost.exit_code(), exit::QREXEC_LOST);
         assert!(lost.to_string().contains("not an ssh failure"), "{lost}");
+    }
+
+    #[test]
+    fn the_reason_of_a_session_lost_in_sys_backup_comes_from_the_services_log_line() {
+        let line = "qubes-ssh-service: source=sys-backup-mnt destination=nas outcome=connection-lost exit=255 up=9 down=7: connection lost: no answer for 60 s";
+        assert_eq!(
+            session_lost(line).as_deref(),
+            Some("connection lost: no answer for 60 s")
+        );
+        for other in [
+            "qubes-ssh-service: source=x destination=nas outcome=ok exit=255 up=1 down=1",
+            "qubes-ssh-service: source=x destination=nas outcome=ssh exit=255 up=1 down=0: x",
+            "ssh: qubes-ssh-service: source=x outcome=connection-lost exit=255: x",
+            "qubes-ssh-service: source=x destination=nas outcome=connection-lostx exit=255: x",
+        ] {
+            assert_eq!(session_lost(other), None, "{other}");
+        }
+        let long = format!(
+            "{}: {}",
+            &line[..line.find(": c").unwrap()],
+            "y".repeat(5000)
+        );
+        assert!(session_lost(&long).unwrap().len() <= 303);
     }
 }

@@ -14,9 +14,14 @@
 //!   `Tunnel=no`; no local or proxy commands: `PermitLocalCommand=no`, `ProxyCommand=none`,
 //!   `ProxyJump=none`; no connection sharing: `ControlMaster=no`, `ControlPath=none`.
 //! * `ConnectTimeout=30`: a server that does not answer fails the connection after 30 s instead
-//!   of the system's TCP timeout (minutes); `ServerAliveInterval=10`, `ServerAliveCountMax=30`
-//!   as the borg serve docs recommend (`borgbackup/borg:docs/usage/serve.rst`): a session
-//!   silent for 5 minutes ends.
+//!   of the system's TCP timeout (minutes). `ServerAliveInterval=15`, `ServerAliveCountMax=3`:
+//!   a dead link ends the session 60 s after the server's last packet. ssh asks after 15 s
+//!   without a packet from the server and gives up when the 4th ask is due with none answered
+//!   (openssh-portable `clientloop.c` `server_alive_check`, V_9_2_P1 to V_10_2_P1: the count
+//!   must *exceed* the max, so (3+1) x 15 s). sshd answers these itself
+//!   (`serverloop.c` `server_input_global_request`), never borg serve, so a borg serve that
+//!   computes for hours without a byte keeps its session; any packet from the server (window
+//!   adjusts while it reads our upload) resets the count.
 //! * `-T` (no tty), `-e none` (no escape character), `-p PORT`, `-l USER`, then `--`, the host
 //!   and the remote command words.
 //! * Key: `IdentityAgent=` the per-connection split-SSH socket and `IdentityFile=none` (no
@@ -49,10 +54,14 @@ pub const FIXED_OPTIONS: &[&str] = &[
     "-oControlMaster=no",
     "-oControlPath=none",
     "-oConnectTimeout=30",
-    "-oServerAliveInterval=10",
-    "-oServerAliveCountMax=30",
+    "-oServerAliveInterval=15",
+    "-oServerAliveCountMax=3",
     "-oRequestTTY=no",
 ];
+
+/// Seconds after the server's last packet at which ssh ends a session on a dead link: the
+/// keep-alive options above, (ServerAliveCountMax + 1) x ServerAliveInterval.
+pub const DEAD_LINK_SECS: u32 = 60;
 
 /// Build the full argv (program first).
 ///
@@ -163,6 +172,7 @@ pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (
         || has("Network is unreachable")
         || has("No route to host")
         || has("Operation timed out")
+        || (has("Timeout, server") && has("not responding"))
     {
         return (
             ErrClass::Network,
@@ -192,6 +202,28 @@ pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (
             if last.is_empty() { "no message" } else { &last }
         ),
     )
+}
+
+/// Explain ssh's failure (exit 255) *during* a session from its last stderr line (run with
+/// `LC_ALL=C`): the link died (keep-alive timeout), the server closed or reset the connection,
+/// or something else ssh said.
+pub fn classify_lost(last_line: &str, dest: &Destination) -> (ErrClass, String) {
+    let has = |s: &str| last_line.contains(s);
+    let server = format!("{}:{} (destination '{}')", dest.host, dest.port, dest.name);
+    let said = validate::printable(last_line.trim().as_bytes(), 160);
+    let message = if has("Timeout, server") && has("not responding") {
+        format!(
+            "connection from sys-backup to the borg server {server} lost: no answer for {DEAD_LINK_SECS} s (ssh keep-alive); the network link or the server is down"
+        )
+    } else if has("closed by") || has("Connection reset") || has("Broken pipe") {
+        format!("the connection from sys-backup to the borg server {server} broke during the session: {said}")
+    } else {
+        format!(
+            "ssh from sys-backup to the borg server {server} failed during the session (exit 255): {}",
+            if said.is_empty() { "no message" } else { &said }
+        )
+    };
+    (ErrClass::ConnectionLost, message)
 }
 
 #[cfg(test)]
@@ -234,11 +266,13 @@ mod tests {
         assert_eq!(&v[dd + 1..], ["nas.example", "borg", "serve", "--info"]);
         assert!(v.contains(&"-oIdentityAgent=none".to_string()));
         assert!(v.contains(&"-oHostKeyAlias=nas".to_string()));
-        // ssh neither waits forever for a connection nor for a silent server.
+        // ssh neither waits forever for a connection nor for a silent server: a dead link is
+        // detected after (3 + 1) x 15 s.
+        assert_eq!(DEAD_LINK_SECS, (3 + 1) * 15);
         for o in [
             "-oConnectTimeout=30",
-            "-oServerAliveInterval=10",
-            "-oServerAliveCountMax=30",
+            "-oServerAliveInterval=15",
+            "-oServerAliveCountMax=3",
         ] {
             assert!(v[..dd].contains(&o.to_string()), "{o}");
         }
@@ -337,6 +371,7 @@ mod tests {
             (b"ssh: connect to host nas.example port 2222: Connection refused\r\n", ErrClass::ConnectionRefused),
             (b"ssh: Could not resolve hostname nas.example: Name or service not known\r\n", ErrClass::Network),
             (b"kex_exchange_identification: read: Connection reset by peer\r\n", ErrClass::Ssh),
+            (b"Timeout, server nas.example not responding.\r\n", ErrClass::Network),
         ];
         for (stderr, want) in cases {
             assert_eq!(
@@ -510,5 +545,28 @@ mod tests {
         assert!(classify(255, denied, &d, c)
             .1
             .contains("with the key file /k/id:"));
+    }
+
+    #[test]
+    fn failures_during_the_session_name_their_cause() {
+        let d = dest();
+        let lost = |l: &str| classify_lost(l, &d);
+        let (class, m) = lost("Timeout, server nas.example not responding.");
+        assert_eq!(class, ErrClass::ConnectionLost);
+        assert!(m.contains("no answer for 60 s (ssh keep-alive)"), "{m}");
+        assert!(m.contains("nas.example:2222 (destination 'nas')"), "{m}");
+        for l in [
+            "Connection closed by 192.0.2.10 port 22",
+            "Connection reset by 192.0.2.10 port 22",
+            "client_loop: send disconnect: Broken pipe",
+        ] {
+            let (_, m) = lost(l);
+            assert!(m.contains("broke during the session: "), "{m}");
+            assert!(m.ends_with(l), "{m}");
+        }
+        let (_, m) = lost("odd\x1b]0;x\x07");
+        assert!(m.ends_with("(exit 255): odd?]0;x?"), "{m}");
+        let (_, m) = lost("");
+        assert!(m.ends_with("no message"), "{m}");
     }
 }

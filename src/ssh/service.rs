@@ -31,6 +31,9 @@ pub const SSH: &str = "/usr/bin/ssh";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of ssh's stderr is kept to explain a failure.
 const STDERR_KEEP: usize = 16 * 1024;
+/// After a failed login, how long to wait for the last lines of the calls to the vault (they
+/// say whether the vault failed, `agent::fault`); they normally come with the calls' end.
+const VAULT_LINES_WAIT: Duration = Duration::from_secs(5);
 
 const HELP: &str = "\
 qubes-ssh-service: the qubes-borg.Ssh qrexec service of qubes-borg (runs in sys-backup).
@@ -187,13 +190,14 @@ fn destination_name(
 }
 
 /// Copy ssh's stderr to ours, one sanitized, bounded line at a time
-/// ([`crate::stderr_line`]), and keep its first `STDERR_KEEP` bytes to explain a failure.
+/// ([`crate::stderr_line`]), and keep its first `STDERR_KEEP` bytes and its last line that is
+/// not one of borg serve's JSON log records (ssh's own last word) to explain a failure.
 ///
 /// Under qrexec our stderr goes to sys-backup's journal and to the caller, whose borg prints
 /// each line as `Remote: ...` (a borg serve log record, a JSON line, is decoded by borg): so
 /// the lines pass unprefixed, only a line that could pass for our own log line gets `ssh: `
 /// in front.
-fn drain_stderr(src: std::process::ChildStderr) -> Vec<u8> {
+fn drain_stderr(src: std::process::ChildStderr) -> (Vec<u8>, String) {
     struct Keep<R> {
         inner: R,
         kept: Vec<u8>,
@@ -210,14 +214,18 @@ fn drain_stderr(src: std::process::ChildStderr) -> Vec<u8> {
         inner: src,
         kept: Vec::new(),
     };
+    let mut last = String::new();
     stderr_line::copy_lines(&mut src, std::io::stderr(), |l| {
+        if !l.starts_with('{') && !l.trim().is_empty() {
+            last.clone_from(&l);
+        }
         Some(if l.starts_with(PROG) || l.starts_with(LOG_PREFIX) {
             format!("ssh: {l}")
         } else {
             l
         })
     });
-    src.kept
+    (src.kept, last)
 }
 
 struct Outcome {
@@ -380,7 +388,15 @@ fn run(
             "temporary path is not usable in an ssh option",
         ));
     };
-    run_ssh(&argv, &env.ssh_vars, &dest, &config_path, stdin, stdout)
+    run_ssh(
+        &argv,
+        &env.ssh_vars,
+        &dest,
+        &config_path,
+        agent,
+        stdin,
+        stdout,
+    )
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -397,6 +413,7 @@ fn run_ssh(
     ssh_vars: &[(OsString, OsString)],
     dest: &Destination,
     config_path: &Path,
+    agent: Option<AgentSocket>,
     stdin: OwnedFd,
     stdout: &OwnedFd,
 ) -> Outcome {
@@ -438,7 +455,7 @@ fn run_ssh(
         Ok(st) => child::status_code(st).unwrap_or(exit::SOFTWARE),
         Err(_) => exit::SOFTWARE,
     };
-    let kept = stderr_thread.join().unwrap_or_default();
+    let (kept, last_line) = stderr_thread.join().unwrap_or_default();
     let stats = match stats {
         Ok(s) => s,
         Err(e) => {
@@ -468,8 +485,28 @@ fn run_ssh(
             let _ = write_all_fd(stdout.as_fd(), OK_WIRE);
         } else {
             let (class, message) = command::classify(code, &kept, dest, config_path);
-            outcome.failure = Some(fail(code, class, message));
+            // A login that failed because the vault could not lend the key is a vault fault,
+            // not a key the server does not know (`agent::fault`).
+            let vault = match (class, agent, dest.agent.as_deref()) {
+                (ErrClass::Auth | ErrClass::Ssh, Some(a), Some(set)) => {
+                    a.close_and_fault(VAULT_LINES_WAIT).map(|f| f.message(set))
+                }
+                _ => None,
+            };
+            outcome.failure = Some(match vault {
+                Some(message) => {
+                    outcome.code = exit::AGENT;
+                    fail(exit::AGENT, ErrClass::Vault, message)
+                }
+                None => fail(code, class, message),
+            });
         }
+    } else if code == 255 {
+        // ssh failed during the session: the status line (OK) went out long ago, so the reason
+        // goes into the log line, which the client reads and shows (docs/PROTOCOL.md).
+        let (class, message) = command::classify_lost(&last_line, dest);
+        outcome.failure = Some(fail(code, class, message));
+        outcome.stream_may_have_started = true;
     }
     outcome
 }

@@ -87,6 +87,8 @@ pub enum ErrClass {
     Config,
     /// The split-SSH agent could not be set up.
     Agent,
+    /// The vault could not lend the key (agent down, key not loaded, frozen, call refused).
+    Vault,
     /// Something failed inside the service.
     Internal,
     /// ssh: the server's host key does not match the pinned keys.
@@ -101,6 +103,9 @@ pub enum ErrClass {
     RemoteCommand,
     /// ssh failed for another reason.
     Ssh,
+    /// ssh failed during the session (keep-alive timeout, connection closed); only in the
+    /// service's log line, never a status line (the stream had started).
+    ConnectionLost,
     /// A class this client does not know (newer service).
     Other,
 }
@@ -111,6 +116,7 @@ const CLASSES: &[(ErrClass, &str)] = &[
     (ErrClass::UnknownDestination, "unknown-destination"),
     (ErrClass::Config, "config"),
     (ErrClass::Agent, "agent"),
+    (ErrClass::Vault, "vault"),
     (ErrClass::Internal, "internal"),
     (ErrClass::HostKey, "host-key"),
     (ErrClass::Auth, "auth"),
@@ -118,6 +124,7 @@ const CLASSES: &[(ErrClass, &str)] = &[
     (ErrClass::Network, "network"),
     (ErrClass::RemoteCommand, "remote-command"),
     (ErrClass::Ssh, "ssh"),
+    (ErrClass::ConnectionLost, "connection-lost"),
     (ErrClass::Other, "other"),
 ];
 

@@ -233,6 +233,118 @@ test_a_delete_through_the_routine_key_set_is_not_permanent() {
     ! mnt_borg list --short "$REPO_URL" | grep -qx doomed || fail "delete was not recorded"
 }
 
+# --- faults of the vault and of the link (#15): each reported within its bound, named for
+# what it is, and the next run works without a human
+
+AGENT_SOCK=/run/qubes-borg-agent/default/agent.sock
+
+# Run `borg list` through the chain; $out = its stderr+stdout, $took = seconds, $rc = status.
+timed_list() {
+    local start=$SECONDS
+    rc=0
+    out=$(mnt_borg list --short "$REPO_URL" 2>&1) || rc=$?
+    took=$((SECONDS - start))
+    echo "borg exit $rc after $took s; output:"; printf '%s\n' "$out"
+}
+
+# The vault's agent as chain-setup starts it (the qubes-borg-agent@default unit's job).
+start_vault_agent() {
+    in_qube -u user ssh-backup ssh-agent -D -a "$AGENT_SOCK" </dev/null >/dev/null 2>&1 &
+    for _ in $(seq 1 100); do in_qube ssh-backup test -S "$AGENT_SOCK" && break; sleep 0.05; done
+    in_qube -u user ssh-backup qubes-borg-keygen --load default >/dev/null
+}
+
+# A vault fault: borg fails within BOUND seconds with the vault's message (ERR 69 vault) and not
+# the server's authorized_keys hint; once repaired, the next run works.
+expect_vault_fault() { # BOUND MESSAGE
+    [ "$rc" = 2 ] || fail "borg exit $rc, expected 2"
+    [ "$took" -le "$1" ] || fail "took $took s, more than $1 s"
+    assert_contains "$out" "Remote: qubes-ssh-client: $DEST: $2" "borg's stderr"
+    assert_not_contains "$out" "is its public key installed on the server" "borg's stderr"
+}
+
+test_vault_agent_not_running_is_reported_as_a_vault_fault_within_seconds() {
+    kill "$(qube_pids ssh-backup ssh-agent)"
+    in_qube ssh-backup rm -f "$AGENT_SOCK"
+    timed_list
+    start_vault_agent
+    expect_vault_fault 10 "the vault (ssh-backup) cannot reach the ssh-agent of key set 'default': it is not running there"
+    mnt_borg list --short "$REPO_URL" >/dev/null
+}
+
+test_vault_key_not_loaded_is_reported_as_a_vault_fault_within_seconds() {
+    in_qube -u user ssh-backup env SSH_AUTH_SOCK="$AGENT_SOCK" ssh-add -D
+    timed_list
+    in_qube -u user ssh-backup qubes-borg-keygen --load default >/dev/null
+    expect_vault_fault 10 "the ssh-agent of key set 'default' in the vault (ssh-backup) does not hold the backup key"
+    mnt_borg list --short "$REPO_URL" >/dev/null
+}
+
+test_frozen_vault_agent_is_reported_as_a_vault_fault_after_the_filters_timeout() {
+    local pid
+    pid=$(qube_pids ssh-backup ssh-agent)
+    kill -STOP "$pid"
+    timed_list
+    kill -CONT "$pid"
+    # the filter waits 10 s for the agent once per connection (sshd's LoginGraceTime was the bound)
+    expect_vault_fault 25 "the ssh-agent of key set 'default' in the vault (ssh-backup) did not answer (frozen?)"
+    mnt_borg list --short "$REPO_URL" >/dev/null
+}
+
+test_vault_call_refused_by_policy_is_reported_as_a_vault_fault_within_seconds() {
+    local deny=$QUBES_SIM_STATE/dom0/etc/qubes/policy.d/10-e2e-deny-vault.policy
+    printf 'qubes-borg.SshAgent * @anyvm @anyvm deny\n' > "$deny"
+    timed_list
+    rm -f "$deny"
+    expect_vault_fault 10 "qrexec refused the call to the vault (qubes-borg.SshAgent+default)"
+    mnt_borg list --short "$REPO_URL" >/dev/null
+}
+
+test_link_cut_mid_backup_is_reported_in_a_minute_with_its_cause_and_the_lock_freed() {
+    # The real keep-alives (ServerAliveInterval 15 x (3+1)): ssh in sys-backup gives up 60 s after
+    # the server's last packet; the server's sshd (ClientAliveInterval 15, CountMax 3, as
+    # docs/PROTOCOL.md advises) ends the dead session and borg serve frees the repository lock.
+    local cut=$QUBES_SIM_STATE/cut.nft bpid start cut_at rc=0 t
+    printf '%s\n' 'table inet e2e_cut {' \
+        "chain o { type filter hook output priority 0; ip daddr $SIM_NET_SSHD drop; }" \
+        "chain i { type filter hook input priority 0; ip saddr $SIM_NET_SSHD drop; }" '}' > "$cut"
+    in_qube sys-backup-mnt sh -c 'rm -rf /root/fault && mkdir /root/fault && head -c 40M /dev/urandom > /root/fault/blob'
+    mnt_borg create --upload-ratelimit 1024 "$REPO_URL::link-cut" /root/fault \
+        > "$QUBES_SIM_STATE/cut.out" 2>&1 &
+    bpid=$!
+    start=$SECONDS
+    # cut once the session runs: borg create holds the repository's lock, data flows
+    until in_qube internet test -e /home/borg/repo/lock.exclusive; do
+        [ $((SECONDS - start)) -lt 60 ] || fail "backup did not start"
+        sleep 0.2
+    done
+    sleep 3
+    in_qube sys-backup nft -f - < "$cut"
+    cut_at=$SECONDS
+    wait "$bpid" || rc=$?
+    t=$((SECONDS - cut_at))
+    echo "borg exit $rc, $t s after the cut; output:"
+    cat "$QUBES_SIM_STATE/cut.out"
+    out=$(cat "$QUBES_SIM_STATE/cut.out")
+    [ "$rc" = 2 ] || { in_qube sys-backup nft delete table inet e2e_cut; fail "borg exit $rc"; }
+    # the server's last packet came at most a moment before the cut
+    { [ "$t" -ge 55 ] && [ "$t" -le 80 ]; } || { in_qube sys-backup nft delete table inet e2e_cut; fail "failure reported $t s after the cut, expected about 60"; }
+    assert_contains "$out" "Remote: Timeout, server $SIM_NET_SSHD not responding." "ssh's line"
+    assert_contains "$out" "Remote: qubes-ssh-client: $DEST: connection from sys-backup to the borg server $SIM_NET_SSHD:22 (destination '$DEST') lost: no answer for 60 s (ssh keep-alive)" "the reason"
+    assert_not_contains "$out" "Traceback" "borg's output"
+    # the server side, link still cut: sshd ends the session, borg serve exits (lock freed)
+    while [ -n "$(qube_pids internet borg)" ]; do
+        [ $((SECONDS - cut_at)) -lt 150 ] || { in_qube sys-backup nft delete table inet e2e_cut; fail "borg serve still runs $((SECONDS - cut_at)) s after the cut"; }
+        sleep 1
+    done
+    echo "server's borg serve gone $((SECONDS - cut_at)) s after the cut"
+    grep -q 'Timeout, client not responding' <(in_qube internet cat /var/tmp/sshd.log) || fail "sshd did not time the session out"
+    in_qube sys-backup nft delete table inet e2e_cut
+    # no lock left: the next run works at once, and the repository is consistent
+    mnt_borg create "$REPO_URL::after-link-cut" /etc/hostname
+    mnt_borg check "$REPO_URL"
+}
+
 test_repository_consistent_at_the_end() {
     mnt_borg check --verify-data "$REPO_URL"
 }

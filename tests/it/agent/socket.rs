@@ -1,16 +1,19 @@
 //! The per-connection agent socket of sys-backup (`agent::forward`), end to
 //! end: AgentSocket -> qubes-relay --listen -> (stand-in) qrexec-client-vm
-//! -> qubes-agent-filter -> real ssh-agent, with real ssh and sshd.
+//! -> qubes-agent-filter -> real ssh-agent, with real ssh and sshd; and the vault faults it
+//! notes (agent down, key not loaded, agent frozen, call refused).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
+use qubes_borg::agent::fault::VaultFault;
 use qubes_borg::agent::forward::{AgentError, AgentSocket, AgentSocketOptions};
 
 use crate::support::*;
@@ -375,4 +378,104 @@ fn agent_socket_is_removed_when_its_owner_is_killed() {
     assert!(!path.parent().unwrap().exists(), "stale directory swept");
     next.close().unwrap();
     assert!(entries(&s.runtime).is_empty());
+}
+
+/// One login with real ssh to `sshd` through a fresh agent socket of `s`: whether it worked,
+/// how long ssh took, and the vault fault the socket noted on the way.
+fn login_and_fault(s: &Side, sshd: &Sshd) -> (bool, Duration, Option<VaultFault>) {
+    let sock = AgentSocket::start("default", &s.opts).unwrap();
+    let start = Instant::now();
+    let out = output(&mut sshd.ssh_cmd(sock.path(), "true"));
+    let took = start.elapsed();
+    let fault = sock.close_and_fault(Duration::from_secs(5));
+    eprintln!(
+        "ssh: {} after {took:?}, fault {fault:?}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), took, fault)
+}
+
+/// The vault side with a real sshd that accepts the backup key; None: sshd cannot run (SKIP).
+fn side_with_sshd(tag: &str, caller: &str) -> Option<(Side, Sshd)> {
+    let s = side(tag, caller);
+    let sshd = Sshd::start(
+        s.vault.dir.path(),
+        &s.vault.backup_key.with_extension("pub"),
+    )?;
+    s.vault.allow_sshd(&sshd, "");
+    Some((s, sshd))
+}
+
+#[test]
+fn a_working_vault_reports_no_fault() {
+    let Some((s, sshd)) = side_with_sshd("fault-none", "sys-backup") else {
+        return;
+    };
+    let (ok, _, fault) = login_and_fault(&s, &sshd);
+    assert!(ok, "login through the vault works");
+    assert_eq!(fault, None);
+}
+
+#[test]
+fn vault_agent_not_running_is_reported_as_such_within_seconds() {
+    let Some((mut s, sshd)) = side_with_sshd("fault-down", "sys-backup") else {
+        return;
+    };
+    s.vault.agent.kill().unwrap();
+    s.vault.agent.wait().unwrap();
+    let _ = fs::remove_file(&s.vault.agent_sock);
+    let (ok, took, fault) = login_and_fault(&s, &sshd);
+    assert!(!ok);
+    assert_eq!(fault, Some(VaultFault::AgentDown));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn vault_agent_without_the_backup_key_is_reported_as_such_within_seconds() {
+    let Some((s, sshd)) = side_with_sshd("fault-nokey", "sys-backup") else {
+        return;
+    };
+    let del = output(
+        Command::new("ssh-add")
+            .arg("-d")
+            .arg(&s.vault.backup_key)
+            .env("SSH_AUTH_SOCK", &s.vault.agent_sock),
+    );
+    assert!(del.status.success(), "{del:?}");
+    let (ok, took, fault) = login_and_fault(&s, &sshd);
+    assert!(!ok);
+    assert_eq!(fault, Some(VaultFault::NoKey));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_frozen_vault_agent_fails_the_login_after_the_filters_timeout_not_sshds() {
+    let Some((s, sshd)) = side_with_sshd("fault-frozen", "sys-backup") else {
+        return;
+    };
+    let agent = Pid::from_raw(s.vault.agent.id() as i32);
+    kill(agent, Signal::SIGSTOP).unwrap();
+    let (ok, took, fault) = login_and_fault(&s, &sshd);
+    kill(agent, Signal::SIGCONT).unwrap();
+    assert!(!ok);
+    assert_eq!(fault, Some(VaultFault::AgentTimeout));
+    // One AGENT_TIMEOUT for the whole connection (then it fails at once), far below sshd's
+    // LoginGraceTime (120 s) that ended such a login before.
+    let bound = qubes_borg::agent::service::AGENT_TIMEOUT;
+    assert!(took >= bound, "{took:?}");
+    assert!(took < bound + Duration::from_secs(8), "{took:?}");
+}
+
+#[test]
+fn a_vault_call_refused_by_policy_is_reported_as_such_within_seconds() {
+    // sys-backup-mnt may not call qubes-borg.SshAgent (the project's dom0 policy): qrexec
+    // refuses with 126, which qubes-relay --listen reports.
+    let Some((s, sshd)) = side_with_sshd("fault-refused", "sys-backup-mnt") else {
+        return;
+    };
+    let (ok, took, fault) = login_and_fault(&s, &sshd);
+    assert!(!ok);
+    assert_eq!(fault, Some(VaultFault::Refused));
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
