@@ -1,6 +1,6 @@
 //! sys-backup-mnt (the disposable without network): the `qubes-borg.BackupJob` service. dom0
 //! sends a request (`spec`) on stdin; the job mounts the attached volume read-only (`mount`),
-//! runs borg (`borg`) and reports in `progress` lines on stdout (`run`). dom0 and the job meet
+//! runs borg (`borg`), compares files for the spot check (`spot`) and reports in `progress` lines on stdout (`run`). dom0 and the job meet
 //! only through `spec` and `progress`.
 
 pub mod borg;
@@ -8,3 +8,4 @@ pub mod mount;
 pub mod progress;
 pub mod run;
 pub mod spec;
+pub mod spot;
