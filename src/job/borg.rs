@@ -147,9 +147,15 @@ pub fn info_archive_argv(repo: &str, archive: &str) -> Vec<String> {
 }
 
 /// `borg check` of the repository and every archive (`--verify-data`: decrypt and verify every
-/// chunk, which reads the whole repository from the server).
+/// chunk, which reads the whole repository from the server). `--info`: borg's "Analyzing
+/// archive NAME" lines tell which archive a problem belongs to.
 pub fn check_argv(repo: &str, verify_data: bool) -> Vec<String> {
-    let mut v: Vec<String> = vec!["borg".into(), "check".into(), "--log-json".into()];
+    let mut v: Vec<String> = vec![
+        "borg".into(),
+        "check".into(),
+        "--info".into(),
+        "--log-json".into(),
+    ];
     if verify_data {
         v.push("--verify-data".into());
     }

@@ -383,7 +383,7 @@ const MAX_CHECK_ARCHIVES: usize = 200;
 
 /// `borg check`: the job succeeds when borg ran to the end; what it found goes to dom0 as
 /// data (`repository ok|errors`, then `archive NAME` for each archive borg was analyzing when
-/// it logged an error or warning).
+/// it logged an error).
 fn check<W: Write>(
     spec: &Spec,
     c: &spec::Check,
@@ -408,7 +408,9 @@ fn check<W: Write>(
             if msg.contains("orphaned objects") || msg.starts_with("Archive consistency check") {
                 current = None;
             }
-            if level == "ERROR" || level == "CRITICAL" || level == "WARNING" {
+            // Only errors: warnings include the remote side's notes (e.g. the agent's login
+            // notice relayed as "Remote: ..."), which are no problem of the repository.
+            if level == "ERROR" || level == "CRITICAL" {
                 problems = true;
                 if let Some(a) = &current {
                     if !named.contains(a) && named.len() < MAX_CHECK_ARCHIVES {
@@ -461,7 +463,8 @@ fn spot_files<W: Write>(
     out: &mut Out<W>,
 ) -> Result<super::spot::Tally, String> {
     use super::spot::{self as sp, Reservoir, Tally, Verdict};
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let k = s.count as usize;
     let sampler = std::thread::spawn(move || {
         let mut res = Reservoir::new(k);
@@ -505,7 +508,8 @@ fn spot_files<W: Write>(
     for e in files {
         let path = e.path.clone();
         let volume_file = sp::open_beneath(PRIVATE_DIR, &path).ok();
-        let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let cmp = std::thread::spawn(move || sp::compare(&e, volume_file, &mut fs::File::from(rd)));
         let got = run_borg_to(
             spec,
