@@ -254,12 +254,7 @@ fn report_qube(
     if count == 0 {
         return bad;
     }
-    let Some(newest) = listing
-        .archives
-        .iter()
-        .filter(|a| a.qube == qube)
-        .next_back()
-    else {
+    let Some(newest) = listing.archives.iter().rfind(|a| a.qube == qube) else {
         let _ = writeln!(out, "{qube}: FAILED: no archive in the repository");
         return true;
     };

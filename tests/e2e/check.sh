@@ -97,7 +97,7 @@ test_bytes_changed_under_the_filesystem_are_a_mismatch_naming_the_file() {
     # archived, as with a disk error or tampering below the filesystem.
     block=$(debugfs -R "bmap /home/user/c.bin 0" "$img" 2>/dev/null)
     bs=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block size: *//p')
-    [ -n "$block" ] && [ -n "$bs" ] || fail "cannot find c.bin's block ($block, $bs)"
+    if [ -z "$block" ] || [ -z "$bs" ]; then fail "cannot find c.bin's block ($block, $bs)"; fi
     printf 'CORRUPTED' | dd of="$img" bs=1 seek=$((block * bs + 100)) conv=notrunc status=none
     expect_code 1 d0 qvm-backup-borg check --spot 10 personal
     assert_contains "$out" "repository (borg check): ok" "the repository is sound"
