@@ -306,6 +306,7 @@ mod tests {
             [
                 "borg",
                 "check",
+                "--info",
                 "--log-json",
                 "--verify-data",
                 "ssh://b/./r"
