@@ -1,7 +1,7 @@
 //! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md): `backup`, `list`,
-//! `restore`. The command line is parsed by `dom0::cli`; this program loads what each command
-//! needs (configuration, signal handling, the lock, the secrets), runs it and maps the outcome
-//! to an exit status.
+//! `restore`, `info`, `check`. The command line is parsed by `dom0::cli`; this program loads
+//! what each command needs (configuration, signal handling, the lock, the secrets), runs it and
+//! maps the outcome to an exit status.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -11,7 +11,7 @@ use qubes_borg::dom0::cli::{self, Command, USAGE};
 use qubes_borg::dom0::config::{self, Config};
 use qubes_borg::dom0::lock::{self, Lock};
 use qubes_borg::dom0::run::{Outcome, Secrets};
-use qubes_borg::dom0::{list, qubes::Real, restore, run, secrets, signals::Signals};
+use qubes_borg::dom0::{check, info, list, qubes::Real, restore, run, secrets, signals::Signals};
 use qubes_borg::exit::{self, Program};
 
 fn help() -> String {
@@ -108,6 +108,16 @@ fn main() {
         Command::Restore { config, opts } => {
             let mut s = setup(&config, false);
             let o = restore::restore(&s.cfg, &opts, &s.secrets, &mut s.q, out, err);
+            finish(o, s)
+        }
+        Command::Info { config, archive } => {
+            let mut s = setup(&config, false);
+            let o = info::info(&s.cfg, &archive, &s.secrets, &mut s.q, out, err);
+            finish(o, s)
+        }
+        Command::Check { config, opts } => {
+            let mut s = setup(&config, false);
+            let o = check::check(&s.cfg, &opts, &s.secrets, &mut s.q, out, err);
             finish(o, s)
         }
     }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::check::{CheckOptions, DEFAULT_SPOT};
 use super::config;
 use super::restore::RestoreOptions;
 use super::run::Options;
@@ -20,7 +21,13 @@ usage: qvm-backup-borg list [--config FILE] [QUBE]
 usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]
   Recreates QUBE from its newest archive (or A) as a new qube NAME (default
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
-  volume of an existing halted qube NAME.";
+  volume of an existing halted qube NAME.
+usage: qvm-backup-borg info [--config FILE] ARCHIVE
+  Shows one archive: qube, date, sizes, files, duration and the settings saved with it.
+usage: qvm-backup-borg check [--config FILE] [--verify-data] [--spot N] [QUBE...]
+  borg's repository and archive checks, then N (default 20, 0 for none, at most 1000)
+  random files of each qube's newest archive compared with its private volume.
+  --verify-data  also decrypt and verify every chunk (reads the whole repository)";
 
 /// What the command line asks for.
 pub enum Command {
@@ -37,6 +44,14 @@ pub enum Command {
         config: PathBuf,
         opts: RestoreOptions,
     },
+    Info {
+        config: PathBuf,
+        archive: String,
+    },
+    Check {
+        config: PathBuf,
+        opts: CheckOptions,
+    },
 }
 
 /// Parses `args` (without the program name). `Err` is the message for a usage error.
@@ -45,7 +60,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some((c, rest)) => (c.as_str(), rest),
         None => {
             return Err(format!(
-                "expected a command (backup, list, restore)\n{USAGE}"
+                "expected a command (backup, list, restore, info, check)\n{USAGE}"
             ))
         }
     };
@@ -56,9 +71,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "backup" => backup(rest),
         "list" => list(rest),
         "restore" => restore(rest),
+        "info" => info(rest),
+        "check" => check(rest),
         "--help" | "-h" => Ok(Command::Help),
         _ => Err(format!(
-            "expected a command (backup, list, restore)\n{USAGE}"
+            "expected a command (backup, list, restore, info, check)\n{USAGE}"
         )),
     }
 }
@@ -181,6 +198,64 @@ fn restore(args: &[String]) -> Result<Command, String> {
     })
 }
 
+fn info(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut one = None;
+    while let Some(x) = a.next()? {
+        match x {
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => {
+                if super::archives::split_name(s).is_none() {
+                    return Err(format!(
+                        "archive name '{s}' is not a qubes-borg archive (QUBE-YYYY-MM-DDTHH:MM:SSZ)"
+                    ));
+                }
+                if one.replace(s.to_string()).is_some() {
+                    return Err("info takes one archive".into());
+                }
+            }
+        }
+    }
+    let archive = one.ok_or_else(|| format!("info needs an archive name\n{USAGE}"))?;
+    Ok(Command::Info {
+        config: a.config,
+        archive,
+    })
+}
+
+fn check(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut opts = CheckOptions {
+        verify_data: false,
+        spot: DEFAULT_SPOT,
+        qubes: vec![],
+    };
+    while let Some(x) = a.next()? {
+        match x {
+            "--verify-data" => opts.verify_data = true,
+            "--spot" => {
+                let v = a.value("--spot", "a number")?;
+                opts.spot = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= spec::MAX_SPOT && v.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| format!("--spot needs a number from 0 to {}", spec::MAX_SPOT))?;
+            }
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => {
+                let q = qube("qube name", s)?;
+                if !opts.qubes.contains(&q) {
+                    opts.qubes.push(q);
+                }
+            }
+        }
+    }
+    Ok(Command::Check {
+        config: a.config,
+        opts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +317,62 @@ mod tests {
             }
             _ => panic!("not restore"),
         }
+    }
+
+    #[test]
+    fn info_takes_one_qubes_borg_archive_name() {
+        match parse(&args("info work-2026-11-29T18:00:00Z")).unwrap() {
+            Command::Info { archive, .. } => assert_eq!(archive, "work-2026-11-29T18:00:00Z"),
+            _ => panic!("not info"),
+        }
+        assert!(parse(&args("info"))
+            .err()
+            .unwrap()
+            .starts_with("info needs an archive name"));
+        assert!(parse(&args("info work"))
+            .err()
+            .unwrap()
+            .contains("is not a qubes-borg archive"));
+        assert_eq!(
+            parse(&args("info a-2026-11-29T18:00:00Z b-2026-11-29T18:00:00Z"))
+                .err()
+                .unwrap(),
+            "info takes one archive"
+        );
+    }
+
+    #[test]
+    fn check_options_are_bounded_and_qubes_checked() {
+        match parse(&args("check --verify-data --spot 5 work vault work")).unwrap() {
+            Command::Check { opts, .. } => {
+                assert!(opts.verify_data);
+                assert_eq!(opts.spot, 5);
+                assert_eq!(opts.qubes, ["work", "vault"]);
+            }
+            _ => panic!("not check"),
+        }
+        match parse(&args("check")).unwrap() {
+            Command::Check { opts, .. } => {
+                assert!(!opts.verify_data && opts.qubes.is_empty());
+                assert_eq!(opts.spot, DEFAULT_SPOT);
+            }
+            _ => panic!("not check"),
+        }
+        for bad in [
+            "check --spot 1001",
+            "check --spot -1",
+            "check --spot +5",
+            "check --spot x",
+        ] {
+            assert!(
+                parse(&args(bad))
+                    .err()
+                    .unwrap()
+                    .starts_with("--spot needs a number"),
+                "{bad}"
+            );
+        }
+        assert!(parse(&args("check wo/rk")).is_err());
     }
 
     #[test]

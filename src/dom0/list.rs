@@ -43,7 +43,7 @@ pub(super) fn fetch(
 }
 
 /// The checked settings of one archive, one `  KEY=VALUE` line each (warnings as notes).
-fn settings_text(archive: &str, comment: &str, ctx: &mut Ctx) -> String {
+pub(super) fn settings_text(archive: &str, comment: &str, ctx: &mut Ctx) -> String {
     match metadata::parse(comment) {
         Ok((s, warnings)) => {
             for w in warnings {

@@ -2,16 +2,18 @@
 //! `secrets` the passphrase and key file; `plan` decides (pure); `qubes` is the only door to
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
-//! `job_call` runs the job and reads its progress; `run` (backup, with `retry` after
-//! transient failures), `list` (with `archives`,
-//! `json`) and `restore` (with `metadata`) are the commands; `lock` keeps runs apart, `signals`
+//! `job_call` runs the job and reads its progress; `run` (backup, with `retry` after transient
+//! failures), `list` (with `archives`, `json`), `info`, `check` and `restore` (with `metadata`)
+//! are the commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod display;
 pub mod facts;
+pub mod info;
 pub mod job_call;
 pub mod json;
 pub mod list;

@@ -144,6 +144,61 @@ pub fn info_argv(repo: &str, qube: Option<&str>) -> Vec<String> {
     ]
 }
 
+/// `borg info --json` of one archive.
+pub fn info_archive_argv(repo: &str, archive: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "info".into(),
+        "--json".into(),
+        "--log-json".into(),
+        format!("{repo}::{archive}"),
+    ]
+}
+
+/// `borg check` of the repository and every archive (`--verify-data`: decrypt and verify every
+/// chunk, which reads the whole repository from the server). `--info`: borg's "Analyzing
+/// archive NAME" lines tell which archive a problem belongs to.
+pub fn check_argv(repo: &str, verify_data: bool) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "borg".into(),
+        "check".into(),
+        "--info".into(),
+        "--log-json".into(),
+    ];
+    if verify_data {
+        v.push("--verify-data".into());
+    }
+    v.push(repo.into());
+    v
+}
+
+/// The listing the spot check samples from: one NUL-ended record per item (paths may hold
+/// any byte but NUL); times in UTC (the job sets TZ=UTC for it).
+pub const SPOT_FORMAT: &str = "{type} {mode} {isomtime} {isoctime} {path}{NUL}";
+
+pub fn spot_list_argv(repo: &str, archive: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "list".into(),
+        "--log-json".into(),
+        format!("--format={SPOT_FORMAT}"),
+        format!("{repo}::{archive}"),
+    ]
+}
+
+/// One file of an archive on stdout. The `pp:` prefix makes the path literal (a file named
+/// `re:...` or `-x` is never a pattern or an option).
+pub fn spot_extract_argv(repo: &str, archive: &str, path: &str) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "extract".into(),
+        "--log-json".into(),
+        "--stdout".into(),
+        format!("{repo}::{archive}"),
+        format!("pp:{path}"),
+    ]
+}
+
 pub fn compact_argv(repo: &str) -> Vec<String> {
     vec![
         "borg".into(),
@@ -258,6 +313,29 @@ mod tests {
                 "--keep-daily=7",
                 "ssh://b/./r"
             ]
+        );
+    }
+
+    #[test]
+    fn spot_paths_are_literal_and_check_reads_data_only_when_asked() {
+        let v = spot_extract_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z", "-x re:.*");
+        assert_eq!(v[v.len() - 1], "pp:-x re:.*");
+        assert!(v.contains(&"--stdout".to_string()));
+        assert!(!check_argv("ssh://b/./r", false).contains(&"--verify-data".to_string()));
+        assert_eq!(
+            check_argv("ssh://b/./r", true),
+            [
+                "borg",
+                "check",
+                "--info",
+                "--log-json",
+                "--verify-data",
+                "ssh://b/./r"
+            ]
+        );
+        assert_eq!(
+            info_archive_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z")[4],
+            "ssh://b/./r::w-2026-11-29T18:00:00Z"
         );
     }
 

@@ -4,12 +4,12 @@
 //! printable ASCII before anyone prints it.
 //!
 //! ```text
-//! phase mount|create|unmount|prune|compact|state|list|restore
+//! phase mount|create|unmount|prune|compact|state|list|restore|check|spot
 //! progress BYTES                         bytes of the volume read so far
 //! stats ORIGINAL DEDUPLICATED COMPRESSED FILES
 //! warning TEXT
 //! error TEXT
-//! data HEX                             list: a piece of borg's --json output, hex (dom0 joins
+//! data HEX                             list, info, check, spot: a piece of borg's --json output, hex (dom0 joins
 //!                                       the pieces, bounded, and parses them strictly)
 //! reason link|lock|cache-lock|passphrase|repository|space|mount|other
 //!                                       why the last step failed (a category only: dom0 words
@@ -37,6 +37,8 @@ pub enum Phase {
     Compact,
     List,
     Restore,
+    Check,
+    Spot,
 }
 
 const PHASES: &[(&str, Phase)] = &[
@@ -48,6 +50,8 @@ const PHASES: &[(&str, Phase)] = &[
     ("compact", Phase::Compact),
     ("list", Phase::List),
     ("restore", Phase::Restore),
+    ("check", Phase::Check),
+    ("spot", Phase::Spot),
 ];
 
 impl Phase {

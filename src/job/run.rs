@@ -169,6 +169,15 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 out.send(Event::Data(piece.to_vec()));
             }
         }
+        Op::Info(i) => {
+            let env = borg::env(base, None);
+            out.send(Event::Phase(Phase::List));
+            let argv = borg::info_archive_argv(&spec.repository, &i.archive);
+            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            send_data(out, json.as_bytes());
+        }
+        Op::Check(c) => check(spec, c, base, out)?,
+        Op::Spot(s) => spot(spec, s, base, out)?,
         Op::Prune(p) => {
             let env = borg::env(base, None);
             let mut failed = Vec::new();
@@ -258,6 +267,63 @@ fn run_borg_with<W: Write>(
     want_stats: bool,
     stdout_to: Option<fs::File>,
 ) -> Result<String, String> {
+    let end = run_borg_logged(spec, argv, env, cwd, out, stdout_to, &mut |_, _| {})?;
+    let status = end.status;
+    // borg: 0 success, 1 warnings (archive made), 2 error, >=128 killed.
+    match status.code() {
+        Some(0) | Some(1) => {}
+        _ => {
+            out.send(Event::Reason(end.reason()));
+            let what = if end.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", end.last_error)
+            };
+            return Err(format!("borg {} failed ({status}){what}", argv[1]));
+        }
+    }
+    let json = end.json;
+    if want_stats {
+        let n = |k| borg::json_number(&json, k).unwrap_or(0);
+        out.send(Event::Stats(Stats {
+            original: n("original_size"),
+            deduplicated: n("deduplicated_size"),
+            compressed: n("compressed_size"),
+            files: n("nfiles"),
+        }));
+    }
+    Ok(json)
+}
+
+/// How one borg run ended, with what its failure is classified from.
+struct BorgEnd {
+    status: std::process::ExitStatus,
+    /// borg's stdout (bounded).
+    json: String,
+    last_error: String,
+    /// The msgid of its last error, and its last messages (bounded).
+    msgid: String,
+    kept: Vec<String>,
+}
+
+impl BorgEnd {
+    /// The bounded category of a failure, the only part of it dom0 acts on.
+    fn reason(&self) -> super::progress::Reason {
+        super::classify::classify(self.status.code(), &self.msgid, &self.kept)
+    }
+}
+
+/// Runs borg and forwards its messages; `on_log(level, message)` sees every log message
+/// (INFO too).
+fn run_borg_logged<W: Write>(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    out: &mut Out<W>,
+    stdout_to: Option<fs::File>,
+    on_log: &mut dyn FnMut(&str, &str),
+) -> Result<BorgEnd, String> {
     // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
     let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     {
@@ -327,6 +393,7 @@ fn run_borg_with<W: Write>(
         }
         let level = borg::json_string(&text, "levelname").unwrap_or_default();
         let msg = borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
+        on_log(&level, &msg);
         if msg.is_empty() || level == "DEBUG" || level == "INFO" {
             continue;
         }
@@ -353,30 +420,177 @@ fn run_borg_with<W: Write>(
             forwarded - MAX_FORWARDED
         )));
     }
-    // borg: 0 success, 1 warnings (archive made), 2 error, >=128 killed.
-    match status.code() {
-        Some(0) | Some(1) => {}
-        _ => {
-            let reason = super::classify::classify(status.code(), &msgid, &kept);
-            out.send(Event::Reason(reason));
-            let what = if last_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {last_error}")
-            };
-            return Err(format!("borg {} failed ({status}){what}", argv[1]));
+    Ok(BorgEnd {
+        status,
+        json,
+        last_error,
+        msgid,
+        kept,
+    })
+}
+
+/// Sends `bytes` to dom0 in `data` lines.
+fn send_data<W: Write>(out: &mut Out<W>, bytes: &[u8]) {
+    for piece in bytes.chunks(super::progress::MAX_DATA) {
+        out.send(Event::Data(piece.to_vec()));
+    }
+}
+
+/// Most archive names a check result names.
+const MAX_CHECK_ARCHIVES: usize = 200;
+
+/// `borg check`: the job succeeds when borg ran to the end; what it found goes to dom0 as
+/// data (`repository ok|errors`, then `archive NAME` for each archive borg was analyzing when
+/// it logged an error).
+fn check<W: Write>(
+    spec: &Spec,
+    c: &spec::Check,
+    base: &str,
+    out: &mut Out<W>,
+) -> Result<(), String> {
+    let env = borg::env(base, None);
+    out.send(Event::Phase(Phase::Check));
+    let argv = borg::check_argv(&spec.repository, c.verify_data);
+    let mut current: Option<String> = None;
+    let mut named: Vec<String> = Vec::new();
+    let mut problems = false;
+    let end = run_borg_logged(spec, &argv, &env, None, out, None, &mut |level, msg| {
+        if let Some(rest) = msg.strip_prefix("Analyzing archive ") {
+            current = rest
+                .rsplit_once(" (")
+                .map(|(n, _)| n.to_string())
+                .filter(|n| spec::check_archive(n).is_ok());
+            return;
         }
+        if msg.contains("orphaned objects") || msg.starts_with("Archive consistency check") {
+            current = None;
+        }
+        // Only errors: warnings include the remote side's notes (e.g. the agent's login
+        // notice relayed as "Remote: ..."), which are no problem of the repository.
+        if level == "ERROR" || level == "CRITICAL" {
+            problems = true;
+            if let Some(a) = &current {
+                if !named.contains(a) && named.len() < MAX_CHECK_ARCHIVES {
+                    named.push(a.clone());
+                }
+            }
+        }
+    })?;
+    let status = end.status;
+    // borg check: 0 no problems, 1 problems found, 2 could not check.
+    let found = match status.code() {
+        Some(0) => problems,
+        Some(1) => true,
+        _ => {
+            out.send(Event::Reason(end.reason()));
+            return Err(format!(
+                "borg check could not run ({status}){}{}",
+                if end.last_error.is_empty() { "" } else { ": " },
+                end.last_error
+            ));
+        }
+    };
+    let mut text = format!("repository {}\n", if found { "errors" } else { "ok" });
+    for a in &named {
+        text += &format!("archive {a}\n");
     }
-    if want_stats {
-        let n = |k| borg::json_number(&json, k).unwrap_or(0);
-        out.send(Event::Stats(Stats {
-            original: n("original_size"),
-            deduplicated: n("deduplicated_size"),
-            compressed: n("compressed_size"),
-            files: n("nfiles"),
-        }));
+    send_data(out, text.as_bytes());
+    Ok(())
+}
+
+/// The spot check: mount the volume read-only, sample `count` regular files of the archive's
+/// listing, extract each to a pipe and compare it with the volume's file (`spot`).
+fn spot<W: Write>(spec: &Spec, s: &spec::Spot, base: &str, out: &mut Out<W>) -> Result<(), String> {
+    let mut env = borg::env(base, None);
+    // borg prints times in local time: UTC here, as the comparison reads them.
+    env.push(("TZ".into(), "UTC".into()));
+    out.send(Event::Phase(Phase::Mount));
+    let m = mount::mount(&s.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)?;
+    out.send(Event::Phase(Phase::Spot));
+    let r = spot_files(spec, s, &env, out);
+    out.send(Event::Phase(Phase::Unmount));
+    let u = m.unmount();
+    let tally = r?;
+    u?;
+    send_data(out, tally.text().as_bytes());
+    Ok(())
+}
+
+fn spot_files<W: Write>(
+    spec: &Spec,
+    s: &spec::Spot,
+    env: &[(String, String)],
+    out: &mut Out<W>,
+) -> Result<super::spot::Tally, String> {
+    use super::spot::{self as sp, Reservoir, Tally, Verdict};
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let k = s.count as usize;
+    let sampler = std::thread::spawn(move || {
+        let mut res = Reservoir::new(k);
+        let mut r = BufReader::new(fs::File::from(rd));
+        let mut rec = Vec::new();
+        let mut skipping = false;
+        loop {
+            rec.clear();
+            match (&mut r)
+                .take(sp::MAX_PATH as u64 + 128)
+                .read_until(0, &mut rec)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let ended = rec.last() == Some(&0);
+            // A record longer than the bound is skipped up to its NUL.
+            if skipping || !ended {
+                skipping = !ended;
+                continue;
+            }
+            rec.pop();
+            if let Some(e) = sp::parse_record(&rec) {
+                res.push(e);
+            }
+        }
+        res.items
+    });
+    let listed = run_borg_to(
+        spec,
+        &borg::spot_list_argv(&spec.repository, &s.archive),
+        env,
+        None,
+        out,
+        Some(fs::File::from(wr)),
+    );
+    let mut files = sampler.join().map_err(|_| "the sampler failed")?;
+    listed?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut tally = Tally::default();
+    for e in files {
+        let path = e.path.clone();
+        let volume_file = sp::open_beneath(PRIVATE_DIR, &path).ok();
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let cmp = std::thread::spawn(move || sp::compare(&e, volume_file, &mut fs::File::from(rd)));
+        let got = run_borg_to(
+            spec,
+            &borg::spot_extract_argv(&spec.repository, &s.archive, &path),
+            env,
+            None,
+            out,
+            Some(fs::File::from(wr)),
+        );
+        let v = cmp.join().map_err(|_| "the comparison failed")?;
+        // The archive could not give the file back: as bad as a wrong file.
+        tally.add(
+            &path,
+            if got.is_ok() {
+                v
+            } else {
+                Verdict::Mismatch("unreadable")
+            },
+        );
     }
-    Ok(json)
+    Ok(tally)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list | restore
+//! op create                      create | prune | list | restore | info | check | spot
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -23,6 +23,11 @@
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
 //!  the device and extracts into it; image mode writes the archived image to the device)
+//! (info: `archive` only: borg info --json of that one archive)
+//! verify-data yes                check only, optional: borg check --verify-data (reads all data)
+//! (check: no other op keys: borg check of the repository and every archive)
+//! spot 20                        spot only: how many files (1..=MAX_SPOT) of `archive` to
+//!                                 compare with the volume on `device` (mounted read-only)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -41,6 +46,8 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_PATTERN: usize = 1024;
 /// Most exclude patterns.
 pub const MAX_EXCLUDES: usize = 256;
+/// Most files one spot check compares.
+pub const MAX_SPOT: u32 = 1000;
 /// Most qubes in one prune request.
 pub const MAX_QUBES: usize = 1024;
 /// Largest passphrase or key file.
@@ -171,12 +178,35 @@ pub struct Restore {
     pub device: String,
 }
 
+/// `info`: borg's details of one archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub archive: String,
+}
+
+/// `check`: borg's repository and archive checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub verify_data: bool,
+}
+
+/// `spot`: `count` random files of `archive` compared with the volume on `device` (read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spot {
+    pub archive: String,
+    pub device: String,
+    pub count: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
     List(List),
     Restore(Restore),
+    Info(Info),
+    Check(Check),
+    Spot(Spot),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -329,6 +359,9 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Prune(_) => "prune",
         Op::List(_) => "list",
         Op::Restore(_) => "restore",
+        Op::Info(_) => "info",
+        Op::Check(_) => "check",
+        Op::Spot(_) => "spot",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -380,6 +413,18 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
                 r.mode.as_str(),
                 r.device
             );
+        }
+        Op::Info(i) => s += &format!("archive {}\n", i.archive),
+        Op::Check(c) => {
+            if c.verify_data {
+                s += "verify-data yes\n";
+            }
+        }
+        Op::Spot(p) => {
+            s += &format!(
+                "archive {}\ndevice {}\nspot {}\n",
+                p.archive, p.device, p.count
+            )
         }
     }
     let mut out = s.into_bytes();
@@ -474,6 +519,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let (mut op, mut repo, mut state, mut archive, mut mode, mut device, mut compression) =
         (None, None, None, None, None, None, None);
     let (mut passphrase, mut key_file) = (None, None);
+    let (mut verify_data, mut spot_count) = (None, None);
     let mut qubes: Vec<String> = Vec::new();
     let mut excludes = Vec::new();
     let mut settings: Vec<String> = Vec::new();
@@ -496,11 +542,14 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "prune" => "prune",
                     "list" => "list",
                     "restore" => "restore",
+                    "info" => "info",
+                    "check" => "check",
+                    "spot" => "spot",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create, prune, list or restore".into(),
+                            "must be create, prune, list, restore, info, check or spot".into(),
                         ))
                     }
                 };
@@ -600,6 +649,22 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     ))?;
                 set(&mut lock_wait, w as u32, n, "lock-wait")?
             }
+            "verify-data" => {
+                if value != "yes" {
+                    return Err(SpecError::Invalid(n, "verify-data", "must be yes".into()));
+                }
+                set(&mut verify_data, true, n, "verify-data")?
+            }
+            "spot" => {
+                let c = parse_count(value)
+                    .filter(|c| (1..=MAX_SPOT as usize).contains(c))
+                    .ok_or(SpecError::Invalid(
+                        n,
+                        "spot",
+                        format!("must be 1..{MAX_SPOT}"),
+                    ))?;
+                set(&mut spot_count, c as u32, n, "spot")?
+            }
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -613,7 +678,44 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     }
     let repository = repo.ok_or(SpecError::Missing("repository"))?;
     let passphrase = passphrase.ok_or(SpecError::Missing("passphrase"))?;
-    let op = match op.ok_or(SpecError::Missing("op"))? {
+    let op_name = op.ok_or(SpecError::Missing("op"))?;
+    // Keys only `check` and `spot` take.
+    if verify_data.is_some() && op_name != "check" {
+        return Err(SpecError::WrongOp(0, "verify-data"));
+    }
+    if spot_count.is_some() && op_name != "spot" {
+        return Err(SpecError::WrongOp(0, "spot"));
+    }
+    if ["info", "check", "spot"].contains(&op_name) {
+        if let Some(&l) = keep_lines.first() {
+            return Err(SpecError::WrongOp(l, "keep"));
+        }
+        if mode.is_some()
+            || compression.is_some()
+            || !excludes.is_empty()
+            || !settings.is_empty()
+            || !qubes.is_empty()
+        {
+            return Err(SpecError::WrongOp(
+                0,
+                "qube/mode/compression/exclude/setting",
+            ));
+        }
+    }
+    let op = match op_name {
+        "info" | "check" if device.is_some() => return Err(SpecError::WrongOp(0, "device")),
+        "check" if archive.is_some() => return Err(SpecError::WrongOp(0, "archive")),
+        "info" => Op::Info(Info {
+            archive: archive.ok_or(SpecError::Missing("archive"))?,
+        }),
+        "check" => Op::Check(Check {
+            verify_data: verify_data.unwrap_or(false),
+        }),
+        "spot" => Op::Spot(Spot {
+            archive: archive.ok_or(SpecError::Missing("archive"))?,
+            device: device.ok_or(SpecError::Missing("device"))?,
+            count: spot_count.ok_or(SpecError::Missing("spot"))?,
+        }),
         "create" => {
             if let Some(&l) = keep_lines.first() {
                 return Err(SpecError::WrongOp(l, "keep"));
@@ -892,6 +994,84 @@ mod tests {
             replace("passphrase 30\n", "passphrase 1000\n"),
             Err(SpecError::Truncated)
         );
+    }
+
+    fn round_trip(op: Op) -> Spec {
+        let s = Spec {
+            repository: "ssh://borgbase/./repo".into(),
+            state_device: None,
+            passphrase: b"p".to_vec(),
+            key_file: None,
+            op,
+        };
+        let bytes = encode(&s);
+        assert_eq!(decode(&mut &bytes[..]).unwrap(), s);
+        s
+    }
+
+    #[test]
+    fn info_check_and_spot_requests_round_trip() {
+        round_trip(Op::Info(Info {
+            archive: "work-2026-11-29T18:00:00Z".into(),
+        }));
+        round_trip(Op::Check(Check { verify_data: true }));
+        round_trip(Op::Check(Check { verify_data: false }));
+        round_trip(Op::Spot(Spot {
+            archive: "work-2026-11-29T18:00:00Z".into(),
+            device: "/dev/xvdi".into(),
+            count: MAX_SPOT,
+        }));
+    }
+
+    #[test]
+    fn info_check_and_spot_refuse_foreign_or_out_of_range_keys() {
+        let spot = String::from_utf8(encode(&round_trip(Op::Spot(Spot {
+            archive: "work-2026-11-29T18:00:00Z".into(),
+            device: "/dev/xvdi".into(),
+            count: 5,
+        }))))
+        .unwrap();
+        let dec = |t: String| decode(&mut t.as_bytes());
+        assert!(matches!(
+            dec(spot.replace("spot 5", "spot 0")),
+            Err(SpecError::Invalid(_, "spot", _))
+        ));
+        assert!(matches!(
+            dec(spot.replace("spot 5", &format!("spot {}", MAX_SPOT + 1))),
+            Err(SpecError::Invalid(_, "spot", _))
+        ));
+        assert!(matches!(
+            dec(spot.replace("device /dev/xvdi", "device /dev/xvda")),
+            Err(SpecError::Invalid(_, "device", _))
+        ));
+        assert!(matches!(
+            dec(spot.replace("spot 5\n", "")),
+            Err(SpecError::Missing("spot"))
+        ));
+        assert!(matches!(
+            dec(spot.replace("op spot", "op check")),
+            Err(SpecError::WrongOp(_, "spot"))
+        ));
+        assert!(matches!(
+            dec(spot.replace("op spot", "op info").replace("spot 5\n", "")),
+            Err(SpecError::WrongOp(_, "device"))
+        ));
+        assert!(matches!(
+            dec(spot.replace("spot 5\n", "spot 5\nverify-data yes\n")),
+            Err(SpecError::WrongOp(_, "verify-data"))
+        ));
+        assert!(matches!(
+            dec(spot.replace("spot 5\n", "spot 5\nqube work\n")),
+            Err(SpecError::WrongOp(_, _))
+        ));
+        let check = spot.replace("op spot", "op check").replace(
+            "archive work-2026-11-29T18:00:00Z\ndevice /dev/xvdi\nspot 5\n",
+            "verify-data no\n",
+        );
+        assert!(matches!(
+            dec(check),
+            Err(SpecError::Invalid(_, "verify-data", _))
+        ));
     }
 
     #[test]

@@ -1,0 +1,458 @@
+//! dom0: `qvm-backup-borg check [--verify-data] [--spot N] [QUBE...]`: borg's repository and
+//! archive checks in a fresh disposable (job op `check`), then a spot check per qube: its
+//! newest archive's random files compared in the disposable with the qube's committed private
+//! volume, attached read-only (job op `spot`). What the job reports is hostile: parsed strictly,
+//! bounded, printed as checked ASCII only.
+
+use std::io::Write;
+
+use super::archives::{self, Archive, Listing};
+use super::config::Config;
+use super::display::Display;
+use super::facts::parse_qvm_ls;
+use super::job_call::run_job;
+use super::list::fetch;
+use super::metadata;
+use super::qubes::Qubes;
+use super::session::{
+    attach_private, loop_device, private_volume, start_disposable, stop_leftover_disposable,
+    with_cleanup, Ctx, Outcome, Secrets,
+};
+use super::volumes::Cleanup;
+use crate::job::progress::sanitize;
+use crate::job::spec::{Check, Mode, Op, Spec, Spot};
+
+/// Files compared per qube unless `--spot N` says otherwise.
+pub const DEFAULT_SPOT: u32 = 20;
+/// Most archive names (from borg's messages) and paths (per kind) dom0 takes from a job.
+pub const MAX_NAMED: usize = 20;
+/// Longest path shown.
+pub const MAX_PATH_SHOWN: usize = 200;
+
+pub struct CheckOptions {
+    pub verify_data: bool,
+    /// Files per qube; 0: no spot check.
+    pub spot: u32,
+    /// Empty: every qube with archives in the repository that still exists.
+    pub qubes: Vec<String>,
+}
+
+/// What `borg check` found, as the job reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoResult {
+    pub ok: bool,
+    /// Archives borg was analyzing when it logged a problem (checked names).
+    pub archives: Vec<String>,
+}
+
+/// Reads the check job's result: `repository ok|errors`, then `archive NAME` lines.
+pub fn parse_repo_result(untrusted: &[u8]) -> Result<RepoResult, String> {
+    let text = std::str::from_utf8(untrusted).map_err(|_| "check result is not text")?;
+    let mut lines = text.lines();
+    let ok = match lines.next() {
+        Some("repository ok") => true,
+        Some("repository errors") => false,
+        _ => return Err("check result: no repository line".into()),
+    };
+    let mut archives = Vec::new();
+    for l in lines {
+        let name = l
+            .strip_prefix("archive ")
+            .filter(|n| archives::split_name(n).is_some())
+            .ok_or_else(|| {
+                format!(
+                    "check result: unexpected line '{}'",
+                    sanitize(l.as_bytes(), 80)
+                )
+            })?;
+        if archives.len() >= MAX_NAMED {
+            continue;
+        }
+        if !archives.iter().any(|a| a == name) {
+            archives.push(name.to_string());
+        }
+    }
+    Ok(RepoResult { ok, archives })
+}
+
+/// What one spot check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpotResult {
+    pub checked: u64,
+    pub matched: u64,
+    pub changed: u64,
+    pub mismatched: u64,
+    /// Some of the changed files (sanitized, bounded).
+    pub changed_paths: Vec<String>,
+    /// (why, path) of some mismatched files.
+    pub mismatch_paths: Vec<(String, String)>,
+}
+
+/// Reads the spot job's result (format in `job::spot`'s comment), strictly: every count once,
+/// counts that add up and are at most `asked`, at most MAX_NAMED paths of each kind.
+pub fn parse_spot_result(untrusted: &[u8], asked: u32) -> Result<SpotResult, String> {
+    let bad = |l: &str| {
+        format!(
+            "spot result: unexpected line '{}'",
+            sanitize(l.as_bytes(), 80)
+        )
+    };
+    let text = std::str::from_utf8(untrusted).map_err(|_| "spot result is not text")?;
+    let mut counts: [Option<u64>; 4] = [None; 4];
+    let mut r = SpotResult::default();
+    for l in text.lines() {
+        let (key, rest) = l.split_once(' ').ok_or_else(|| bad(l))?;
+        let slot = ["checked", "matched", "changed-count", "mismatch-count"]
+            .iter()
+            .position(|k| *k == key);
+        if let Some(i) = slot {
+            let n = (rest.len() <= 6 && rest.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| rest.parse::<u64>().ok())
+                .flatten()
+                .filter(|n| *n <= u64::from(asked))
+                .ok_or_else(|| bad(l))?;
+            if counts[i].replace(n).is_some() {
+                return Err(bad(l));
+            }
+            continue;
+        }
+        match key {
+            "changed" if r.changed_paths.len() < MAX_NAMED => r
+                .changed_paths
+                .push(sanitize(rest.as_bytes(), MAX_PATH_SHOWN)),
+            "mismatch" if r.mismatch_paths.len() < MAX_NAMED => {
+                let (why, path) = rest.split_once(' ').ok_or_else(|| bad(l))?;
+                if !["content", "mode", "unreadable"].contains(&why) {
+                    return Err(bad(l));
+                }
+                r.mismatch_paths
+                    .push((why.to_string(), sanitize(path.as_bytes(), MAX_PATH_SHOWN)));
+            }
+            _ => return Err(bad(l)),
+        }
+    }
+    let [Some(c), Some(m), Some(ch), Some(mm)] = counts else {
+        return Err("spot result: a count is missing".into());
+    };
+    if m + ch + mm != c
+        || (r.changed_paths.len() as u64) > ch
+        || (r.mismatch_paths.len() as u64) > mm
+    {
+        return Err("spot result: the counts do not add up".into());
+    }
+    (r.checked, r.matched, r.changed, r.mismatched) = (c, m, ch, mm);
+    Ok(r)
+}
+
+fn repository_check(
+    ctx: &mut Ctx,
+    opts: &CheckOptions,
+    secrets: &Secrets,
+) -> Result<RepoResult, String> {
+    stop_leftover_disposable(ctx);
+    with_cleanup(ctx, |ctx, cleanup| {
+        let state = start_disposable(ctx, cleanup)?;
+        let spec = Spec {
+            repository: ctx.cfg.repository.clone(),
+            state_device: state,
+            passphrase: secrets.passphrase.clone(),
+            key_file: secrets.key_file.clone(),
+            op: Op::Check(Check {
+                verify_data: opts.verify_data,
+            }),
+        };
+        let r = run_job(ctx, "check", 0, &spec)?.finished("the check job")?;
+        if r.data_overflow {
+            return Err("the check job sent more data than allowed".into());
+        }
+        parse_repo_result(&r.data)
+    })
+}
+
+fn spot_one(
+    ctx: &mut Ctx,
+    qube: &str,
+    archive: &Archive,
+    count: u32,
+    secrets: &Secrets,
+) -> Result<SpotResult, String> {
+    let volume = private_volume(ctx, qube)?;
+    with_cleanup(ctx, |ctx, cleanup| {
+        let lp = loop_device(ctx, cleanup, &volume, false)?;
+        let state = start_disposable(ctx, cleanup)?;
+        let device = attach_private(ctx, cleanup, &lp, false)?;
+        let spec = Spec {
+            repository: ctx.cfg.repository.clone(),
+            state_device: state,
+            passphrase: secrets.passphrase.clone(),
+            key_file: secrets.key_file.clone(),
+            op: Op::Spot(Spot {
+                archive: archive.name.clone(),
+                device,
+                count,
+            }),
+        };
+        let r = run_job(ctx, qube, 0, &spec)?.finished("the spot check")?;
+        if r.data_overflow {
+            return Err("the spot check sent more data than allowed".into());
+        }
+        parse_spot_result(&r.data, count)
+    })
+}
+
+/// The qubes to spot-check: those named, or every qube with archives that still exists.
+fn spot_targets(
+    ctx: &mut Ctx,
+    opts: &CheckOptions,
+    listing: &Listing,
+) -> Result<Vec<String>, String> {
+    if !opts.qubes.is_empty() {
+        return Ok(opts.qubes.clone());
+    }
+    let listed = parse_qvm_ls(&ctx.call(&[
+        "qvm-ls",
+        "--raw-data",
+        "--fields",
+        "NAME,CLASS,STATE,include_in_backups",
+    ])?)?;
+    let mut with_archives: Vec<String> = listing.archives.iter().map(|a| a.qube.clone()).collect();
+    with_archives.dedup();
+    let mut v = Vec::new();
+    for q in with_archives {
+        if listed.iter().any(|l| l.name == q) {
+            v.push(q);
+        } else {
+            ctx.note(&format!(
+                "{q}: has archives but no longer exists: not spot-checked"
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// One qube's lines of the report; true when it found a problem.
+fn report_qube(
+    ctx: &mut Ctx,
+    out: &mut dyn Write,
+    qube: &str,
+    repo: Option<&RepoResult>,
+    listing: &Listing,
+    count: u32,
+    secrets: &Secrets,
+) -> bool {
+    let mut bad = false;
+    if let Some(r) = repo {
+        for a in r
+            .archives
+            .iter()
+            .filter(|a| archives::split_name(a).map(|x| x.0) == Some(qube))
+        {
+            let _ = writeln!(out, "{qube}: borg check reported problems in archive {a}");
+            bad = true;
+        }
+    }
+    if count == 0 {
+        return bad;
+    }
+    let Some(newest) = listing.archives.iter().rfind(|a| a.qube == qube) else {
+        let _ = writeln!(out, "{qube}: FAILED: no archive in the repository");
+        return true;
+    };
+    let mode = metadata::parse(&newest.comment)
+        .ok()
+        .and_then(|(s, _)| s.mode);
+    if mode != Some(Mode::Files) {
+        let _ = writeln!(
+            out,
+            "{qube}: {}: not spot-checked ({})",
+            newest.name,
+            if mode == Some(Mode::Image) {
+                "image mode: the spot check compares files"
+            } else {
+                "its settings name no mode"
+            }
+        );
+        return bad;
+    }
+    match spot_one(ctx, qube, newest, count, secrets) {
+        Ok(r) => {
+            let verdict = if r.mismatched > 0 { "MISMATCH" } else { "ok" };
+            let _ = writeln!(
+                out,
+                "{qube}: {}: {} files checked, {} matched, {} changed since the archive, {} mismatched: {verdict}",
+                newest.name, r.checked, r.matched, r.changed, r.mismatched
+            );
+            for p in &r.changed_paths {
+                let _ = writeln!(out, "  changed since the archive: {p}");
+            }
+            for (why, p) in &r.mismatch_paths {
+                let _ = writeln!(out, "  MISMATCH ({why}): {p}");
+            }
+            let more = (r.changed + r.mismatched)
+                .saturating_sub((r.changed_paths.len() + r.mismatch_paths.len()) as u64);
+            if more > 0 {
+                let _ = writeln!(out, "  ({more} more not named)");
+            }
+            bad || r.mismatched > 0
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{qube}: {}: spot check FAILED: {e}", newest.name);
+            true
+        }
+    }
+}
+
+/// Runs `check`: the report on `out`, notes on `err`. Failed when borg found problems, a spot
+/// check found a mismatch, or a step could not run.
+pub fn check(
+    cfg: &Config,
+    opts: &CheckOptions,
+    secrets: &Secrets,
+    q: &mut dyn Qubes,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Outcome {
+    let mut ctx = Ctx {
+        q,
+        cfg,
+        err,
+        display: Display::new(false),
+    };
+    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+        ctx.note(&n);
+    }
+    let mut failed = false;
+    let repo = match repository_check(&mut ctx, opts, secrets) {
+        Ok(r) => {
+            let what = if opts.verify_data {
+                "borg check --verify-data"
+            } else {
+                "borg check"
+            };
+            let _ = writeln!(
+                out,
+                "repository ({what}): {}",
+                if r.ok {
+                    "ok"
+                } else {
+                    "PROBLEMS FOUND (see borg's messages above)"
+                }
+            );
+            failed |= !r.ok;
+            Some(r)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "repository (borg check): FAILED: {e}");
+            failed = true;
+            None
+        }
+    };
+    if ctx.q.interrupted() {
+        return Outcome::Interrupted;
+    }
+    let qubes = match fetch(&mut ctx, None, secrets)
+        .and_then(|l| spot_targets(&mut ctx, opts, &l).map(|t| (l, t)))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writeln!(out, "spot check: FAILED: {e}");
+            return if ctx.q.interrupted() {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed
+            };
+        }
+    };
+    let (listing, targets) = qubes;
+    // Archives borg named for qubes not spot-checked are reported too.
+    if let Some(r) = &repo {
+        for a in &r.archives {
+            if !archives::split_name(a).is_some_and(|(q, _)| targets.iter().any(|t| t == q)) {
+                let _ = writeln!(out, "borg check reported problems in archive {a}");
+            }
+        }
+    }
+    for qube in &targets {
+        if ctx.q.interrupted() {
+            return Outcome::Interrupted;
+        }
+        failed |= report_qube(
+            &mut ctx,
+            out,
+            qube,
+            repo.as_ref(),
+            &listing,
+            opts.spot,
+            secrets,
+        );
+    }
+    if ctx.q.interrupted() {
+        Outcome::Interrupted
+    } else if failed {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_results_are_read_strictly() {
+        let r =
+            parse_repo_result(b"repository errors\narchive work-2026-11-29T18:00:00Z\n").unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.archives, ["work-2026-11-29T18:00:00Z"]);
+        assert!(parse_repo_result(b"repository ok\n").unwrap().ok);
+        for bad in [
+            &b""[..],
+            b"repository fine\n",
+            b"repository ok\narchive ../x\n",
+            b"repository ok\narchive w\x1b[2J-2026-11-29T18:00:00Z\n",
+            b"repository ok\nrm -rf /\n",
+        ] {
+            assert!(
+                parse_repo_result(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn spot_results_must_add_up_and_name_few_printable_paths() {
+        let ok = b"checked 3\nmatched 1\nchanged-count 1\nmismatch-count 1\nchanged home/a\nmismatch content home/\x1b[2Jb\n";
+        let r = parse_spot_result(ok, 20).unwrap();
+        assert_eq!(
+            (r.checked, r.matched, r.changed, r.mismatched),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(
+            r.mismatch_paths,
+            [("content".to_string(), "home/?[2Jb".to_string())]
+        );
+        for bad in [
+            &b"checked 3\nmatched 1\nchanged-count 1\nmismatch-count 0\n"[..],
+            b"checked 30\nmatched 30\nchanged-count 0\nmismatch-count 0\n",
+            b"checked 1\nmatched 1\nchanged-count 0\n",
+            b"checked 1\nchecked 1\nmatched 1\nchanged-count 0\nmismatch-count 0\n",
+            b"checked 1\nmatched 0\nchanged-count 0\nmismatch-count 1\nmismatch evil home/a\n",
+            b"checked 0\nmatched 0\nchanged-count 0\nmismatch-count 0\nchanged home/a\n",
+            b"checked -1\nmatched 0\nchanged-count 0\nmismatch-count 0\n",
+        ] {
+            assert!(
+                parse_spot_result(bad, 20).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut many = String::from("checked 20\nmatched 0\nchanged-count 0\nmismatch-count 20\n");
+        for i in 0..25 {
+            many += &format!("mismatch content f{i}\n");
+        }
+        // More names than counted: refused.
+        assert!(parse_spot_result(many.as_bytes(), 20).is_err());
+    }
+}
