@@ -40,6 +40,8 @@ pub(super) struct JobReport {
     /// `data` lines joined (bounded by MAX_JOB_DATA).
     pub data: Vec<u8>,
     pub data_overflow: bool,
+    /// Bytes of `chunk` frames passed on (export).
+    pub streamed: u64,
 }
 
 pub(super) fn run_job(
@@ -48,10 +50,35 @@ pub(super) fn run_job(
     total: u64,
     spec: &Spec,
 ) -> Result<JobReport, String> {
+    run_job_with(ctx, qube, total, spec, None)
+}
+
+/// `run_job` for the export op: the job's `chunk` frames go to `into` as they arrive (never
+/// parsed), their byte count is the progress shown and `JobReport::streamed`.
+pub(super) fn run_job_into(
+    ctx: &mut Ctx,
+    qube: &str,
+    spec: &Spec,
+    into: &mut dyn FnMut(&[u8]),
+) -> Result<JobReport, String> {
+    run_job_with(ctx, qube, 0, spec, Some(into))
+}
+
+fn run_job_with(
+    ctx: &mut Ctx,
+    qube: &str,
+    total: u64,
+    spec: &Spec,
+    mut into: Option<&mut dyn FnMut(&[u8])>,
+) -> Result<JobReport, String> {
     let argv = job_argv(&ctx.cfg.disposable);
     let request = spec::encode(spec);
     let mut report = JobReport::default();
-    let mut splitter = LineSplitter::new();
+    let mut splitter = if into.is_some() {
+        LineSplitter::with_chunks()
+    } else {
+        LineSplitter::new()
+    };
     let mut bad = 0usize;
     let mut shown = 0usize;
     let mut notes: Vec<String> = Vec::new();
@@ -65,6 +92,13 @@ pub(super) fn run_job(
                 Ok(Event::Phase(p)) => display.phase(err, p.as_str()),
                 Ok(Event::Stats(s)) => report.stats = Some(s),
                 Ok(Event::Done(ok)) => report.done = Some(ok),
+                Ok(Event::Chunk(d)) => {
+                    report.streamed += d.len() as u64;
+                    display.progress(err, report.streamed);
+                    if let Some(f) = into.as_mut() {
+                        f(&d);
+                    }
+                }
                 Ok(Event::Data(d)) => {
                     if report.data.len() + d.len() > MAX_JOB_DATA {
                         report.data_overflow = true;

@@ -3,7 +3,8 @@
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
 //! `job_call` runs the job and reads its progress; `run` (backup), `list` (with `archives`,
-//! `json`) and `restore` (with `metadata`) are the commands; `lock` keeps runs apart, `signals`
+//! `json`), `restore` (with `metadata`) and `restore_into` (files into a running qube) are the
+//! commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
@@ -19,6 +20,7 @@ pub mod metadata;
 pub mod plan;
 pub mod qubes;
 pub mod restore;
+pub mod restore_into;
 pub mod run;
 pub mod secrets;
 pub mod session;

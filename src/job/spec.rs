@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list | restore
+//! op create                      create | prune | list | restore | export
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -22,6 +22,10 @@
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
 //!  the device and extracts into it; image mode writes the archived image to the device)
+//! (export: `archive` and 1..=MAX_PATHS `path` lines (`check_restore_path`: relative, no `.`/`..`
+//!  component, allowlisted bytes); the job sends `borg export-tar` of those paths as `chunk`
+//!  frames on its stdout (job::progress), which dom0 passes on without parsing)
+//! path home/user/Documents       export only, repeatable
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -163,12 +167,56 @@ pub struct Restore {
     pub device: String,
 }
 
+/// `export`: files and folders of a files-mode archive as a tar stream (`borg export-tar`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub archive: String,
+    /// Paths in the archive (`home/user/Documents`), each checked by `check_restore_path`.
+    pub paths: Vec<String>,
+}
+
+/// Most `path` lines of one export.
+pub const MAX_PATHS: usize = 64;
+/// Longest path.
+pub const MAX_PATH: usize = 1024;
+
+/// A path inside a files-mode archive (as borg stores it: relative to the private volume's
+/// root, `home/user/...`): 1..=MAX_PATH bytes of `[A-Za-z0-9 ._+,=@%~#:()&'!-]` and `/`, not
+/// absolute, no empty, `.` or `..` component (a trailing `/` is allowed), not starting with
+/// `-`. It reaches borg only as `pp:PATH` (a path prefix, never a pattern or an option).
+pub fn check_restore_path(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_PATH {
+        return Err("must be 1 to 1024 bytes");
+    }
+    if s.starts_with('/') {
+        return Err("must be relative to the qube's private volume (e.g. home/user/Documents)");
+    }
+    if s.starts_with('-') {
+        return Err("must not start with -");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" ._+,=@%~#:()&'!-/".contains(&b))
+    {
+        return Err("may hold only A-Z a-z 0-9 / space and ._+,=@%~#:()&'!-");
+    }
+    let body = s.strip_suffix('/').unwrap_or(s);
+    if body
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("must not have an empty, . or .. component");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
     List(List),
     Restore(Restore),
+    Export(Export),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -321,6 +369,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Prune(_) => "prune",
         Op::List(_) => "list",
         Op::Restore(_) => "restore",
+        Op::Export(_) => "export",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -366,6 +415,12 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
                 r.mode.as_str(),
                 r.device
             );
+        }
+        Op::Export(e) => {
+            s += &format!("archive {}\n", e.archive);
+            for p in &e.paths {
+                s += &format!("path {p}\n");
+            }
         }
     }
     let mut out = s.into_bytes();
@@ -465,6 +520,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let mut settings: Vec<String> = Vec::new();
     let mut keep = Keep::default();
     let mut keep_lines = Vec::new();
+    let mut paths: Vec<String> = Vec::new();
     let mut n = 1;
     loop {
         n += 1;
@@ -481,11 +537,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "prune" => "prune",
                     "list" => "list",
                     "restore" => "restore",
+                    "export" => "export",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create, prune, list or restore".into(),
+                            "must be create, prune, list, restore or export".into(),
                         ))
                     }
                 };
@@ -575,6 +632,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 keep_lines.push(n);
             }
+            "path" => {
+                if paths.len() >= MAX_PATHS {
+                    return Err(SpecError::TooLong);
+                }
+                paths.push(check(n, "path", value, check_restore_path)?)
+            }
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -588,7 +651,33 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     }
     let repository = repo.ok_or(SpecError::Missing("repository"))?;
     let passphrase = passphrase.ok_or(SpecError::Missing("passphrase"))?;
-    let op = match op.ok_or(SpecError::Missing("op"))? {
+    let op_name = op.ok_or(SpecError::Missing("op"))?;
+    if op_name != "export" && !paths.is_empty() {
+        return Err(SpecError::WrongOp(0, "path"));
+    }
+    let op = match op_name {
+        "export" => {
+            if !keep_lines.is_empty()
+                || !qubes.is_empty()
+                || mode.is_some()
+                || device.is_some()
+                || compression.is_some()
+                || !excludes.is_empty()
+                || !settings.is_empty()
+            {
+                return Err(SpecError::WrongOp(
+                    0,
+                    "qube/mode/device/compression/exclude/setting/keep",
+                ));
+            }
+            if paths.is_empty() {
+                return Err(SpecError::Missing("path"));
+            }
+            Op::Export(Export {
+                archive: archive.ok_or(SpecError::Missing("archive"))?,
+                paths,
+            })
+        }
         "create" => {
             if let Some(&l) = keep_lines.first() {
                 return Err(SpecError::WrongOp(l, "keep"));
@@ -837,6 +926,93 @@ mod tests {
             replace("passphrase 30\n", "passphrase 1000\n"),
             Err(SpecError::Truncated)
         );
+    }
+
+    fn export() -> Spec {
+        Spec {
+            repository: "ssh://borgbase/./repo".into(),
+            state_device: None,
+            passphrase: b"p".to_vec(),
+            key_file: None,
+            op: Op::Export(Export {
+                archive: "work-2026-11-29T18:00:00Z".into(),
+                paths: vec!["home/user/My Documents/".into(), "rw/config".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn export_request_round_trips() {
+        let s = export();
+        assert_eq!(decode(&mut &encode(&s)[..]).unwrap(), s);
+    }
+
+    #[test]
+    fn export_paths_outside_the_allowlist_are_refused() {
+        for bad in [
+            "/etc/shadow",
+            "../x",
+            "home/../../x",
+            "home/./x",
+            "home//x",
+            "home/..",
+            "-x",
+            "",
+            "a*b",
+            "a?b",
+            "a[b]",
+            "a\\b",
+            "a\tb",
+            "a\u{1b}[2J",
+            "a$(id)",
+            "a`id`",
+            "a;b",
+            "a\"b",
+            "a|b",
+            "a<b",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert!(check_restore_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_restore_path(&"a".repeat(MAX_PATH + 1)).is_err());
+        for good in [
+            "home/user",
+            "home/user/",
+            "a b/c (1).txt",
+            "x/.hidden",
+            "a..b",
+        ] {
+            assert_eq!(check_restore_path(good), Ok(()), "{good:?}");
+        }
+        let text = String::from_utf8_lossy(&encode(&export())).replace("rw/config", "../x");
+        assert!(matches!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Invalid(_, "path", _))
+        ));
+        let many: String = (0..=MAX_PATHS).map(|i| format!("path p{i}\n")).collect();
+        let text = String::from_utf8_lossy(&encode(&export())).replace("path rw/config\n", &many);
+        assert_eq!(decode(&mut text.as_bytes()), Err(SpecError::TooLong));
+    }
+
+    #[test]
+    fn path_belongs_to_export_only_and_export_needs_one() {
+        assert!(matches!(
+            replace("mode files\n", "mode files\npath home\n"),
+            Err(SpecError::WrongOp(_, "path"))
+        ));
+        let text = String::from_utf8_lossy(&encode(&export()))
+            .replace("path home/user/My Documents/\n", "")
+            .replace("path rw/config\n", "");
+        assert_eq!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Missing("path"))
+        );
+        let text = String::from_utf8_lossy(&encode(&export()))
+            .replace("path rw/config\n", "path rw/config\nmode files\n");
+        assert!(matches!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::WrongOp(..))
+        ));
     }
 
     #[test]
