@@ -64,12 +64,15 @@ pub(super) fn run_job_into(
     run_job_with(ctx, qube, 0, spec, Some(into))
 }
 
+/// Where the export's stream goes.
+type StreamSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 fn run_job_with(
     ctx: &mut Ctx,
     qube: &str,
     total: u64,
     spec: &Spec,
-    mut into: Option<&mut dyn FnMut(&[u8])>,
+    mut into: Option<StreamSink>,
 ) -> Result<JobReport, String> {
     let argv = job_argv(&ctx.cfg.disposable);
     let request = spec::encode(spec);
