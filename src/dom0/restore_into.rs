@@ -34,14 +34,15 @@ pub struct IntoOptions {
 /// bash on stdin, followed by the stream, which tar then reads). Built only from constants and
 /// `archive`, which `spec::check_archive` limited to `[A-Za-z0-9._:+-]` (quoted all the same).
 /// Folders are made 0700 like qfile-unpacker's; tar runs as the user (never root), keeps the
-/// archived modes but not owners, replaces nothing that exists (`--keep-old-files`, so a
-/// second restore into the same folder fails instead of overwriting), and GNU tar itself drops
-/// `..` and leading `/` from member names and creates symlinks only after every file.
+/// archived modes but not owners, replaces nothing that exists (`--keep-old-files`: a second
+/// restore into the same folder fails instead of overwriting; GNU tar refuses it together with
+/// `--no-overwrite-dir`, which it makes moot), and GNU tar itself skips `..` members, strips a
+/// leading `/`, and makes symlinks that point outside only after every file is in.
 pub fn unpack_command(archive: &str) -> Result<String, String> {
     spec::check_archive(archive).map_err(|w| format!("archive name {w}"))?;
     let dir = format!("~/{INCOMING}/'{archive}'");
     Ok(format!(
-        "umask 077 && mkdir -p -- {dir} && exec tar --extract --file=- --preserve-permissions --no-same-owner --no-overwrite-dir --keep-old-files --directory {dir}"
+        "umask 077 && mkdir -p -- {dir} && exec tar --extract --file=- --preserve-permissions --no-same-owner --keep-old-files --directory {dir}"
     ))
 }
 
@@ -216,7 +217,7 @@ mod tests {
         let c = unpack_command("work-2026-11-29T18:00:00Z").unwrap();
         assert_eq!(
             c,
-            "umask 077 && mkdir -p -- ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z' && exec tar --extract --file=- --preserve-permissions --no-same-owner --no-overwrite-dir --keep-old-files --directory ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z'"
+            "umask 077 && mkdir -p -- ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z' && exec tar --extract --file=- --preserve-permissions --no-same-owner --keep-old-files --directory ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z'"
         );
         for bad in ["a'b", "a b", "$(id)", "-x", "a;b", "a/b", "a`b`", ""] {
             assert!(unpack_command(bad).is_err(), "{bad}");

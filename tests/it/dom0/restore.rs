@@ -481,7 +481,7 @@ fn files_go_from_the_export_job_unread_into_the_running_target() {
         .unwrap();
     assert_eq!(
         run.last().unwrap(),
-        "umask 077 && mkdir -p -- ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z' && exec tar --extract --file=- --preserve-permissions --no-same-owner --no-overwrite-dir --keep-old-files --directory ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z'"
+        "umask 077 && mkdir -p -- ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z' && exec tar --extract --file=- --preserve-permissions --no-same-owner --keep-old-files --directory ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z'"
     );
     assert_eq!(run[..], unpack_argv("vault", ARCHIVE).unwrap()[..]);
 }
