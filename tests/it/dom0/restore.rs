@@ -285,21 +285,75 @@ fn replace_refuses_a_running_qube() {
 }
 
 #[test]
-fn replace_of_a_halted_qube_overwrites_only_its_private_volume() {
+fn replace_of_a_halted_qube_overwrites_its_private_volume_and_applies_what_differs() {
     let d = tmp("replace");
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
     f.expect(LS, Reply::ok(QUBES))
-        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""));
+        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""))
+        .expect(
+            "qvm-prefs work",
+            Reply::ok("include_in_backups  D  True\nklass               -  AppVM\nlabel               -  blue\nmemory              D  400\nname                -  work\nnetvm               -  sys-firewall\ntemplate            -  debian-12\n"),
+        )
+        // template and netvm are as saved: not set again
+        .expect("qvm-prefs work label purple", Reply::ok(""))
+        .expect("qvm-prefs work memory 600", Reply::fail(1, "qvm-prefs: error: too much\n"))
+        .expect("qvm-features work", Reply::ok("service.cups  0\n"))
+        .expect("qvm-features work service.cups 1", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(&format!("{RESTORING_TAG}\nborg-e2e\n")));
     expect_fill(&mut f, "work", job(&[], true), true);
     f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, _, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
-    assert!(!f
-        .calls
-        .iter()
-        .any(|c| c[0] == "qvm-create" || c[0] == "qvm-prefs"));
+    assert!(!f.calls.iter().any(|c| c[0] == "qvm-create"));
+    assert_eq!(
+        out,
+        format!("changed work: label blue -> purple\nchanged work: feature service.cups 0 -> 1\nrestored {ARCHIVE} (files mode) as qube work\n")
+    );
+    assert!(err.contains("work: memory not set: qvm-prefs work memory 600 failed (exit 1): qvm-prefs: error: too much"), "{err}");
+}
+
+#[test]
+fn replace_with_settings_already_as_saved_changes_none_and_keeps_a_missing_template() {
+    let d = tmp("replace-same");
+    let mut f = Fake::default();
+    expect_list(
+        &mut f,
+        &[
+            "qubes-borg-settings/1",
+            "class=StandaloneVM",
+            "mode=files",
+            "private-size=1073741824",
+            "pref.template=fedora-38",
+            "pref.label=blue",
+        ],
+    );
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""))
+        .expect(
+            "qvm-prefs work",
+            Reply::ok("label     -  blue\ntemplate  -  debian-12\n"),
+        )
+        .expect("qvm-features work", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(""));
+    expect_fill(&mut f, "work", job(&[], true), false);
+    f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
+    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(
+        out.starts_with("settings of work already as saved: none changed\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("template fedora-38 does not exist: work keeps debian-12"),
+        "{err}"
+    );
+    assert!(
+        err.contains("work is of class AppVM, the archived qube of class StandaloneVM"),
+        "{err}"
+    );
 }
 
 #[test]
