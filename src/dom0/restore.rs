@@ -172,13 +172,19 @@ fn create(
     let class = s.class.clone().unwrap_or_else(|| "AppVM".into());
     let label = s.pref("label").unwrap_or(DEFAULT_LABEL).to_string();
     let mut argv: Vec<String> = vec!["qvm-create".into(), "--class".into(), class.clone()];
+    let mut cloned = None;
     match s.pref("template") {
+        // qubesd refuses a template for a class without one ("cannot be based on template")
+        Some(t) if class == "TemplateVM" => ctx.note(&format!(
+            "a TemplateVM is based on no template: template {t} in the settings ignored"
+        )),
         Some(t)
             if listed
                 .iter()
                 .any(|l| l.name == t && l.class == "TemplateVM") =>
         {
             argv.extend(["--template".into(), t.to_string()]);
+            cloned = Some(t.to_string());
         }
         Some(t) => ctx.note(&format!(
             "template {t} no longer exists: {target} gets the default template"
@@ -189,6 +195,20 @@ fn create(
     let a: Vec<&str> = argv.iter().map(String::as_str).collect();
     ctx.call(&a)?;
     ctx.call(&["qvm-tags", target, "add", RESTORING_TAG])?;
+    // The archive holds the private volume only: a qube with its own root gets an empty one
+    // from qvm-create, except a StandaloneVM made from a template (qvm_create.py clones it).
+    match (class.as_str(), &cloned) {
+        ("StandaloneVM", Some(t)) => ctx.note(&format!(
+            "{target}: StandaloneVM, its root volume cloned from template {t} (the archive holds the private volume only)"
+        )),
+        ("StandaloneVM", None) => ctx.note(&format!(
+            "{target}: StandaloneVM with an EMPTY root volume (the archive holds the private volume only; it will not boot): make one from a template (qvm-create --class StandaloneVM --template T --label L NAME) and run this restore with --as NAME --replace, or import a root image (qvm-volume import {target}:root FILE)"
+        )),
+        ("TemplateVM", _) => ctx.note(&format!(
+            "{target}: TemplateVM with an EMPTY root volume (the archive holds the private volume only; it will not boot): install the template again (qvm-template install) and run this restore with --as NAME --replace, or import a root image (qvm-volume import {target}:root FILE)"
+        )),
+        _ => {}
+    }
     for (k, v) in &s.prefs {
         if k == "template" || k == "label" {
             continue;

@@ -231,3 +231,30 @@ PY
         fail "a file landed outside the folder"
     in_qube work sh -c 'grep -q fine /home/user/QubesIncoming/borg-restore/evil-*/ok.txt' || fail "the harmless file is missing"
 }
+
+test_a_template_archive_comes_back_as_a_template() {
+    # a TemplateVM with a filesystem on its private volume, backed up in files mode
+    d0 qvm-create --class TemplateVM --label black tpl-e2e
+    assert_eq "vm-templates/tpl-e2e/private" "$(d0 qvm-volume info tpl-e2e:private vid)" "vid"
+    local img=$S/dom0sim/var-lib-qubes/vm-templates/tpl-e2e/private.img m
+    mkfs.ext4 -q -F "$img"
+    m=$(mktemp -d)
+    mount -o loop "$img" "$m" && mkdir -p "$m/home/user" && echo template-data > "$m/home/user/t.txt"
+    umount "$m" && rmdir "$m"
+    local out rc=0
+    out=$(d0 qvm-backup-borg backup tpl-e2e 2>&1) || fail "backup failed: $out"
+    out=$(d0 qvm-backup-borg restore tpl-e2e --as tpl-back 2>&1) || fail "restore failed: $out"
+    assert_contains "$out" "tpl-back: TemplateVM with an EMPTY root volume" "warning"
+    assert_eq "TemplateVM" "$(d0 qvm-prefs tpl-back klass)" "class"
+    assert_eq "black" "$(d0 qvm-prefs tpl-back label)" "label"
+    assert_eq "vm-templates/tpl-back/private" "$(d0 qvm-volume info tpl-back:private vid)" "vid"
+    m=$(mktemp -d)
+    mount -o ro,loop "$S/dom0sim/var-lib-qubes/vm-templates/tpl-back/private.img" "$m"
+    out=$(cat "$m/home/user/t.txt") || rc=$?
+    umount "$m" && rmdir "$m"
+    assert_eq "0 template-data" "$rc $out" "file restored"
+    rc=0
+    out=$(d0 qvm-create --class TemplateVM --template debian-12 --label black tpl-x 2>&1) || rc=$?
+    assert_eq 1 "$rc" "a template based on a template: $out"
+    assert_contains "$out" "TemplateVM cannot be based on template" "qubesd's refusal"
+}

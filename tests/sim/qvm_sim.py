@@ -548,18 +548,24 @@ def cmd_create(argv, store):
         p.error("--label option is mandatory")
     if label not in LABELS:
         p.error(f"no such label: {label!r}; available: {', '.join(LABELS)}")
-    if cls not in ("AppVM", "StandaloneVM"):
+    if cls not in ("AppVM", "StandaloneVM", "TemplateVM"):
         raise QubesError(f"qvm-create --class {cls} is not simulated")
     if args.name in store.qubes:
         raise QubesError(f"VM {args.name} already exists")
     prefs = {"label": label}
     if args.template:
+        # api/admin.py _vm_create: a template only for classes that have one
+        if cls == "TemplateVM":
+            raise QubesError(f"{cls} cannot be based on template")
         t = store.qubes.get(args.template)
         if t is None or t["klass"] != "TemplateVM":
             raise QubesError(f"No such template: {args.template!r}")
         if cls == "AppVM":
             prefs["template"] = args.template
-    vid = f"appvms/{args.name}/private"
+        # StandaloneVM: qvm_create.py clone_vm()s the template (root volumes: not simulated)
+    # qubes/config.py: file pools keep templates under vm-templates/, other qubes under appvms/
+    top = "vm-templates" if cls == "TemplateVM" else "appvms"
+    vid = f"{top}/{args.name}/private"
     vol = {"pool": POOL["name"], "vid": vid, "size": PRIVATE_IMG_SIZE, "rw": True,
            "save_on_stop": True, "snap_on_start": False, "revisions_to_keep": 0,
            "ephemeral": False}
@@ -567,7 +573,9 @@ def cmd_create(argv, store):
     os.makedirs(os.path.dirname(clean), exist_ok=True)
     with open(clean, "wb") as f:  # _create_sparse_file
         f.truncate(PRIVATE_IMG_SIZE)
-    q = new_qube(cls, "app", volumes={"private": vol}, prefs=prefs)
+    # a TemplateVM never runs in the sim (no root volumes): created, restored, not started
+    q = new_qube(cls, None if cls == "TemplateVM" else "app", volumes={"private": vol},
+                 prefs=prefs)
     if cls == "AppVM" and "template" not in prefs:
         q["defaults"]["template"] = "debian-12"  # the sim's default_template
     q["defaults"].update({"netvm": None, "kernel": ""})

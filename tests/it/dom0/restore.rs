@@ -684,3 +684,63 @@ fn hostile_path_arguments_are_refused_by_the_program_before_anything_runs() {
         assert!(e.contains(&format!("path '{bad}'")), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_standalone_or_template_archive_is_created_with_its_class_and_a_warning_about_its_root() {
+    for (class, settings_template, create, warn) in [
+        (
+            "StandaloneVM",
+            None,
+            "qvm-create --class StandaloneVM --label green old",
+            "old: StandaloneVM with an EMPTY root volume",
+        ),
+        (
+            "StandaloneVM",
+            Some("debian-12"),
+            "qvm-create --class StandaloneVM --template debian-12 --label green old",
+            "old: StandaloneVM, its root volume cloned from template debian-12",
+        ),
+        (
+            "TemplateVM",
+            Some("debian-12"),
+            "qvm-create --class TemplateVM --label green old",
+            "old: TemplateVM with an EMPTY root volume",
+        ),
+    ] {
+        let d = tmp("classes");
+        let mut f = Fake::default();
+        let class_line = format!("class={class}");
+        let template_line = settings_template.map(|t| format!("pref.template={t}"));
+        let mut settings = vec![
+            "qubes-borg-settings/1",
+            &class_line,
+            "mode=files",
+            "private-size=1073741824",
+            "pref.label=green",
+        ];
+        if let Some(t) = &template_line {
+            settings.push(t);
+        }
+        expect_list(&mut f, &settings);
+        f.expect(LS, Reply::ok(QUBES))
+            .expect(create, Reply::ok(""))
+            .expect(&format!("qvm-tags old add {RESTORING_TAG}"), Reply::ok(""));
+        expect_fill(&mut f, "old", job(&[], true), false);
+        f.expect(&format!("qvm-tags old del {RESTORING_TAG}"), Reply::ok(""));
+        let (r, out, err) = run(&cfg(&d), &opts(None, Some("old"), false), &mut f);
+        assert_eq!(r, Outcome::Ok, "{class}: {err}");
+        assert!(
+            f.expected.is_empty(),
+            "{class}: calls not made: {:?}",
+            f.expected
+        );
+        assert!(err.contains(warn), "{class}: {err}");
+        assert!(out.contains("as qube old"), "{out}");
+        if class == "TemplateVM" {
+            assert!(
+                err.contains("template debian-12 in the settings ignored"),
+                "{err}"
+            );
+        }
+    }
+}
