@@ -11,7 +11,9 @@ use qubes_borg::dom0::cli::{self, Command, USAGE};
 use qubes_borg::dom0::config::{self, Config};
 use qubes_borg::dom0::lock::{self, Lock};
 use qubes_borg::dom0::run::{Outcome, Secrets};
-use qubes_borg::dom0::{check, info, list, qubes::Real, restore, run, secrets, signals::Signals};
+use qubes_borg::dom0::{
+    check, info, list, qubes::Real, restore, restore_into, run, secrets, signals::Signals,
+};
 use qubes_borg::exit::{self, Program};
 
 fn help() -> String {
@@ -118,6 +120,12 @@ fn main() {
         Command::Check { config, opts } => {
             let mut s = setup(&config, false);
             let o = check::check(&s.cfg, &opts, &s.secrets, &mut s.q, out, err);
+            finish(o, s)
+        }
+        Command::RestoreInto { config, opts } => {
+            let mut s = setup(&config, false);
+            let tty = std::io::stderr().is_terminal();
+            let o = restore_into::restore_into(&s.cfg, &opts, &s.secrets, &mut s.q, out, err, tty);
             finish(o, s)
         }
     }

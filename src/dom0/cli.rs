@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::check::{CheckOptions, DEFAULT_SPOT};
 use super::config;
 use super::restore::RestoreOptions;
+use super::restore_into::IntoOptions;
 use super::run::Options;
 use crate::job::spec;
 
@@ -22,6 +23,11 @@ usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [-
   Recreates QUBE from its newest archive (or A) as a new qube NAME (default
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
   volume of an existing halted qube NAME.
+usage: qvm-backup-borg restore [--config FILE] QUBE --path P [--path P...] --into TARGET
+                               [--archive A]
+  Delivers the files and folders P (paths in the archive, e.g. home/user/Documents) of
+  QUBE's newest archive (or A) into the running qube TARGET, under
+  ~/QubesIncoming/borg-restore/ARCHIVE/ (nothing there is overwritten).
 usage: qvm-backup-borg info [--config FILE] ARCHIVE
   Shows one archive: qube, date, sizes, files, duration and the settings saved with it.
 usage: qvm-backup-borg check [--config FILE] [--verify-data] [--spot N] [QUBE...]
@@ -51,6 +57,10 @@ pub enum Command {
     Check {
         config: PathBuf,
         opts: CheckOptions,
+    },
+    RestoreInto {
+        config: PathBuf,
+        opts: IntoOptions,
     },
 }
 
@@ -167,8 +177,30 @@ fn list(args: &[String]) -> Result<Command, String> {
 fn restore(args: &[String]) -> Result<Command, String> {
     let mut a = Args::new(args);
     let (mut name, mut archive, mut as_name, mut replace) = (None, None, None, false);
+    let (mut paths, mut into): (Vec<String>, Option<String>) = (Vec::new(), None);
     while let Some(x) = a.next()? {
         match x {
+            "--path" => {
+                let v = a.value("--path", "a path in the archive")?;
+                spec::check_restore_path(v).map_err(|w| {
+                    format!(
+                        "path '{}' {w}",
+                        crate::job::progress::sanitize(v.as_bytes(), 80)
+                    )
+                })?;
+                if paths.len() >= spec::MAX_PATHS {
+                    return Err(format!("at most {} --path options", spec::MAX_PATHS));
+                }
+                paths.push(v.to_string());
+            }
+            "--into" => {
+                if into
+                    .replace(qube("qube name", a.value("--into", "a qube name")?)?)
+                    .is_some()
+                {
+                    return Err("--into given twice".into());
+                }
+            }
             "--archive" => {
                 let v = a.value("--archive", "a name")?;
                 if spec::check_archive(v).is_err() {
@@ -187,6 +219,31 @@ fn restore(args: &[String]) -> Result<Command, String> {
         }
     }
     let qube = name.ok_or_else(|| format!("restore needs a qube\n{USAGE}"))?;
+    match (into, paths.is_empty()) {
+        (Some(_), _) if as_name.is_some() || replace => {
+            return Err(
+                "--into delivers files into a running qube: it takes no --as or --replace".into(),
+            )
+        }
+        (Some(target), false) => {
+            return Ok(Command::RestoreInto {
+                config: a.config,
+                opts: IntoOptions {
+                    qube,
+                    archive,
+                    paths,
+                    target,
+                },
+            })
+        }
+        (Some(_), true) => return Err("--into needs at least one --path".into()),
+        (None, false) => {
+            return Err(
+                "--path needs --into TARGET (the running qube to deliver the files to)".into(),
+            )
+        }
+        (None, true) => {}
+    }
     Ok(Command::Restore {
         config: a.config,
         opts: RestoreOptions {
@@ -373,6 +430,71 @@ mod tests {
             );
         }
         assert!(parse(&args("check wo/rk")).is_err());
+    }
+
+    #[test]
+    fn restore_into_takes_paths_and_a_target_and_refuses_hostile_paths() {
+        match parse(&args(
+            "restore work --path home/user/a --into vault --path rw/config/ --archive work-2026-11-29T18:00:00Z",
+        ))
+        .unwrap()
+        {
+            Command::RestoreInto { opts, .. } => {
+                assert_eq!(opts.qube, "work");
+                assert_eq!(opts.paths, ["home/user/a", "rw/config/"]);
+                assert_eq!(opts.target, "vault");
+                assert_eq!(opts.archive.as_deref(), Some("work-2026-11-29T18:00:00Z"));
+            }
+            _ => panic!("not restore --into"),
+        }
+        for (bad, why) in [
+            (
+                "restore w --path ../etc --into v",
+                "path '../etc' must not have",
+            ),
+            (
+                "restore w --path home/../../x --into v",
+                "path 'home/../../x' must not have",
+            ),
+            (
+                "restore w --path /etc/shadow --into v",
+                "path '/etc/shadow' must be relative",
+            ),
+            (
+                "restore w --path a$(id) --into v",
+                "path 'a$(id)' may hold only",
+            ),
+            ("restore w --path -rf --into v", "path '-rf' must not start"),
+            ("restore w --path a --into ../v", "qube name '../v'"),
+            ("restore w --path a", "--path needs --into"),
+            ("restore w --into v", "--into needs at least one --path"),
+            (
+                "restore w --path a --into v --as x",
+                "--into delivers files",
+            ),
+            (
+                "restore w --path a --into v --replace",
+                "--into delivers files",
+            ),
+            ("restore w --path a --into v --into u", "--into given twice"),
+        ] {
+            let e = parse(&args(bad)).err().unwrap();
+            assert!(e.starts_with(why), "{bad}: {e}");
+        }
+        let e = parse(&[
+            "restore".into(),
+            "w".into(),
+            "--path".into(),
+            "a\u{1b}[2Jb".into(),
+        ])
+        .err()
+        .unwrap();
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+        let mut many = args("restore w --into v");
+        for i in 0..=spec::MAX_PATHS {
+            many.extend(["--path".to_string(), format!("p{i}")]);
+        }
+        assert!(parse(&many).err().unwrap().starts_with("at most 64"));
     }
 
     #[test]

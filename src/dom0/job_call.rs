@@ -42,6 +42,8 @@ pub(super) struct JobReport {
     pub data_overflow: bool,
     /// The category of the job's last failure (`reason` line), if it sent one.
     pub reason: Option<Reason>,
+    /// Bytes of `chunk` frames passed on (export).
+    pub streamed: u64,
 }
 
 pub(super) fn run_job(
@@ -61,21 +63,40 @@ pub(super) fn run_job_reason(
     spec: &Spec,
 ) -> (Result<JobReport, String>, Option<Reason>) {
     let mut reason = None;
-    let res = run_job_inner(ctx, qube, total, spec, &mut reason);
+    let res = run_job_with(ctx, qube, total, spec, None, &mut reason);
     (res, reason)
 }
 
-fn run_job_inner(
+/// `run_job` for the export op: the job's `chunk` frames go to `into` as they arrive (never
+/// parsed), their byte count is the progress shown and `JobReport::streamed`.
+pub(super) fn run_job_into(
+    ctx: &mut Ctx,
+    qube: &str,
+    spec: &Spec,
+    into: &mut dyn FnMut(&[u8]),
+) -> Result<JobReport, String> {
+    run_job_with(ctx, qube, 0, spec, Some(into), &mut None)
+}
+
+/// Where the export's stream goes.
+type StreamSink<'a> = &'a mut dyn FnMut(&[u8]);
+
+fn run_job_with(
     ctx: &mut Ctx,
     qube: &str,
     total: u64,
     spec: &Spec,
+    mut into: Option<StreamSink>,
     reason: &mut Option<Reason>,
 ) -> Result<JobReport, String> {
     let argv = job_argv(&ctx.cfg.disposable);
     let request = spec::encode(spec);
     let mut report = JobReport::default();
-    let mut splitter = LineSplitter::new();
+    let mut splitter = if into.is_some() {
+        LineSplitter::with_chunks()
+    } else {
+        LineSplitter::new()
+    };
     let mut bad = 0usize;
     let mut shown = 0usize;
     let mut notes: Vec<String> = Vec::new();
@@ -92,6 +113,13 @@ fn run_job_inner(
                 Ok(Event::Reason(r)) => {
                     report.reason = Some(r);
                     *reason = Some(r);
+                }
+                Ok(Event::Chunk(d)) => {
+                    report.streamed += d.len() as u64;
+                    display.progress(err, report.streamed);
+                    if let Some(f) = into.as_mut() {
+                        f(&d);
+                    }
                 }
                 Ok(Event::Data(d)) => {
                     if report.data.len() + d.len() > MAX_JOB_DATA {

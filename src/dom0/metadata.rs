@@ -312,6 +312,31 @@ pub fn from_qvm_prefs(out: &str) -> (Option<String>, Vec<(String, String)>) {
     (class, prefs)
 }
 
+/// `qvm-prefs VM` lines: the current value of each property of PREFS, set or default (`U`,
+/// unset, is left out); an unset qube property (`None`) reads as empty.
+pub fn current_prefs(out: &str) -> Vec<(String, String)> {
+    let mut prefs = Vec::new();
+    for l in out.lines() {
+        let mut it = l.splitn(2, ' ');
+        let name = it.next().unwrap_or("");
+        let rest = it.next().unwrap_or("").trim_start();
+        let value = match rest.split_once("  ") {
+            Some(("-" | "D", v)) => v,
+            None if rest == "-" || rest == "D" => "",
+            _ => continue,
+        };
+        if let Some((_, kind)) = PREFS.iter().find(|(p, _)| *p == name) {
+            let v = if *kind == Kind::Qube && value == "None" {
+                ""
+            } else {
+                value
+            };
+            prefs.push((name.to_string(), v.to_string()));
+        }
+    }
+    prefs
+}
+
 /// `qvm-features VM` lines `NAME  VALUE` (aligned by `column -t`).
 pub fn from_qvm_features(out: &str) -> Vec<(String, String)> {
     out.lines()
@@ -795,6 +820,17 @@ mod tests {
             p,
             vec![
                 ("label".to_string(), "red".to_string()),
+                ("netvm".to_string(), "".to_string()),
+                ("template".to_string(), "debian-12".to_string())
+            ]
+        );
+        let cur = current_prefs(prefs);
+        assert_eq!(
+            cur,
+            vec![
+                ("include_in_backups".to_string(), "True".to_string()),
+                ("label".to_string(), "red".to_string()),
+                ("memory".to_string(), "400".to_string()),
                 ("netvm".to_string(), "".to_string()),
                 ("template".to_string(), "debian-12".to_string())
             ]

@@ -3,8 +3,8 @@
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
 //! `job_call` runs the job and reads its progress; `run` (backup, with `retry` after transient
-//! failures), `list` (with `archives`, `json`), `info`, `check` and `restore` (with `metadata`)
-//! are the commands; `lock` keeps runs apart, `signals`
+//! failures), `list` (with `archives`, `json`), `info`, `check`, `restore` (with `metadata`) and
+//! `restore_into` (files into a running qube) are the commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
@@ -22,6 +22,7 @@ pub mod metadata;
 pub mod plan;
 pub mod qubes;
 pub mod restore;
+pub mod restore_into;
 pub mod retry;
 pub mod run;
 pub mod secrets;

@@ -56,6 +56,55 @@ pub trait Qubes {
     ) -> Result<Output, CallError>;
     /// True once SIGINT/SIGTERM/SIGHUP arrived.
     fn interrupted(&mut self) -> bool;
+    /// Starts a command whose stdin dom0 writes (the export stream into a qube: `qvm-run
+    /// --pass-io TARGET ...`); its stdout and stderr are kept bounded.
+    fn inflow(&mut self, argv: &[String]) -> Result<Box<dyn Inflow>, CallError> {
+        Err(CallError::Start(argv[0].clone(), "not supported".into()))
+    }
+}
+
+/// A running command fed by dom0 (see `Qubes::inflow`).
+pub trait Inflow {
+    /// Writes `data` to its stdin; Err once it stopped reading (it exited or closed stdin).
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Closes its stdin and waits for it to end.
+    fn finish(self: Box<Self>) -> Result<Output, CallError>;
+}
+
+struct RealInflow {
+    program: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Inflow for RealInflow {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.stdin.as_mut() {
+            Some(w) => w.write_all(data),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Output, CallError> {
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| CallError::Start(self.program.clone(), e.to_string()))?;
+        let mut out: Vec<Vec<u8>> = self
+            .readers
+            .drain(..)
+            .map(|t| t.join().unwrap_or_default())
+            .collect();
+        let stderr = out.pop().unwrap_or_default();
+        let stdout = out.pop().unwrap_or_default();
+        Ok(Output {
+            code: crate::child::status_code(status).unwrap_or(255),
+            stdout,
+            stderr,
+        })
+    }
 }
 
 /// The real tools.
@@ -175,6 +224,27 @@ impl Qubes for Real {
     fn interrupted(&mut self) -> bool {
         self.signals.as_mut().map(|s| s.check()).unwrap_or(false)
     }
+
+    fn inflow(&mut self, argv: &[String]) -> Result<Box<dyn Inflow>, CallError> {
+        let mut child = command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| CallError::Start(argv[0].clone(), e.to_string()))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let readers = vec![
+            std::thread::spawn(move || read_bounded(&mut out, MAX_JOB_STDERR)),
+            std::thread::spawn(move || read_bounded(&mut err, MAX_JOB_STDERR)),
+        ];
+        Ok(Box::new(RealInflow {
+            program: argv[0].clone(),
+            stdin: child.stdin.take(),
+            child,
+            readers,
+        }))
+    }
 }
 
 /// What the fake answers to one expected call.
@@ -213,6 +283,34 @@ pub struct Fake {
     pub calls: Vec<Vec<String>>,
     pub requests: Vec<Vec<u8>>,
     pub flag: bool,
+    /// What was written to each `inflow` command, in order.
+    pub inflows: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+}
+
+/// The fake's `inflow`: keeps what is written; a reply with a non-zero code plays a command
+/// that failed at once (every write gets a broken pipe, finish returns the reply).
+struct FakeInflow {
+    sink: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+    index: usize,
+    reply: Reply,
+}
+
+impl Inflow for FakeInflow {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.reply.code != 0 {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.sink.borrow_mut()[self.index].extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<Output, CallError> {
+        Ok(Output {
+            code: self.reply.code,
+            stdout: self.reply.stdout,
+            stderr: self.reply.stderr,
+        })
+    }
 }
 
 impl Fake {
@@ -273,5 +371,19 @@ impl Qubes for Fake {
 
     fn interrupted(&mut self) -> bool {
         self.flag
+    }
+
+    fn inflow(&mut self, argv: &[String]) -> Result<Box<dyn Inflow>, CallError> {
+        let reply = self.next(argv);
+        let index = {
+            let mut v = self.inflows.borrow_mut();
+            v.push(Vec::new());
+            v.len() - 1
+        };
+        Ok(Box::new(FakeInflow {
+            sink: self.inflows.clone(),
+            index,
+            reply,
+        }))
     }
 }

@@ -3,6 +3,8 @@
 //! checked (`archives`, `metadata`); the new qube is created with the real tools, tagged
 //! `qubes-borg-restoring` until the data is in, and its private volume is attached read-write
 //! to a fresh disposable where the job makes the filesystem and extracts (never in dom0).
+//! `--replace` overwrites a halted qube's private volume and applies the saved settings to it
+//! (what differs, with the checks of a new qube), printing each change.
 
 use std::io::Write;
 
@@ -102,9 +104,16 @@ fn restore_inner(
                 l.state.to_lowercase()
             ))
         }
-        Some(_) => {
+        Some(l) => {
             ctx.call(&["qvm-tags", &target, "add", RESTORING_TAG])?;
             *touched = Some(target.clone());
+            let changes = apply_to_existing(ctx, &target, &l.class, &settings, &listed)?;
+            if changes.is_empty() {
+                let _ = writeln!(out, "settings of {target} already as saved: none changed");
+            }
+            for c in changes {
+                let _ = writeln!(out, "changed {target}: {c}");
+            }
         }
         None => {
             *touched = Some(target.clone());
@@ -163,13 +172,19 @@ fn create(
     let class = s.class.clone().unwrap_or_else(|| "AppVM".into());
     let label = s.pref("label").unwrap_or(DEFAULT_LABEL).to_string();
     let mut argv: Vec<String> = vec!["qvm-create".into(), "--class".into(), class.clone()];
+    let mut cloned = None;
     match s.pref("template") {
+        // qubesd refuses a template for a class without one ("cannot be based on template")
+        Some(t) if class == "TemplateVM" => ctx.note(&format!(
+            "a TemplateVM is based on no template: template {t} in the settings ignored"
+        )),
         Some(t)
             if listed
                 .iter()
                 .any(|l| l.name == t && l.class == "TemplateVM") =>
         {
             argv.extend(["--template".into(), t.to_string()]);
+            cloned = Some(t.to_string());
         }
         Some(t) => ctx.note(&format!(
             "template {t} no longer exists: {target} gets the default template"
@@ -180,6 +195,20 @@ fn create(
     let a: Vec<&str> = argv.iter().map(String::as_str).collect();
     ctx.call(&a)?;
     ctx.call(&["qvm-tags", target, "add", RESTORING_TAG])?;
+    // The archive holds the private volume only: a qube with its own root gets an empty one
+    // from qvm-create, except a StandaloneVM made from a template (qvm_create.py clones it).
+    match (class.as_str(), &cloned) {
+        ("StandaloneVM", Some(t)) => ctx.note(&format!(
+            "{target}: StandaloneVM, its root volume cloned from template {t} (the archive holds the private volume only)"
+        )),
+        ("StandaloneVM", None) => ctx.note(&format!(
+            "{target}: StandaloneVM with an EMPTY root volume (the archive holds the private volume only; it will not boot): make one from a template (qvm-create --class StandaloneVM --template T --label L NAME) and run this restore with --as NAME --replace, or import a root image (qvm-volume import {target}:root FILE)"
+        )),
+        ("TemplateVM", _) => ctx.note(&format!(
+            "{target}: TemplateVM with an EMPTY root volume (the archive holds the private volume only; it will not boot): install the template again (qvm-template install) and run this restore with --as NAME --replace, or import a root image (qvm-volume import {target}:root FILE)"
+        )),
+        _ => {}
+    }
     for (k, v) in &s.prefs {
         if k == "template" || k == "label" {
             continue;
@@ -208,6 +237,91 @@ fn create(
         }
     }
     Ok(())
+}
+
+fn shown(v: Option<&str>) -> String {
+    match v {
+        None => "(unset)".into(),
+        Some("") => "(none)".into(),
+        Some(v) => v.into(),
+    }
+}
+
+/// `--replace`: the saved settings applied to the existing (halted) qube `target` of class
+/// `class`, with the same allowlist and checks as a new qube's: only what differs is set, and
+/// each change is returned as `WHAT OLD -> NEW`. Settings the archive does not name are left
+/// as they are; a class cannot change (a note says so).
+fn apply_to_existing(
+    ctx: &mut Ctx,
+    target: &str,
+    class: &str,
+    s: &Settings,
+    listed: &[super::plan::QubeInfo],
+) -> Result<Vec<String>, String> {
+    let mut changed = Vec::new();
+    if let Some(c) = s.class.as_deref().filter(|c| *c != class) {
+        ctx.note(&format!(
+            "{target} is of class {class}, the archived qube of class {c}: the class stays (only qvm-create sets it)"
+        ));
+    }
+    let cur = metadata::current_prefs(&String::from_utf8_lossy(&ctx.call(&["qvm-prefs", target])?));
+    for (k, v) in &s.prefs {
+        let have = cur.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if have == Some(v.as_str()) {
+            continue;
+        }
+        let exists = |class: Option<&str>| {
+            listed
+                .iter()
+                .any(|l| &l.name == v && class.map(|c| l.class == c).unwrap_or(true))
+        };
+        if k == "template" && !exists(Some("TemplateVM")) {
+            ctx.note(&format!(
+                "template {v} does not exist: {target} keeps {}",
+                shown(have)
+            ));
+            continue;
+        }
+        if k == "netvm" && !v.is_empty() && !exists(None) {
+            ctx.note(&format!(
+                "netvm {v} does not exist: {target} keeps {}",
+                shown(have)
+            ));
+            continue;
+        }
+        match ctx.call(&["qvm-prefs", target, k, v]) {
+            Ok(_) => changed.push(format!("{k} {} -> {v}", shown(have))),
+            Err(e) => ctx.note(&format!("{target}: {k} not set: {e}")),
+        }
+    }
+    let features = metadata::from_qvm_features(&String::from_utf8_lossy(
+        &ctx.call(&["qvm-features", target])?,
+    ));
+    for (k, v) in &s.features {
+        let have = features
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str());
+        if have == Some(v.as_str()) {
+            continue;
+        }
+        match ctx.call(&["qvm-features", target, k, v]) {
+            Ok(_) => changed.push(format!("feature {k} {} -> {v}", shown(have))),
+            Err(e) => ctx.note(&format!("{target}: feature {k} not set: {e}")),
+        }
+    }
+    let tags = ctx.call(&["qvm-tags", target, "list"])?;
+    let tags = String::from_utf8_lossy(&tags);
+    for t in &s.tags {
+        if t == RESTORING_TAG || tags.lines().any(|l| l == t) {
+            continue;
+        }
+        match ctx.call(&["qvm-tags", target, "add", t]) {
+            Ok(_) => changed.push(format!("tag {t} added")),
+            Err(e) => ctx.note(&format!("{target}: tag {t} not set: {e}")),
+        }
+    }
+    Ok(changed)
 }
 
 /// Runs `restore`.

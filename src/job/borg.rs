@@ -5,7 +5,7 @@
 //! inherited pipe named by `BORG_PASSPHRASE_FD`, a key file through a 0600 file on tmpfs named by
 //! `BORG_KEY_FILE`.
 
-use super::spec::{Create, Keep, Mode};
+use super::spec::{Create, Export, Keep, Mode};
 
 /// What borg uses as its remote shell: the qubes-borg.Ssh client (`qubes-ssh-client NAME ...`).
 pub const BORG_RSH: &str = "qubes-ssh-client";
@@ -122,6 +122,20 @@ pub fn extract_image_argv(repo: &str, archive: &str, device: &str) -> Vec<String
         format!("{repo}::{archive}"),
         device.trim_start_matches('/').into(),
     ]
+}
+
+/// `borg export-tar` of some paths of a files-mode archive to stdout (`-`). Each path is given
+/// as `pp:PATH`: a path prefix, never read as a pattern style or an option.
+pub fn export_tar_argv(repo: &str, e: &Export) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "borg".into(),
+        "export-tar".into(),
+        "--log-json".into(),
+        format!("{repo}::{}", e.archive),
+        "-".into(),
+    ];
+    v.extend(e.paths.iter().map(|p| format!("pp:{p}")));
+    v
 }
 
 /// Every archive name qubes-borg makes: `QUBE-YYYY-MM-DDT...`.
@@ -336,6 +350,26 @@ mod tests {
         assert_eq!(
             info_archive_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z")[4],
             "ssh://b/./r::w-2026-11-29T18:00:00Z"
+        );
+    }
+
+    #[test]
+    fn export_paths_reach_borg_as_path_prefixes_after_the_archive_and_stdout() {
+        let e = Export {
+            archive: "work-2026-11-29T18:00:00Z".into(),
+            paths: vec!["home/user/a b".into(), "re:x".into()],
+        };
+        assert_eq!(
+            export_tar_argv("ssh://b/./r", &e),
+            [
+                "borg",
+                "export-tar",
+                "--log-json",
+                "ssh://b/./r::work-2026-11-29T18:00:00Z",
+                "-",
+                "pp:home/user/a b",
+                "pp:re:x"
+            ]
         );
     }
 

@@ -15,7 +15,13 @@
 //!                                       why the last step failed (a category only: dom0 words
 //!                                       its own message and retries only link and lock)
 //! done ok|failed
+//! chunk N                              export only: N (1..=MAX_CHUNK) raw bytes of the tar stream
+//!                                       follow the newline; dom0 counts them and passes them on
+//!                                       to the target qube without looking at them
 //! ```
+//!
+//! `chunk` frames are recognised only by a splitter made with `LineSplitter::with_chunks` (the
+//! export op); for every other op a `chunk` line is malformed like any unknown line.
 
 use std::fmt;
 use std::io::Read;
@@ -84,6 +90,9 @@ pub enum Event {
     /// Why the step failed, as a category (sent before its `error`).
     Reason(Reason),
     Done(bool),
+    /// Export: a piece of the tar stream (a `chunk N` frame's bytes, possibly split in pieces
+    /// as they arrive). Never parsed.
+    Chunk(Vec<u8>),
 }
 
 /// Why a job failed, as far as the job can tell from borg's exit status and messages. dom0
@@ -134,6 +143,9 @@ impl Reason {
     }
 }
 
+/// Largest `chunk` frame.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
 /// Most bytes in one `data` line (hex doubles them).
 pub const MAX_DATA: usize = 240;
 
@@ -173,6 +185,12 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         Event::Error(t) => format!("error {}", sanitize(t.as_bytes(), MAX_TEXT)),
         Event::Done(ok) => format!("done {}", if *ok { "ok" } else { "failed" }),
         Event::Reason(r) => format!("reason {}", r.as_str()),
+        Event::Chunk(d) => {
+            let d = &d[..d.len().min(MAX_CHUNK)];
+            let mut v = format!("chunk {}\n", d.len()).into_bytes();
+            v.extend_from_slice(d);
+            return v;
+        }
         Event::Data(d) => {
             let mut s = String::from("data ");
             for b in d.iter().take(MAX_DATA) {
@@ -286,6 +304,10 @@ pub fn decode(untrusted_line: &[u8]) -> Result<Event, LineError> {
 pub struct LineSplitter {
     buf: Vec<u8>,
     skipping: bool,
+    /// `chunk N` frames accepted (export).
+    chunks: bool,
+    /// Raw bytes still to come of the current chunk.
+    raw_left: usize,
 }
 
 impl LineSplitter {
@@ -293,15 +315,54 @@ impl LineSplitter {
         Self::default()
     }
 
+    /// A splitter that also accepts `chunk N` frames and hands their bytes out as
+    /// `Event::Chunk` pieces.
+    pub fn with_chunks() -> Self {
+        LineSplitter {
+            chunks: true,
+            ..Self::default()
+        }
+    }
+
+    /// A finished `chunk N` header: the count, when this splitter takes chunks and N is valid.
+    fn chunk_header(&self) -> Option<Result<usize, LineError>> {
+        let rest = self.buf.strip_prefix(b"chunk ".as_slice())?;
+        if !self.chunks {
+            return None;
+        }
+        let n = std::str::from_utf8(rest)
+            .ok()
+            .and_then(number)
+            .filter(|n| (1..=MAX_CHUNK as u64).contains(n));
+        Some(
+            n.map(|n| n as usize)
+                .ok_or_else(|| LineError::Malformed(sanitize(&self.buf, 80))),
+        )
+    }
+
     /// Feeds bytes; returns the decoded lines completed by them.
     pub fn push(&mut self, untrusted_bytes: &[u8]) -> Vec<Result<Event, LineError>> {
         let mut out = Vec::new();
-        for &b in untrusted_bytes {
+        let mut i = 0;
+        while i < untrusted_bytes.len() {
+            if self.raw_left > 0 {
+                let n = self.raw_left.min(untrusted_bytes.len() - i);
+                out.push(Ok(Event::Chunk(untrusted_bytes[i..i + n].to_vec())));
+                self.raw_left -= n;
+                i += n;
+                continue;
+            }
+            let b = untrusted_bytes[i];
+            i += 1;
             if b == b'\n' {
                 if self.skipping {
                     self.skipping = false;
                 } else {
-                    out.push(decode(&self.buf));
+                    match self.chunk_header() {
+                        Some(Ok(n)) => self.raw_left = n,
+                        Some(Err(e)) => out.push(Err(e)),
+                        None => out.push(decode(&self.buf)),
+                    }
                 }
                 self.buf.clear();
             } else if !self.skipping {
@@ -316,8 +377,17 @@ impl LineSplitter {
         out
     }
 
-    /// At end of stream: a last line without newline is an error (a job always ends lines).
+    /// At end of stream: a last line without newline, or a chunk cut short, is an error (a job
+    /// always ends lines and frames).
     pub fn finish(&mut self) -> Option<LineError> {
+        if self.raw_left > 0 {
+            let e = LineError::Malformed(format!(
+                "the stream ended {} bytes short of a chunk",
+                self.raw_left
+            ));
+            self.raw_left = 0;
+            return Some(e);
+        }
         if self.buf.is_empty() || self.skipping {
             return None;
         }
@@ -577,6 +647,65 @@ mod tests {
         assert_eq!(
             decode(b"progress \x1bx"),
             Err(LineError::Malformed("progress ?x".into()))
+        );
+    }
+
+    #[test]
+    fn chunks_pass_through_whole_whatever_their_bytes_and_however_they_arrive() {
+        let payload: Vec<u8> = b"progress 9\n\x1b[2J\nchunk 3\ndone ok\n\0\xff"
+            .iter()
+            .cycle()
+            .take(1000)
+            .copied()
+            .collect();
+        let mut stream = encode(&Event::Phase(Phase::Restore));
+        stream.extend(encode(&Event::Chunk(payload.clone())));
+        stream.extend(encode(&Event::Chunk(b"x".to_vec())));
+        stream.extend(encode(&Event::Done(true)));
+        for step in [1, 7, 4096] {
+            let mut sp = LineSplitter::with_chunks();
+            let (mut data, mut other) = (Vec::new(), Vec::new());
+            for piece in stream.chunks(step) {
+                for ev in sp.push(piece) {
+                    match ev {
+                        Ok(Event::Chunk(d)) => data.extend(d),
+                        x => other.push(x),
+                    }
+                }
+            }
+            assert_eq!(sp.finish(), None);
+            assert_eq!(data.len(), 1001, "step {step}");
+            assert_eq!(&data[..1000], &payload[..]);
+            assert_eq!(
+                other,
+                vec![Ok(Event::Phase(Phase::Restore)), Ok(Event::Done(true))]
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_frames_are_refused_where_not_expected_and_bounded_where_they_are() {
+        // Another op: a chunk line is malformed and its bytes are read as lines.
+        let r = read_all(&mut &b"chunk 2\nab\ndone ok\n"[..]).unwrap();
+        assert!(matches!(r[0], Err(LineError::Malformed(_))));
+        assert_eq!(r[2], Ok(Event::Done(true)));
+        for bad in [
+            "chunk 0\n".to_string(),
+            format!("chunk {}\n", MAX_CHUNK + 1),
+            "chunk -1\n".into(),
+            "chunk 1 2\n".into(),
+        ] {
+            let mut sp = LineSplitter::with_chunks();
+            let r = sp.push(bad.as_bytes());
+            assert!(matches!(r[..], [Err(LineError::Malformed(_))]), "{bad}");
+        }
+        let mut sp = LineSplitter::with_chunks();
+        assert_eq!(
+            sp.push(b"chunk 10\nabc"),
+            vec![Ok(Event::Chunk(b"abc".to_vec()))]
+        );
+        assert!(
+            matches!(sp.finish(), Some(LineError::Malformed(m)) if m.contains("7 bytes short"))
         );
     }
 

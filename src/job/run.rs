@@ -160,6 +160,11 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 }
             }
         }
+        Op::Export(e) => {
+            let env = borg::env(base, None);
+            out.send(Event::Phase(Phase::Restore));
+            run_borg_export(spec, &borg::export_tar_argv(&spec.repository, e), &env, out)?;
+        }
         Op::List(l) => {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
@@ -295,6 +300,128 @@ fn run_borg_with<W: Write>(
     Ok(json)
 }
 
+/// `borg export-tar ... -`: its stdout goes to dom0 as `chunk` frames (job::progress) as it
+/// comes; its log lines are collected meanwhile and sent after the stream.
+fn run_borg_export<W: Write>(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    out: &mut Out<W>,
+) -> Result<(), String> {
+    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
+    drop(pass_r);
+    let stderr = child.stderr.take().expect("piped");
+    let log = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let (mut notes, mut more, mut last_error) = (Vec::new(), 0usize, String::new());
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let level = borg::json_string(&text, "levelname").unwrap_or_default();
+            let msg =
+                borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
+            if msg.is_empty() || level == "DEBUG" || level == "INFO" || text.contains("\"progress_")
+            {
+                continue;
+            }
+            if level == "ERROR" || level == "CRITICAL" {
+                last_error = msg.clone();
+            }
+            if notes.len() < MAX_FORWARDED {
+                notes.push(msg);
+            } else {
+                more += 1;
+            }
+        }
+        (notes, more, last_error)
+    });
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut buf = vec![0u8; super::progress::MAX_CHUNK];
+    let mut gone = false;
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let frame = encode(&Event::Chunk(buf[..n].to_vec()));
+        if out
+            .w
+            .write_all(&frame)
+            .and_then(|()| out.w.flush())
+            .is_err()
+        {
+            // dom0 stopped reading: nothing more can arrive, stop borg.
+            gone = true;
+            let _ = child.kill();
+            break;
+        }
+    }
+    drop(stdout);
+    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
+    let (notes, more, last_error) = log.join().unwrap_or_default();
+    for n in notes {
+        out.send(Event::Warning(format!("borg: {n}")));
+    }
+    if more > 0 {
+        out.send(Event::Warning(format!(
+            "borg: {more} more messages not shown"
+        )));
+    }
+    if gone {
+        return Err("dom0 stopped reading the stream".into());
+    }
+    match status.code() {
+        Some(0) | Some(1) => Ok(()),
+        _ => Err(format!(
+            "borg export-tar failed ({status}){}",
+            if last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {last_error}")
+            }
+        )),
+    }
+}
+
+/// borg's command with the passphrase on an inherited pipe (the returned read end: drop it
+/// once borg started), the environment, the key file; stdin closed.
+fn borg_command(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<(Command, std::os::fd::OwnedFd), String> {
+    // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
+    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    {
+        let mut w = fs::File::from(pass_w);
+        w.write_all(&spec.passphrase)
+            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .env_remove("BORG_PASSPHRASE")
+        .env_remove("BORG_PASSCOMMAND")
+        .env_remove("BORG_NEW_PASSPHRASE")
+        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if spec.key_file.is_some() {
+        cmd.env("BORG_KEY_FILE", KEY_FILE);
+    }
+    Ok((cmd, pass_r))
+}
+
 /// How one borg run ended, with what its failure is classified from.
 struct BorgEnd {
     status: std::process::ExitStatus,
@@ -324,32 +451,13 @@ fn run_borg_logged<W: Write>(
     stdout_to: Option<fs::File>,
     on_log: &mut dyn FnMut(&str, &str),
 ) -> Result<BorgEnd, String> {
-    // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
-    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    {
-        let mut w = fs::File::from(pass_w);
-        w.write_all(&spec.passphrase)
-            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
-    }
-    let mut cmd = Command::new(&argv[0]);
+    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
     let to_file = stdout_to.is_some();
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(match stdout_to {
-            Some(f) => Stdio::from(f),
-            None => Stdio::piped(),
-        })
-        .stderr(Stdio::piped())
-        .env_remove("BORG_PASSPHRASE")
-        .env_remove("BORG_PASSCOMMAND")
-        .env_remove("BORG_NEW_PASSPHRASE")
-        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if spec.key_file.is_some() {
-        cmd.env("BORG_KEY_FILE", KEY_FILE);
-    }
+    cmd.stdout(match stdout_to {
+        Some(f) => Stdio::from(f),
+        None => Stdio::piped(),
+    })
+    .stderr(Stdio::piped());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }

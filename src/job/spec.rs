@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list | restore | info | check | spot
+//! op create                      create | prune | list | restore | info | check | spot | export
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -28,6 +28,10 @@
 //! (check: no other op keys: borg check of the repository and every archive)
 //! spot 20                        spot only: how many files (1..=MAX_SPOT) of `archive` to
 //!                                 compare with the volume on `device` (mounted read-only)
+//! (export: `archive` and 1..=MAX_PATHS `path` lines (`check_restore_path`: relative, no `.`/`..`
+//!  component, allowlisted bytes); the job sends `borg export-tar` of those paths as `chunk`
+//!  frames on its stdout (job::progress), which dom0 passes on without parsing)
+//! path home/user/Documents       export only, repeatable
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -198,6 +202,49 @@ pub struct Spot {
     pub count: u32,
 }
 
+/// `export`: files and folders of a files-mode archive as a tar stream (`borg export-tar`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub archive: String,
+    /// Paths in the archive (`home/user/Documents`), each checked by `check_restore_path`.
+    pub paths: Vec<String>,
+}
+
+/// Most `path` lines of one export.
+pub const MAX_PATHS: usize = 64;
+/// Longest path.
+pub const MAX_PATH: usize = 1024;
+
+/// A path inside a files-mode archive (as borg stores it: relative to the private volume's
+/// root, `home/user/...`): 1..=MAX_PATH bytes of `[A-Za-z0-9 ._+,=@%~#:()&'!-]` and `/`, not
+/// absolute, no empty, `.` or `..` component (a trailing `/` is allowed), not starting with
+/// `-`. It reaches borg only as `pp:PATH` (a path prefix, never a pattern or an option).
+pub fn check_restore_path(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_PATH {
+        return Err("must be 1 to 1024 bytes");
+    }
+    if s.starts_with('/') {
+        return Err("must be relative to the qube's private volume (e.g. home/user/Documents)");
+    }
+    if s.starts_with('-') {
+        return Err("must not start with -");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" ._+,=@%~#:()&'!-/".contains(&b))
+    {
+        return Err("may hold only A-Z a-z 0-9 / space and ._+,=@%~#:()&'!-");
+    }
+    let body = s.strip_suffix('/').unwrap_or(s);
+    if body
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("must not have an empty, . or .. component");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
@@ -207,6 +254,7 @@ pub enum Op {
     Info(Info),
     Check(Check),
     Spot(Spot),
+    Export(Export),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -362,6 +410,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Info(_) => "info",
         Op::Check(_) => "check",
         Op::Spot(_) => "spot",
+        Op::Export(_) => "export",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -425,6 +474,12 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
                 "archive {}\ndevice {}\nspot {}\n",
                 p.archive, p.device, p.count
             )
+        }
+        Op::Export(e) => {
+            s += &format!("archive {}\n", e.archive);
+            for p in &e.paths {
+                s += &format!("path {p}\n");
+            }
         }
     }
     let mut out = s.into_bytes();
@@ -526,6 +581,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let mut keep = Keep::default();
     let mut keep_lines = Vec::new();
     let mut lock_wait: Option<u32> = None;
+    let mut paths: Vec<String> = Vec::new();
     let mut n = 1;
     loop {
         n += 1;
@@ -545,11 +601,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "info" => "info",
                     "check" => "check",
                     "spot" => "spot",
+                    "export" => "export",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create, prune, list, restore, info, check or spot".into(),
+                            "must be create, prune, list, restore, info, check, spot or export"
+                                .into(),
                         ))
                     }
                 };
@@ -665,6 +723,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     ))?;
                 set(&mut spot_count, c as u32, n, "spot")?
             }
+            "path" => {
+                if paths.len() >= MAX_PATHS {
+                    return Err(SpecError::TooLong);
+                }
+                paths.push(check(n, "path", value, check_restore_path)?)
+            }
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -702,6 +766,9 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             ));
         }
     }
+    if op_name != "export" && !paths.is_empty() {
+        return Err(SpecError::WrongOp(0, "path"));
+    }
     let op = match op_name {
         "info" | "check" if device.is_some() => return Err(SpecError::WrongOp(0, "device")),
         "check" if archive.is_some() => return Err(SpecError::WrongOp(0, "archive")),
@@ -716,6 +783,28 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             device: device.ok_or(SpecError::Missing("device"))?,
             count: spot_count.ok_or(SpecError::Missing("spot"))?,
         }),
+        "export" => {
+            if !keep_lines.is_empty()
+                || !qubes.is_empty()
+                || mode.is_some()
+                || device.is_some()
+                || compression.is_some()
+                || !excludes.is_empty()
+                || !settings.is_empty()
+            {
+                return Err(SpecError::WrongOp(
+                    0,
+                    "qube/mode/device/compression/exclude/setting/keep",
+                ));
+            }
+            if paths.is_empty() {
+                return Err(SpecError::Missing("path"));
+            }
+            Op::Export(Export {
+                archive: archive.ok_or(SpecError::Missing("archive"))?,
+                paths,
+            })
+        }
         "create" => {
             if let Some(&l) = keep_lines.first() {
                 return Err(SpecError::WrongOp(l, "keep"));
@@ -1071,6 +1160,93 @@ mod tests {
         assert!(matches!(
             dec(check),
             Err(SpecError::Invalid(_, "verify-data", _))
+        ));
+    }
+
+    fn export() -> Spec {
+        Spec {
+            repository: "ssh://borgbase/./repo".into(),
+            state_device: None,
+            passphrase: b"p".to_vec(),
+            key_file: None,
+            op: Op::Export(Export {
+                archive: "work-2026-11-29T18:00:00Z".into(),
+                paths: vec!["home/user/My Documents/".into(), "rw/config".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn export_request_round_trips() {
+        let s = export();
+        assert_eq!(decode(&mut &encode(&s)[..]).unwrap(), s);
+    }
+
+    #[test]
+    fn export_paths_outside_the_allowlist_are_refused() {
+        for bad in [
+            "/etc/shadow",
+            "../x",
+            "home/../../x",
+            "home/./x",
+            "home//x",
+            "home/..",
+            "-x",
+            "",
+            "a*b",
+            "a?b",
+            "a[b]",
+            "a\\b",
+            "a\tb",
+            "a\u{1b}[2J",
+            "a$(id)",
+            "a`id`",
+            "a;b",
+            "a\"b",
+            "a|b",
+            "a<b",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert!(check_restore_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_restore_path(&"a".repeat(MAX_PATH + 1)).is_err());
+        for good in [
+            "home/user",
+            "home/user/",
+            "a b/c (1).txt",
+            "x/.hidden",
+            "a..b",
+        ] {
+            assert_eq!(check_restore_path(good), Ok(()), "{good:?}");
+        }
+        let text = String::from_utf8_lossy(&encode(&export())).replace("rw/config", "../x");
+        assert!(matches!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Invalid(_, "path", _))
+        ));
+        let many: String = (0..=MAX_PATHS).map(|i| format!("path p{i}\n")).collect();
+        let text = String::from_utf8_lossy(&encode(&export())).replace("path rw/config\n", &many);
+        assert_eq!(decode(&mut text.as_bytes()), Err(SpecError::TooLong));
+    }
+
+    #[test]
+    fn path_belongs_to_export_only_and_export_needs_one() {
+        assert!(matches!(
+            replace("mode files\n", "mode files\npath home\n"),
+            Err(SpecError::WrongOp(_, "path"))
+        ));
+        let text = String::from_utf8_lossy(&encode(&export()))
+            .replace("path home/user/My Documents/\n", "")
+            .replace("path rw/config\n", "");
+        assert_eq!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::Missing("path"))
+        );
+        let text = String::from_utf8_lossy(&encode(&export()))
+            .replace("path rw/config\n", "path rw/config\nmode files\n");
+        assert!(matches!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::WrongOp(..))
         ));
     }
 

@@ -124,3 +124,137 @@ test_restore_never_overwrites_an_existing_qube() {
     assert_eq "$before" "$(sha256sum < "$(image personal)")" "personal's volume untouched"
     assert_not_contains "$(d0 qvm-tags personal list)" "qubes-borg-restoring" "tag"
 }
+
+# --- restore QUBE --path P... --into TARGET ---------------------------------------------------
+
+DATA=home/user/data
+INTO_PATHS=("$DATA/home-3" "$DATA/special/script.sh" "$DATA/special/link-rel"
+    "$DATA/special/link-abs" "$DATA/special/link-dangling" "$DATA/special/hardlinked"
+    "$DATA/special/hardlinked-2")
+newest() { mnt_borg list --short --glob-archives "$1-*" "$(repo)" | tail -n 1; }
+into_args() { local p; for p in "${INTO_PATHS[@]}"; do printf -- '--path\n%s\n' "$p"; done; }
+
+test_restore_into_a_running_qube_delivers_the_paths_byte_exact() {
+    local a out rc=0 got args
+    a=$(newest personal)
+    d0 qvm-shutdown --wait sys-backup-mnt
+    d0 qvm-start --skip-if-running work
+    mapfile -t args < <(into_args)
+    out=$(d0 qvm-backup-borg restore personal "${args[@]}" --into work 2>&1) || fail "restore --into failed: $out"
+    assert_contains "$out" "restored 7 path(s) of $a into work:~/QubesIncoming/borg-restore/$a/" "message"
+    # the originals of those paths, copied into work as they are (root keeps owners)
+    tar -C "$S/dom0sim/expected/personal" -cf - "${INTO_PATHS[@]}" |
+        in_qube work sh -c 'rm -rf /tmp/exp && mkdir /tmp/exp && tar -xpf - -C /tmp/exp'
+    got=/home/user/QubesIncoming/borg-restore/$a/$DATA
+    for sub in home-3 special; do
+        out=$(in_qube work python3 -I "$SIM_DIR/treedata.py" compare "/tmp/exp/$DATA/$sub" "$got/$sub" --ignore uid,gid 2>&1) || rc=$?
+        assert_eq 0 "$rc" "$sub: content, modes, mtimes, symlinks, hard links: $out"
+    done
+    # unpacked as the qube's user, in folders only it can enter (as qfile-unpacker makes them)
+    assert_eq "$(in_qube work id -u user)" "$(in_qube work stat -c %u "$got/home-3")" "owner (uid)"
+    assert_eq "700 700" "$(in_qube work stat -c %a /home/user/QubesIncoming /home/user/QubesIncoming/borg-restore | tr '\n' ' ' | sed 's/ $//')" "folder modes"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
+    # a second delivery of the same paths overwrites nothing: it fails and leaves the files
+    local f
+    f=$(in_qube work find "$got/home-3" -type f -name 'file-*' | sort | head -n 1)
+    in_qube work cp -p "$f" /tmp/kept
+    # shellcheck disable=SC2016  # $1 belongs to the inner sh
+    in_qube work sh -c 'echo changed > "$1"' sh "$f"
+    rc=0
+    out=$(d0 qvm-backup-borg restore personal --path "$DATA/home-3" --into work 2>&1) || rc=$?
+    assert_eq 1 "$rc" "second delivery: $out"
+    assert_contains "$out" "unpacking in work failed" "message"
+    assert_contains "$out" "File exists" "tar's reason"
+    assert_eq "changed" "$(in_qube work cat "$f")" "file left as it was"
+    # put it back in place (a rename would change its folder's mtime)
+    # shellcheck disable=SC2016  # $1 belongs to the inner sh
+    in_qube work sh -c 'cat /tmp/kept > "$1" && touch -r /tmp/kept "$1" && rm /tmp/kept' sh "$f"
+    rc=0
+    out=$(in_qube work python3 -I "$SIM_DIR/treedata.py" compare "/tmp/exp/$DATA/home-3" "$got/home-3" --ignore uid,gid 2>&1) || rc=$?
+    assert_eq 0 "$rc" "after the refused second delivery: $out"
+}
+
+test_restore_into_refuses_dotdot_paths_and_a_qube_not_running() {
+    local rc=0 out before
+    before=$(wc -l < "$S/dom0-calls.jsonl")
+    out=$(d0 qvm-backup-borg restore personal --path home/user/../../etc --into work 2>&1) || rc=$?
+    assert_eq 64 "$rc" "exit status; output: $out"
+    assert_contains "$out" "path 'home/user/../../etc' must not have an empty, . or .. component" "message"
+    assert_eq "$before" "$(wc -l < "$S/dom0-calls.jsonl")" "no qvm-* call made"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE vault-data)" "vault-data halted"
+    rc=0
+    out=$(d0 qvm-backup-borg restore personal --path "$DATA/home-3" --into vault-data 2>&1) || rc=$?
+    assert_eq 1 "$rc" "exit status; output: $out"
+    assert_contains "$out" "qube vault-data is halted: start it first" "message"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE vault-data)" "vault-data not started"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "no disposable left"
+}
+
+test_the_target_command_contains_a_hostile_stream() {
+    # TARGET's command line exactly as qvm-backup-borg gave it to qvm-run, fed a tar made to
+    # escape: ../ and absolute names, a symlink to home followed by a file through it.
+    local cmd t
+    cmd=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    a = json.loads(line)
+    if a[0] == "qvm-run" and "--service" not in a and a[-1].startswith("umask"):
+        print(a[-1].replace("borg-restore/\x27", "borg-restore/\x27evil-"))
+        break' "$S/dom0-calls.jsonl")
+    [ -n "$cmd" ] || fail "no qvm-run of restore --into in the call log (run after the first test)"
+    t=$(mktemp)
+    python3 - "$t" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.GNU_FORMAT) as tar:
+    def add(name, data=b"owned\n", **kw):
+        ti = tarfile.TarInfo(name)
+        for k, v in kw.items():
+            setattr(ti, k, v)
+        if ti.type == tarfile.REGTYPE:
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+        else:
+            tar.addfile(ti)
+    add("../../escaped")
+    add("/tmp/absolute")
+    add("home", type=tarfile.SYMTYPE, linkname="/home/user")
+    add("home/.bashrc")
+    add("ok.txt", b"fine\n")
+PY
+    local rc=0
+    d0 qvm-run --pass-io --no-autostart --no-gui --no-color-output --no-color-stderr \
+        --no-filter-escape-chars work "$cmd" < "$t" > /dev/null 2>&1 || rc=$?
+    rm -f "$t"
+    [ "$rc" != 0 ] || fail "tar reported no error for a hostile stream"
+    in_qube work sh -c '! grep -qs owned /home/user/.bashrc' || fail ".bashrc written through a symlink"
+    in_qube work sh -c '! test -e /home/user/QubesIncoming/escaped && ! test -e /home/user/escaped && ! test -e /tmp/absolute' ||
+        fail "a file landed outside the folder"
+    in_qube work sh -c 'grep -q fine /home/user/QubesIncoming/borg-restore/evil-*/ok.txt' || fail "the harmless file is missing"
+}
+
+test_a_template_archive_comes_back_as_a_template() {
+    # a TemplateVM with a filesystem on its private volume, backed up in files mode
+    d0 qvm-create --class TemplateVM --label black tpl-e2e
+    assert_eq "vm-templates/tpl-e2e/private" "$(d0 qvm-volume info tpl-e2e:private vid)" "vid"
+    local img=$S/dom0sim/var-lib-qubes/vm-templates/tpl-e2e/private.img m
+    mkfs.ext4 -q -F "$img"
+    m=$(mktemp -d)
+    mount -o loop "$img" "$m" && mkdir -p "$m/home/user" && echo template-data > "$m/home/user/t.txt"
+    umount "$m" && rmdir "$m"
+    local out rc=0
+    out=$(d0 qvm-backup-borg backup tpl-e2e 2>&1) || fail "backup failed: $out"
+    out=$(d0 qvm-backup-borg restore tpl-e2e --as tpl-back 2>&1) || fail "restore failed: $out"
+    assert_contains "$out" "tpl-back: TemplateVM with an EMPTY root volume" "warning"
+    assert_eq "TemplateVM" "$(d0 qvm-prefs tpl-back klass)" "class"
+    assert_eq "black" "$(d0 qvm-prefs tpl-back label)" "label"
+    assert_eq "vm-templates/tpl-back/private" "$(d0 qvm-volume info tpl-back:private vid)" "vid"
+    m=$(mktemp -d)
+    mount -o ro,loop "$S/dom0sim/var-lib-qubes/vm-templates/tpl-back/private.img" "$m"
+    out=$(cat "$m/home/user/t.txt") || rc=$?
+    umount "$m" && rmdir "$m"
+    assert_eq "0 template-data" "$rc $out" "file restored"
+    rc=0
+    out=$(d0 qvm-create --class TemplateVM --template debian-12 --label black tpl-x 2>&1) || rc=$?
+    assert_eq 1 "$rc" "a template based on a template: $out"
+    assert_contains "$out" "TemplateVM cannot be based on template" "qubesd's refusal"
+}

@@ -1199,10 +1199,12 @@ class Daemon:
 ROOT_SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def dom0_call(state, target, service_desc, user):
-    """qrexec-client -d TARGET USER:QUBESRPC SERVICE dom0, as qvm-run --service runs it: calls
+def dom0_call(state, target, service_desc, user, prefix=b""):
+    """qrexec-client -d TARGET USER:QUBESRPC SERVICE dom0, as qvm-run runs it: calls
     made by dom0 are not subject to the policy; the service runs in the target as USER with
-    QREXEC_REMOTE_DOMAIN=dom0, its stderr goes to the target's log; returns its exit status."""
+    QREXEC_REMOTE_DOMAIN=dom0, its stderr goes to the caller and the target's log; PREFIX goes to the
+    service's stdin before the caller's stdin (qvm-run's prefix_data, the shell command line of
+    qubes.VMShell); returns its exit status."""
     desc, _service, _arg, _target = parse_request(service_desc, target)
     root = os.path.join(state, "roots", target)
     logfile = qube_log(root)
@@ -1222,7 +1224,13 @@ def dom0_call(state, target, service_desc, user):
     svc_in.close()
     svc_out.close()
     os.close(err_w)
-    logger = log_stderr(err_r, logfile, f"{desc}-dom0".encode())
+    # the service's stderr reaches qvm-run's stderr (qrexec-client -d: MSG_DATA_STDERR,
+    # remote.c:109-122; unfiltered: the sim's qvm-run callers never ask for filtering) and the log
+    pump = StderrPump(err_r, logfile, f"{desc}-dom0".encode(), lambda data: write_all(2, data))
+    logger = threading.Thread(target=pump.run, daemon=True)
+    logger.start()
+    if prefix:
+        our_in.sendall(prefix)
     code = run_client_relay(our_in.detach(), our_out.detach(), [],
                             lambda: wait_code(os.waitpid(proc.pid, 0)[1]))
     logger.join(timeout=2)

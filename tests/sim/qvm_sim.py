@@ -548,18 +548,24 @@ def cmd_create(argv, store):
         p.error("--label option is mandatory")
     if label not in LABELS:
         p.error(f"no such label: {label!r}; available: {', '.join(LABELS)}")
-    if cls not in ("AppVM", "StandaloneVM"):
+    if cls not in ("AppVM", "StandaloneVM", "TemplateVM"):
         raise QubesError(f"qvm-create --class {cls} is not simulated")
     if args.name in store.qubes:
         raise QubesError(f"VM {args.name} already exists")
     prefs = {"label": label}
     if args.template:
+        # api/admin.py _vm_create: a template only for classes that have one
+        if cls == "TemplateVM":
+            raise QubesError(f"{cls} cannot be based on template")
         t = store.qubes.get(args.template)
         if t is None or t["klass"] != "TemplateVM":
             raise QubesError(f"No such template: {args.template!r}")
         if cls == "AppVM":
             prefs["template"] = args.template
-    vid = f"appvms/{args.name}/private"
+        # StandaloneVM: qvm_create.py clone_vm()s the template (root volumes: not simulated)
+    # qubes/config.py: file pools keep templates under vm-templates/, other qubes under appvms/
+    top = "vm-templates" if cls == "TemplateVM" else "appvms"
+    vid = f"{top}/{args.name}/private"
     vol = {"pool": POOL["name"], "vid": vid, "size": PRIVATE_IMG_SIZE, "rw": True,
            "save_on_stop": True, "snap_on_start": False, "revisions_to_keep": 0,
            "ephemeral": False}
@@ -567,7 +573,9 @@ def cmd_create(argv, store):
     os.makedirs(os.path.dirname(clean), exist_ok=True)
     with open(clean, "wb") as f:  # _create_sparse_file
         f.truncate(PRIVATE_IMG_SIZE)
-    q = new_qube(cls, "app", volumes={"private": vol}, prefs=prefs)
+    # a TemplateVM never runs in the sim (no root volumes): created, restored, not started
+    q = new_qube(cls, None if cls == "TemplateVM" else "app", volumes={"private": vol},
+                 prefs=prefs)
     if cls == "AppVM" and "template" not in prefs:
         q["defaults"]["template"] = "debian-12"  # the sim's default_template
     q["defaults"].update({"netvm": None, "kernel": ""})
@@ -731,9 +739,11 @@ def start_qube(store, name):
     try:
         uid = in_qube(state, name, "id", "-u", "user")
     except subprocess.CalledProcessError:
-        # first start of an app qube: its user (the root overlay's upper dir keeps it)
-        in_qube(state, name, "useradd", "--create-home", "--user-group", "--shell",
-                "/bin/bash", "user")
+        # first start of an app qube: its user (the root overlay's upper dir keeps it), uid 1000
+        # as in a Qubes template (its private volume's home/user is 1000's); the host may have
+        # a uid 1000 of its own, which the qube's /etc/passwd inherits: shared then
+        in_qube(state, name, "useradd", "--create-home", "--user-group", "--non-unique",
+                "--uid", "1000", "--shell", "/bin/bash", "user")
         uid = in_qube(state, name, "id", "-u", "user")
     in_qube(state, name, "install", "-d", "-m", "0700", "-o", "user", "-g", "user",
             f"/run/user/{uid}")
@@ -1013,7 +1023,8 @@ def cmd_block(argv, store):
 
 
 # ------------------------------------------------------------------------------------------------
-# qvm-run (qvm_run.py): --service through the sim's qrexec, as dom0 (no policy)
+# qvm-run (qvm_run.py): --service SERVICE, or a shell command line (qubes.VMShell), through the
+# sim's qrexec, as dom0 (no policy)
 # ------------------------------------------------------------------------------------------------
 
 def run_parser():
@@ -1059,12 +1070,26 @@ def cmd_run(argv, store):
     if args.service and args.no_shell:
         p.error("--no-shell does not apply to --service")
     if args.dispvm or args.all_domains or len(domains) != 1 or args.localcmd or args.cmd_args:
-        raise QubesError("only 'qvm-run [--user U] --pass-io --service VM SERVICE' is simulated")
-    if not args.service or not args.passio:
-        raise QubesError("only --pass-io --service calls are simulated")
+        raise QubesError("only 'qvm-run [--user U] --pass-io [--service] VM COMMAND' is simulated")
+    if not args.passio:
+        raise QubesError("only --pass-io calls are simulated")
+    prefix = b""
+    if args.service:
+        service = args.cmd
+    else:
+        # run_command_single(): without --no-shell/ARGs COMMAND is a shell command line for
+        # qubes.VMShell, sent ahead of stdin as COMMAND + "; exit\n" (prepare_input_for_vmshell;
+        # "& exit" only for Windows qubes); --user root would pick qubes.VMRootShell
+        if args.no_shell:
+            raise QubesError("--no-shell (qubes.VMExec) is not simulated")
+        if args.user == "root":
+            raise QubesError("--user root without --service (qubes.VMRootShell) is not simulated")
+        service = "qubes.VMShell"
+        prefix = args.cmd.rstrip("\n").encode() + b"; exit\n"
     name = domains[0]
     if not store.is_running(name):
         if not args.autostart:
+            # "Qube 'X' not started" only when verbose > 0; --pass-io lowers verbosity to 0
             return 1
         start_qube(store, name)
         store.save()
@@ -1073,7 +1098,7 @@ def cmd_run(argv, store):
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import qrexec_sim             # pylint: disable=import-outside-toplevel
     user = args.user or store.qube(name)["prefs"].get("default_user", "user")
-    return qrexec_sim.dom0_call(state, name, args.cmd, user)
+    return qrexec_sim.dom0_call(state, name, service, user, prefix)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@
   treedata.py change DIR [SEED]          modify a few files, add one, delete one (incremental)
   treedata.py add DIR SUBDIR MIB [SEED]  add a new directory of about MIB MiB (half text, half
                                          random; a reversible "small change" for benchmarks)
-  treedata.py compare A B                exit 0 if B restores A exactly: type, content, mode,
+  treedata.py compare A B [--ignore K,..] exit 0 if B restores A exactly: type, content, mode,
                                          owner, mtime (ns), symlink target, hard-link groups,
                                          holes of sparse files, xattrs; else list differences
+                                         (--ignore uid,gid,...: leave those keys out)
 
 Everything is generated from a seeded PRNG, so the same arguments give the same tree.
 """
@@ -213,9 +214,13 @@ def same_content(a, b):
                 return True
 
 
-def compare(a, b):
+def compare(a, b, ignore=()):
     ea, la = snapshot(a)
     eb, lb = snapshot(b)
+    for entries in (ea, eb):
+        for e, _p in entries.values():
+            for k in ignore:
+                e.pop(k, None)
     diffs = []
     for rel in sorted(set(ea) | set(eb)):
         if rel not in eb:
@@ -234,7 +239,7 @@ def compare(a, b):
     if la != lb:
         diffs.append("hard-link groups differ: %r != %r" % (la, lb))
     nfiles = sum(1 for e, _p in ea.values() if e["type"] == stat.S_IFREG)
-    nx = sum(1 for e, _p in ea.values() if e["xattrs"])
+    nx = sum(1 for e, _p in ea.values() if e.get("xattrs"))
     nsparse = sum(1 for e, _p in ea.values() if e.get("sparse"))
     for d in diffs[:50]:
         print(d)
@@ -258,6 +263,8 @@ def main(argv):
         return 0
     if len(argv) == 4 and argv[1] == "compare":
         return compare(argv[2], argv[3])
+    if len(argv) == 6 and argv[1] == "compare" and argv[4] == "--ignore":
+        return compare(argv[2], argv[3], argv[5].split(","))
     print(__doc__, file=sys.stderr)
     return 2
 

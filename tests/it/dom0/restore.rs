@@ -285,21 +285,75 @@ fn replace_refuses_a_running_qube() {
 }
 
 #[test]
-fn replace_of_a_halted_qube_overwrites_only_its_private_volume() {
+fn replace_of_a_halted_qube_overwrites_its_private_volume_and_applies_what_differs() {
     let d = tmp("replace");
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
     f.expect(LS, Reply::ok(QUBES))
-        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""));
+        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""))
+        .expect(
+            "qvm-prefs work",
+            Reply::ok("include_in_backups  D  True\nklass               -  AppVM\nlabel               -  blue\nmemory              D  400\nname                -  work\nnetvm               -  sys-firewall\ntemplate            -  debian-12\n"),
+        )
+        // template and netvm are as saved: not set again
+        .expect("qvm-prefs work label purple", Reply::ok(""))
+        .expect("qvm-prefs work memory 600", Reply::fail(1, "qvm-prefs: error: too much\n"))
+        .expect("qvm-features work", Reply::ok("service.cups  0\n"))
+        .expect("qvm-features work service.cups 1", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(&format!("{RESTORING_TAG}\nborg-e2e\n")));
     expect_fill(&mut f, "work", job(&[], true), true);
     f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, _, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
-    assert!(!f
-        .calls
-        .iter()
-        .any(|c| c[0] == "qvm-create" || c[0] == "qvm-prefs"));
+    assert!(!f.calls.iter().any(|c| c[0] == "qvm-create"));
+    assert_eq!(
+        out,
+        format!("changed work: label blue -> purple\nchanged work: feature service.cups 0 -> 1\nrestored {ARCHIVE} (files mode) as qube work\n")
+    );
+    assert!(err.contains("work: memory not set: qvm-prefs work memory 600 failed (exit 1): qvm-prefs: error: too much"), "{err}");
+}
+
+#[test]
+fn replace_with_settings_already_as_saved_changes_none_and_keeps_a_missing_template() {
+    let d = tmp("replace-same");
+    let mut f = Fake::default();
+    expect_list(
+        &mut f,
+        &[
+            "qubes-borg-settings/1",
+            "class=StandaloneVM",
+            "mode=files",
+            "private-size=1073741824",
+            "pref.template=fedora-38",
+            "pref.label=blue",
+        ],
+    );
+    f.expect(LS, Reply::ok(QUBES))
+        .expect(&format!("qvm-tags work add {RESTORING_TAG}"), Reply::ok(""))
+        .expect(
+            "qvm-prefs work",
+            Reply::ok("label     -  blue\ntemplate  -  debian-12\n"),
+        )
+        .expect("qvm-features work", Reply::ok(""))
+        .expect("qvm-tags work list", Reply::ok(""));
+    expect_fill(&mut f, "work", job(&[], true), false);
+    f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
+    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(
+        out.starts_with("settings of work already as saved: none changed\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("template fedora-38 does not exist: work keeps debian-12"),
+        "{err}"
+    );
+    assert!(
+        err.contains("work is of class AppVM, the archived qube of class StandaloneVM"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -370,5 +424,323 @@ fn an_archive_without_settings_or_an_unknown_archive_is_refused_before_any_chang
         assert_eq!(r, Outcome::Failed);
         assert!(err.contains(why), "{err}");
         assert!(f.expected.is_empty());
+    }
+}
+
+// ---- restore QUBE --path P... --into TARGET ------------------------------------------------
+
+use qubes_borg::dom0::restore_into::{restore_into, unpack_argv, IntoOptions};
+use qubes_borg::job::spec::Export;
+
+const LS_INTO: &str = "dom0|AdminVM|Running|False\ndebian-12|TemplateVM|Halted|False\nvault|AppVM|Running|True\nwork|AppVM|Halted|True\n";
+
+fn into_opts(target: &str) -> IntoOptions {
+    IntoOptions {
+        qube: "work".into(),
+        archive: None,
+        paths: vec!["home/user/Documents".into(), "home/user/notes.txt".into()],
+        target: target.into(),
+    }
+}
+
+fn run_into(c: &Config, o: &IntoOptions, f: &mut Fake) -> (Outcome, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let s = Secrets {
+        passphrase: b"pw".to_vec(),
+        key_file: None,
+    };
+    let r = restore_into(c, o, &s, f, &mut out, &mut err, false);
+    (
+        r,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+/// The qvm-run into vault, as one expected-call line (the command line, one argument with
+/// spaces, is matched by `*` and checked word for word by the first test).
+const UNPACK: &str = "qvm-run --pass-io --no-autostart --no-gui --no-color-output --no-color-stderr --no-filter-escape-chars vault *";
+
+/// The export job's stdout: frames of `data` in pieces of at most 1000 bytes, then `done`.
+fn export_reply(data: &[u8], extra: &[u8], ok: bool) -> Reply {
+    let mut out = encode(&Event::Phase(Phase::Restore));
+    for piece in data.chunks(1000) {
+        out.extend(encode(&Event::Chunk(piece.to_vec())));
+    }
+    out.extend_from_slice(extra);
+    out.extend(encode(&Event::Done(ok)));
+    Reply {
+        code: if ok { 0 } else { 1 },
+        stdout: out,
+        stderr: vec![],
+        interrupt: false,
+    }
+}
+
+/// From the start of the export's disposable to its teardown, with `unpack` as TARGET's answer.
+fn expect_export(f: &mut Fake, job_reply: Reply, unpack: Reply) {
+    disposable(f, "loop5");
+    f.expect(UNPACK, unpack)
+        .expect(JOB, job_reply)
+        .expect("qvm-block detach sys-backup-mnt dom0:loop5", Reply::ok(""))
+        .expect("losetup --detach /dev/loop5", Reply::ok(""))
+        .expect(
+            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
+            Reply::ok(""),
+        );
+}
+
+fn stream() -> Vec<u8> {
+    // A tar stream is binary: NULs, newlines, escape bytes, things that look like lines.
+    (0..5000u32)
+        .map(|i| (i * 7 % 256) as u8)
+        .chain(b"\ndone ok\nchunk 5\nerror x\n\x1b[2J".iter().copied())
+        .collect()
+}
+
+#[test]
+fn files_go_from_the_export_job_unread_into_the_running_target() {
+    let d = tmp("into");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok(LS_INTO));
+    expect_list(&mut f, SETTINGS);
+    expect_export(&mut f, export_reply(&stream(), b"", true), Reply::ok(""));
+    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert_eq!(f.inflows.borrow().len(), 1);
+    assert!(
+        f.inflows.borrow()[0] == stream(),
+        "the bytes reaching the target differ from the job's stream"
+    );
+    assert_eq!(
+        out,
+        format!("restored 2 path(s) of {ARCHIVE} into vault:~/QubesIncoming/borg-restore/{ARCHIVE}/ (4.9 KiB)\n")
+    );
+    let s = spec::decode(&mut &f.requests[1][..]).unwrap();
+    assert_eq!(
+        s.op,
+        Op::Export(Export {
+            archive: ARCHIVE.into(),
+            paths: vec!["home/user/Documents".into(), "home/user/notes.txt".into()],
+        })
+    );
+    assert_eq!(s.state_device.as_deref(), Some("/dev/xvdj"));
+    // TARGET's command line: constants but for the checked archive name; no --user (its
+    // default user), no --service (qubes.VMShell: bash reads it, tar reads the rest of stdin).
+    let run = f
+        .calls
+        .iter()
+        .find(|c| c[0] == "qvm-run" && c[7] == "vault")
+        .unwrap();
+    assert_eq!(
+        run.last().unwrap(),
+        "umask 077 && mkdir -p -- ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z' && exec tar --extract --file=- --preserve-permissions --no-same-owner --keep-old-files --directory ~/QubesIncoming/borg-restore/'work-2026-11-29T18:00:00Z'"
+    );
+    assert_eq!(run[..], unpack_argv("vault", ARCHIVE).unwrap()[..]);
+}
+
+#[test]
+fn hostile_job_output_is_contained_and_never_reaches_the_target_or_the_terminal() {
+    let d = tmp("into-hostile");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok(LS_INTO));
+    expect_list(&mut f, SETTINGS);
+    let extra = [
+        &b"warning \x1b]0;owned\x07\x1b[2J evil\n"[..],
+        b"chunk 99999999\n",
+        b"chunk 0\n",
+        b"noise from a profile\n",
+        &[b'A'; 3000],
+        b"\n",
+    ]
+    .concat();
+    expect_export(
+        &mut f,
+        export_reply(b"tar-bytes", &extra, true),
+        Reply::ok(""),
+    );
+    let (r, _, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    // The stream itself arrived whole: the job's garbage lines are reported, not forwarded.
+    assert_eq!(r, Outcome::Ok, "{err}");
+    assert_eq!(f.inflows.borrow()[0], b"tar-bytes");
+    assert!(err.contains("unexpected line: chunk 99999999"), "{err}");
+    assert!(
+        err.contains("1 more malformed lines from the job ignored"),
+        "{err}"
+    );
+    assert!(
+        err.chars().all(|c| c == '\n' || !c.is_control()),
+        "control characters printed: {err:?}"
+    );
+}
+
+#[test]
+fn a_stream_cut_inside_a_chunk_or_a_failed_job_is_a_failure_that_says_what_arrived() {
+    let d = tmp("into-cut");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok(LS_INTO));
+    expect_list(&mut f, SETTINGS);
+    let mut cut = encode(&Event::Chunk(vec![1u8; 100]));
+    cut.truncate(50);
+    let reply = Reply {
+        code: 1,
+        stdout: cut,
+        stderr: b"borg: Connection closed".to_vec(),
+        interrupt: false,
+    };
+    expect_export(
+        &mut f,
+        reply,
+        Reply::fail(2, "tar: Unexpected EOF in archive\n"),
+    );
+    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(out.is_empty());
+    assert!(err.contains("bytes short of a chunk"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "what arrived is in vault:~/QubesIncoming/borg-restore/{ARCHIVE}/ (incomplete)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_target_that_refuses_the_stream_fails_the_restore_with_its_sanitized_message() {
+    let d = tmp("into-tarfail");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok(LS_INTO));
+    expect_list(&mut f, SETTINGS);
+    expect_export(
+        &mut f,
+        export_reply(b"tar-bytes", b"", true),
+        Reply::fail(2, "tar: home/user/x: Cannot open: File exists\x1b[2J\n"),
+    );
+    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(out.is_empty());
+    assert!(
+        err.contains(
+            "unpacking in vault failed (exit 2): tar: home/user/x: Cannot open: File exists?[2J"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_target_not_running_or_dom0_or_missing_is_refused_before_any_job() {
+    for (target, why, calls) in [
+        ("work", "qube work is halted: start it first", 1),
+        ("gone", "no qube gone", 1),
+        ("dom0", "dom0 cannot receive files", 0),
+        ("sys-backup-mnt", "sys-backup-mnt cannot receive files", 0),
+    ] {
+        let d = tmp("into-refused");
+        let mut f = Fake::default();
+        if calls == 1 {
+            f.expect(LS, Reply::ok(LS_INTO));
+        }
+        let (r, out, err) = run_into(&cfg(&d), &into_opts(target), &mut f);
+        assert_eq!(r, Outcome::Failed, "{target}");
+        assert!(out.is_empty());
+        assert!(err.contains(why), "{target}: {err}");
+        assert_eq!(f.calls.len(), calls, "{target}: {:?}", f.calls);
+    }
+}
+
+#[test]
+fn an_image_mode_archive_is_refused_before_the_export() {
+    let d = tmp("into-image");
+    let mut f = Fake::default();
+    f.expect(LS, Reply::ok(LS_INTO));
+    expect_list(&mut f, &["qubes-borg-settings/1", "mode=image"]);
+    let (r, _, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    assert_eq!(r, Outcome::Failed);
+    assert!(f.expected.is_empty());
+    assert!(err.contains("is an image-mode archive"), "{err}");
+    assert!(f.inflows.borrow().is_empty());
+}
+
+#[test]
+fn hostile_path_arguments_are_refused_by_the_program_before_anything_runs() {
+    for bad in [
+        "../etc",
+        "home/../../root",
+        "/etc/shadow",
+        "a;rm -rf ~",
+        "$(id)",
+        "-x",
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qvm-backup-borg"))
+            .args(["restore", "work", "--path", bad, "--into", "vault"])
+            .args(["--config", "/nonexistent/backup.conf"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{bad}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(&format!("path '{bad}'")), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_standalone_or_template_archive_is_created_with_its_class_and_a_warning_about_its_root() {
+    for (class, settings_template, create, warn) in [
+        (
+            "StandaloneVM",
+            None,
+            "qvm-create --class StandaloneVM --label green old",
+            "old: StandaloneVM with an EMPTY root volume",
+        ),
+        (
+            "StandaloneVM",
+            Some("debian-12"),
+            "qvm-create --class StandaloneVM --template debian-12 --label green old",
+            "old: StandaloneVM, its root volume cloned from template debian-12",
+        ),
+        (
+            "TemplateVM",
+            Some("debian-12"),
+            "qvm-create --class TemplateVM --label green old",
+            "old: TemplateVM with an EMPTY root volume",
+        ),
+    ] {
+        let d = tmp("classes");
+        let mut f = Fake::default();
+        let class_line = format!("class={class}");
+        let template_line = settings_template.map(|t| format!("pref.template={t}"));
+        let mut settings = vec![
+            "qubes-borg-settings/1",
+            &class_line,
+            "mode=files",
+            "private-size=1073741824",
+            "pref.label=green",
+        ];
+        if let Some(t) = &template_line {
+            settings.push(t);
+        }
+        expect_list(&mut f, &settings);
+        f.expect(LS, Reply::ok(QUBES))
+            .expect(create, Reply::ok(""))
+            .expect(&format!("qvm-tags old add {RESTORING_TAG}"), Reply::ok(""));
+        expect_fill(&mut f, "old", job(&[], true), false);
+        f.expect(&format!("qvm-tags old del {RESTORING_TAG}"), Reply::ok(""));
+        let (r, out, err) = run(&cfg(&d), &opts(None, Some("old"), false), &mut f);
+        assert_eq!(r, Outcome::Ok, "{class}: {err}");
+        assert!(
+            f.expected.is_empty(),
+            "{class}: calls not made: {:?}",
+            f.expected
+        );
+        assert!(err.contains(warn), "{class}: {err}");
+        assert!(out.contains("as qube old"), "{out}");
+        if class == "TemplateVM" {
+            assert!(
+                err.contains("template debian-12 in the settings ignored"),
+                "{err}"
+            );
+        }
     }
 }
