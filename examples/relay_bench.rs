@@ -831,6 +831,9 @@ const GOAL_SOCAT_X: f64 = 8.0;
 const GOAL_CPU_OF_SOCAT: f64 = 1.0 / 8.0;
 const GOAL_RTT_FLOOR: f64 = 1.5;
 
+/// One goal of a row: (what, ratio, met?); `None` for information only.
+type Check = (String, Option<f64>, Option<bool>);
+
 fn report(
     cases: &[Case],
     res: &[[Res; 4]],
@@ -878,7 +881,7 @@ fn report(
     println!("| case | load | C floor s | sleeping floor s | socat s | qubes-relay s | relay MiB/s | relay / C floor time | relay / sleeping floor time | relay throughput / socat's | CPU s/GiB relay (socat) | relay CPU / socat's | relay peak RSS KiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // (row name, [checks: (goal text, value, ok)])
-    let mut verdicts: Vec<(String, Vec<(String, Option<f64>, Option<bool>)>)> = Vec::new();
+    let mut verdicts: Vec<(String, Vec<Check>)> = Vec::new();
     for (c, r) in cases.iter().zip(res) {
         if let Load::Rtt(_) = c.load {
             continue;
