@@ -905,6 +905,15 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
 mod tests {
     use super::*;
 
+    /// The line number of the first line of `create()`'s request that starts with `prefix`.
+    fn line_of(prefix: &str) -> usize {
+        let text = String::from_utf8_lossy(&encode(&create())).into_owned();
+        1 + text
+            .lines()
+            .position(|l| l.starts_with(prefix))
+            .expect("line in the request")
+    }
+
     fn create() -> Spec {
         Spec {
             repository: "ssh://borgbase/./repo".into(),
@@ -1583,7 +1592,9 @@ mod tests {
             String::from_utf8_lossy(&encode(&create())).replace("end\n", "key-file 1\nx\nend\n");
         assert_eq!(
             decode(&mut text.as_bytes()),
-            Err(SpecError::Repeated(16, "key-file"))
+            // Line numbers count key lines only (a secret's bytes are no line): passphrase,
+            // key-file, then the second key-file where `end` was.
+            Err(SpecError::Repeated(line_of("passphrase") + 2, "key-file"))
         );
         let text =
             String::from_utf8_lossy(&encode(&create())).replace("end\n", "passphrase 1\nx\nend\n");
@@ -1612,7 +1623,7 @@ mod tests {
             Err(SpecError::Invalid(
                 2,
                 "op",
-                "must be create, prune, list or restore".into()
+                "must be create, prune, list, restore, info, check, spot or export".into()
             ))
         );
         assert!(matches!(
@@ -1691,7 +1702,7 @@ mod tests {
             assert_eq!(
                 replace("passphrase 30\n", &format!("passphrase {bad}\n")),
                 Err(SpecError::Invalid(
-                    14,
+                    line_of("passphrase"),
                     "secret",
                     "length is not a number".into()
                 )),
@@ -1705,7 +1716,7 @@ mod tests {
         assert_eq!(
             replace("passphrase 30\n", "passphrase 29\n"),
             Err(SpecError::Invalid(
-                14,
+                line_of("passphrase"),
                 "secret",
                 "not followed by a newline".into()
             ))
