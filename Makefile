@@ -47,7 +47,7 @@ MUTANTS_ARGS := $(addprefix --file ,$(MUTANTS_FILES))
 # Fails when a mutant is missed (exit 2) or times out (exit 3).
 mutants:
 	CARGO_PROFILE_DEV_DEBUG=0 nice -n 10 $(CARGO) mutants $(MUTANTS_ARGS)
-# Only the mutants in lines changed since MUTANTS_BASE in those files (CI; at most MUTANTS_MAX).
+# Only the mutants in lines changed since MUTANTS_BASE in those files (CI; at most MUTANTS_MAX, 25).
 MUTANTS_BASE ?= HEAD~1
 mutants-diff:
 	tests/mutants-diff $(MUTANTS_BASE) $(MUTANTS_FILES)
