@@ -308,9 +308,9 @@ mod tests {
                 "x".repeat(len)
             )
         };
-        let l = parse_info(&doc(&[with_comment(MAX_COMMENT)]), None).unwrap();
-        assert_eq!(l.archives[0].comment.len(), MAX_COMMENT);
-        let l = parse_info(&doc(&[with_comment(MAX_COMMENT + 1)]), None).unwrap();
+        let l = parse_info(&doc(&[with_comment(16 * 1024)]), None).unwrap();
+        assert_eq!(l.archives[0].comment.len(), 16 * 1024);
+        let l = parse_info(&doc(&[with_comment(16 * 1024 + 1)]), None).unwrap();
         assert_eq!((l.archives.len(), l.ignored), (0, 1));
     }
 
