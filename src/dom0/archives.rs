@@ -198,6 +198,7 @@ mod tests {
         ]);
         let l = parse_info(&d, Some("work")).unwrap();
         assert_eq!(l.archives.len(), 1);
+        assert_eq!(l.archives[0].name, "work-2026-11-29T18:00:00Z");
         assert_eq!(l.ignored, 1);
     }
 
