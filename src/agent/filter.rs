@@ -958,9 +958,9 @@ mod tests {
         let k = key(1);
         let b = Some(bound());
         let data = userauth(&k, Some(HOST));
-        let v = c(&sign(&vec![7; MAX_KEY_BLOB], &data, 0), &k, b.as_ref());
+        let v = c(&sign(&vec![7; 16 * 1024], &data, 0), &k, b.as_ref());
         assert!(matches!(v, Verdict::Refuse(Refusal::OtherKey(_))), "{v:?}");
-        let v = c(&sign(&vec![7; MAX_KEY_BLOB + 1], &data, 0), &k, b.as_ref());
+        let v = c(&sign(&vec![7; 16 * 1024 + 1], &data, 0), &k, b.as_ref());
         assert_eq!(
             v,
             Verdict::Refuse(Refusal::NotUserAuth("string longer than allowed"))

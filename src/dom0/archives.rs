@@ -198,6 +198,7 @@ mod tests {
         ]);
         let l = parse_info(&d, Some("work")).unwrap();
         assert_eq!(l.archives.len(), 1);
+        assert_eq!(l.archives[0].name, "work-2026-11-29T18:00:00Z");
         assert_eq!(l.ignored, 1);
     }
 
@@ -308,9 +309,9 @@ mod tests {
                 "x".repeat(len)
             )
         };
-        let l = parse_info(&doc(&[with_comment(MAX_COMMENT)]), None).unwrap();
-        assert_eq!(l.archives[0].comment.len(), MAX_COMMENT);
-        let l = parse_info(&doc(&[with_comment(MAX_COMMENT + 1)]), None).unwrap();
+        let l = parse_info(&doc(&[with_comment(16 * 1024)]), None).unwrap();
+        assert_eq!(l.archives[0].comment.len(), 16 * 1024);
+        let l = parse_info(&doc(&[with_comment(16 * 1024 + 1)]), None).unwrap();
         assert_eq!((l.archives.len(), l.ignored), (0, 1));
     }
 

@@ -809,7 +809,7 @@ mod tests {
         let d = scratch("size");
         let f = d.join("backup.conf");
         let mut text = BASE.as_bytes().to_vec();
-        text.resize(MAX_FILE as usize - 1, b'#');
+        text.resize(256 * 1024 - 1, b'#');
         text.push(b'\n');
         write(&f, &text, 0o600);
         assert_eq!(load(&f).unwrap().repository, "ssh://b/./r");

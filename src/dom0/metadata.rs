@@ -643,11 +643,11 @@ mod tests {
     #[test]
     fn settings_of_16_kib_are_read_and_one_byte_more_refused() {
         let body = |len: usize| format!("{MAGIC}\ntag=a\n{}", "\n".repeat(len - MAGIC.len() - 7));
-        assert_eq!(body(MAX_TEXT).len(), MAX_TEXT);
-        let (s, w) = parse(&body(MAX_TEXT)).unwrap();
+        assert_eq!(body(16 * 1024).len(), 16 * 1024);
+        let (s, w) = parse(&body(16 * 1024)).unwrap();
         assert_eq!((s.tags.len(), w.len()), (1, 1), "{w:?}");
         assert!(w[0].contains("more than 256 lines"));
-        assert!(parse(&body(MAX_TEXT + 1)).unwrap_err().contains("larger"));
+        assert!(parse(&body(16 * 1024 + 1)).unwrap_err().contains("larger"));
     }
 
     #[test]
@@ -803,7 +803,7 @@ mod tests {
         features += &format!("f62  {}\nf63  v\n", "v".repeat(14));
         let (lines, notes) = gather_with(Reply::ok(""), Reply::ok(&features), Reply::ok(""));
         let total: usize = lines.iter().map(|l| l.len() + 1).sum();
-        assert_eq!(total, crate::job::spec::MAX_SETTINGS_BYTES);
+        assert_eq!(total, 16 * 1024);
         assert_eq!(lines.last().map(|l| &l[..12]), Some("feature.f62="));
         assert!(
             notes.contains("work: settings too long, the rest not saved"),

@@ -1084,7 +1084,7 @@ mod tests {
         assert_eq!(
             replace(
                 "passphrase 30\n",
-                &format!("passphrase {}\n", MAX_SECRET + 1)
+                &format!("passphrase {}\n", 64 * 1024 + 1)
             ),
             Err(SpecError::TooLong)
         );
@@ -1682,8 +1682,8 @@ mod tests {
     #[test]
     fn secrets_up_to_64_kib_are_accepted() {
         round_trips(&Spec {
-            passphrase: vec![b'\n'; MAX_SECRET],
-            key_file: Some(vec![0; MAX_SECRET]),
+            passphrase: vec![b'\n'; 64 * 1024],
+            key_file: Some(vec![0; 64 * 1024]),
             ..create()
         })
         .unwrap();
