@@ -205,9 +205,10 @@ pub fn classify(exit: u8, stderr: &[u8], dest: &Destination, config: &Path) -> (
 }
 
 /// Explain ssh's failure (exit 255) *during* a session from its last stderr line (run with
-/// `LC_ALL=C`): the link died (keep-alive timeout), the server closed or reset the connection,
-/// or something else ssh said.
-pub fn classify_lost(last_line: &str, dest: &Destination) -> (ErrClass, String) {
+/// `LC_ALL=C`) when that line says the connection failed: the link died (keep-alive timeout), or
+/// the server closed or reset the connection. `None` for anything else (a 255 with another last
+/// line may be the remote command's own status).
+pub fn classify_lost(last_line: &str, dest: &Destination) -> Option<(ErrClass, String)> {
     let has = |s: &str| last_line.contains(s);
     let server = format!("{}:{} (destination '{}')", dest.host, dest.port, dest.name);
     let said = validate::printable(last_line.trim().as_bytes(), 160);
@@ -215,15 +216,16 @@ pub fn classify_lost(last_line: &str, dest: &Destination) -> (ErrClass, String) 
         format!(
             "connection from sys-backup to the borg server {server} lost: no answer for {DEAD_LINK_SECS} s (ssh keep-alive); the network link or the server is down"
         )
-    } else if has("closed by") || has("Connection reset") || has("Broken pipe") {
+    } else if has("Connection closed by")
+        || has("Connection reset")
+        || has("Broken pipe")
+        || (has("Connection to ") && has("closed by remote host"))
+    {
         format!("the connection from sys-backup to the borg server {server} broke during the session: {said}")
     } else {
-        format!(
-            "ssh from sys-backup to the borg server {server} failed during the session (exit 255): {}",
-            if said.is_empty() { "no message" } else { &said }
-        )
+        return None;
     };
-    (ErrClass::ConnectionLost, message)
+    Some((ErrClass::ConnectionLost, message))
 }
 
 #[cfg(test)]
@@ -551,7 +553,7 @@ mod tests {
     fn failures_during_the_session_name_their_cause() {
         let d = dest();
         let lost = |l: &str| classify_lost(l, &d);
-        let (class, m) = lost("Timeout, server nas.example not responding.");
+        let (class, m) = lost("Timeout, server nas.example not responding.").unwrap();
         assert_eq!(class, ErrClass::ConnectionLost);
         assert!(m.contains("no answer for 60 s (ssh keep-alive)"), "{m}");
         assert!(m.contains("nas.example:2222 (destination 'nas')"), "{m}");
@@ -559,14 +561,16 @@ mod tests {
             "Connection closed by 192.0.2.10 port 22",
             "Connection reset by 192.0.2.10 port 22",
             "client_loop: send disconnect: Broken pipe",
+            "Connection to nas.example closed by remote host.",
         ] {
-            let (_, m) = lost(l);
+            let (_, m) = lost(l).unwrap();
             assert!(m.contains("broke during the session: "), "{m}");
             assert!(m.ends_with(l), "{m}");
         }
-        let (_, m) = lost("odd\x1b]0;x\x07");
-        assert!(m.ends_with("(exit 255): odd?]0;x?"), "{m}");
-        let (_, m) = lost("");
-        assert!(m.ends_with("no message"), "{m}");
+        // Not a connection failure ssh reported: perhaps the remote command's own 255.
+        assert_eq!(lost(""), None);
+        assert_eq!(lost("borg: some remote message"), None);
+        let (_, m) = lost("Connection reset \x1b]0;x\x07").unwrap();
+        assert!(m.ends_with("Connection reset ?]0;x?"), "{m}");
     }
 }

@@ -504,9 +504,10 @@ fn run_ssh(
     } else if code == 255 {
         // ssh failed during the session: the status line (OK) went out long ago, so the reason
         // goes into the log line, which the client reads and shows (docs/PROTOCOL.md).
-        let (class, message) = command::classify_lost(&last_line, dest);
-        outcome.failure = Some(fail(code, class, message));
-        outcome.stream_may_have_started = true;
+        if let Some((class, message)) = command::classify_lost(&last_line, dest) {
+            outcome.failure = Some(fail(code, class, message));
+            outcome.stream_may_have_started = true;
+        }
     }
     outcome
 }
