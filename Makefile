@@ -16,7 +16,7 @@ VM_LIBEXEC   := qubes-ssh-service qubes-agent-filter qubes-borg-job
 # Programs installed in dom0.
 DOM0_BINS    := qvm-backup-borg
 
-.PHONY: all build test lint demo bench mutants mutants-diff install-vm install-dom0 clean dist rpm deb
+.PHONY: all build test lint demo bench mutants mutants-diff mutants-files install-vm install-dom0 clean dist rpm deb
 
 all: build
 
@@ -51,6 +51,9 @@ mutants:
 MUTANTS_BASE ?= HEAD~1
 mutants-diff:
 	tests/mutants-diff $(MUTANTS_BASE) $(MUTANTS_FILES)
+# The list itself, for CI (.ci/run) to see whether a commit touched those files.
+mutants-files:
+	@echo $(MUTANTS_FILES)
 
 bench: build
 	tests/bench/run
