@@ -1,5 +1,5 @@
 //! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md): `backup`, `list`,
-//! `restore`. The command line is parsed by `dom0::cli`; this program loads what each command
+//! `restore`, `init`. The command line is parsed by `dom0::cli`; this program loads what each command
 //! needs (configuration, signal handling, the lock, the secrets), runs it and maps the outcome
 //! to an exit status.
 #![forbid(unsafe_code)]
@@ -11,7 +11,7 @@ use qubes_borg::dom0::cli::{self, Command, USAGE};
 use qubes_borg::dom0::config::{self, Config};
 use qubes_borg::dom0::lock::{self, Lock};
 use qubes_borg::dom0::run::{Outcome, Secrets};
-use qubes_borg::dom0::{list, qubes::Real, restore, run, secrets, signals::Signals};
+use qubes_borg::dom0::{init, list, qubes::Real, restore, run, secrets, signals::Signals};
 use qubes_borg::exit::{self, Program};
 
 fn help() -> String {
@@ -65,6 +65,23 @@ fn setup(config_path: &Path, dry_run: bool) -> Setup {
     }
 }
 
+/// `init`'s questions, answered on the terminal (no terminal: no).
+fn confirm_on_tty(question: &str) -> bool {
+    use std::io::{BufRead, Read, Write};
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        eprintln!("qvm-backup-borg: {question} (no terminal to ask on: use --yes)");
+        return false;
+    };
+    let _ = write!(&tty, "{question} [y/N] ");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new((&tty).take(256)).read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes" | "YES")
+}
+
 /// Exits with the status of `outcome`, releasing the lock first.
 fn finish(outcome: Outcome, s: Setup) -> ! {
     drop(s.lock);
@@ -103,6 +120,31 @@ fn main() {
         Command::List { config, qube } => {
             let mut s = setup(&config, false);
             let o = list::list(&s.cfg, qube.as_deref(), &s.secrets, &mut s.q, out, err);
+            finish(o, s)
+        }
+        Command::Init { config, opts } => {
+            let cfg = config::load(&config).unwrap_or_else(|e| die(exit::CONFIG, &e.to_string()));
+            let signals = Signals::install().unwrap_or_else(|e| {
+                die(exit::OSERR, &format!("cannot set up signal handling: {e}"))
+            });
+            let lock =
+                lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(exit::TEMPFAIL, &e.to_string()));
+            let mut s = Setup {
+                cfg,
+                q: Real {
+                    signals: Some(signals),
+                },
+                lock: Some(lock),
+                secrets: Secrets {
+                    passphrase: vec![],
+                    key_file: None,
+                },
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let o = init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now);
             finish(o, s)
         }
         Command::Restore { config, opts } => {

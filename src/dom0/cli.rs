@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::config;
+use super::init::InitOptions;
 use super::restore::RestoreOptions;
 use super::run::Options;
 use crate::job::spec;
@@ -20,7 +21,11 @@ usage: qvm-backup-borg list [--config FILE] [QUBE]
 usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [--replace]
   Recreates QUBE from its newest archive (or A) as a new qube NAME (default
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
-  volume of an existing halted qube NAME.";
+  volume of an existing halted qube NAME.
+usage: qvm-backup-borg init [--config FILE] [--encryption keyfile-blake2|repokey-blake2] [--yes]
+  First setup: initialises the repository of backup.conf (left alone if it exists); keyfile
+  mode (default) keeps the key in dom0 (key_file); exports the key next to backup.conf.
+  --yes          change configuration files without asking";
 
 /// What the command line asks for.
 pub enum Command {
@@ -37,6 +42,10 @@ pub enum Command {
         config: PathBuf,
         opts: RestoreOptions,
     },
+    Init {
+        config: PathBuf,
+        opts: InitOptions,
+    },
 }
 
 /// Parses `args` (without the program name). `Err` is the message for a usage error.
@@ -45,7 +54,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some((c, rest)) => (c.as_str(), rest),
         None => {
             return Err(format!(
-                "expected a command (backup, list, restore)\n{USAGE}"
+                "expected a command (backup, list, restore, init)\n{USAGE}"
             ))
         }
     };
@@ -56,9 +65,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "backup" => backup(rest),
         "list" => list(rest),
         "restore" => restore(rest),
+        "init" => init(rest),
         "--help" | "-h" => Ok(Command::Help),
         _ => Err(format!(
-            "expected a command (backup, list, restore)\n{USAGE}"
+            "expected a command (backup, list, restore, init)\n{USAGE}"
         )),
     }
 }
@@ -181,6 +191,31 @@ fn restore(args: &[String]) -> Result<Command, String> {
     })
 }
 
+fn init(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut opts = InitOptions {
+        encryption: spec::Encryption::KeyfileBlake2,
+        yes: false,
+    };
+    while let Some(x) = a.next()? {
+        match x {
+            "--encryption" => {
+                let v = a.value("--encryption", "a mode")?;
+                opts.encryption = spec::Encryption::parse(v).ok_or_else(|| {
+                    format!("--encryption must be keyfile-blake2 or repokey-blake2, not '{v}'")
+                })?;
+            }
+            "--yes" => opts.yes = true,
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => return Err(format!("init takes no operand ('{s}')")),
+        }
+    }
+    Ok(Command::Init {
+        config: a.config,
+        opts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +295,26 @@ mod tests {
             .err()
             .unwrap()
             .starts_with("expected a command"));
+    }
+
+    #[test]
+    fn init_defaults_to_keyfile_mode_and_checks_the_encryption() {
+        match parse(&args("init")).unwrap() {
+            Command::Init { opts, .. } => {
+                assert_eq!(opts.encryption, spec::Encryption::KeyfileBlake2);
+                assert!(!opts.yes);
+            }
+            _ => panic!("not init"),
+        }
+        match parse(&args("init --encryption repokey-blake2 --yes")).unwrap() {
+            Command::Init { opts, .. } => {
+                assert_eq!(opts.encryption, spec::Encryption::RepokeyBlake2);
+                assert!(opts.yes);
+            }
+            _ => panic!("not init"),
+        }
+        let e = parse(&args("init --encryption none")).err().unwrap();
+        assert!(e.starts_with("--encryption must be"), "{e}");
+        assert!(parse(&args("init x")).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
 //! `job_call` runs the job and reads its progress; `run` (backup), `list` (with `archives`,
-//! `json`) and `restore` (with `metadata`) are the commands; `lock` keeps runs apart, `signals`
+//! `json`), `restore` (with `metadata`) and `init` (first setup, with `textdiff`) are the
+//! commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod display;
 pub mod facts;
+pub mod init;
 pub mod job_call;
 pub mod json;
 pub mod list;
@@ -23,4 +25,5 @@ pub mod run;
 pub mod secrets;
 pub mod session;
 pub mod signals;
+pub mod textdiff;
 pub mod volumes;

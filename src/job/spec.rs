@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list | restore
+//! op create                      create | prune | list | restore | init
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -22,6 +22,8 @@
 //! (list: at most one `qube`, no other op keys: the archives of that qube, or of all qubes)
 //! (restore: `archive`, `mode`, `device` (attached read-write): files mode makes a fresh ext4 on
 //!  the device and extracts into it; image mode writes the archived image to the device)
+//! encryption keyfile-blake2      init only (required): keyfile-blake2 | repokey-blake2; no other
+//!                                op keys and no key-file (init makes the key)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -163,12 +165,44 @@ pub struct Restore {
     pub device: String,
 }
 
+/// `init`: a new repository (left alone if one exists), then its key exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Init {
+    pub encryption: Encryption,
+}
+
+/// borg init's `--encryption` modes qubes-borg offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// The key lives in a file (kept in dom0), never in the repository.
+    KeyfileBlake2,
+    /// The key is stored in the repository, protected by the passphrase.
+    RepokeyBlake2,
+}
+
+impl Encryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::KeyfileBlake2 => "keyfile-blake2",
+            Encryption::RepokeyBlake2 => "repokey-blake2",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Encryption> {
+        match s {
+            "keyfile-blake2" => Some(Encryption::KeyfileBlake2),
+            "repokey-blake2" => Some(Encryption::RepokeyBlake2),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
     Prune(Prune),
     List(List),
     Restore(Restore),
+    Init(Init),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -321,6 +355,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Prune(_) => "prune",
         Op::List(_) => "list",
         Op::Restore(_) => "restore",
+        Op::Init(_) => "init",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -367,6 +402,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
                 r.device
             );
         }
+        Op::Init(i) => s += &format!("encryption {}\n", i.encryption.as_str()),
     }
     let mut out = s.into_bytes();
     push_secret(&mut out, "passphrase", &spec.passphrase);
@@ -460,6 +496,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     let (mut op, mut repo, mut state, mut archive, mut mode, mut device, mut compression) =
         (None, None, None, None, None, None, None);
     let (mut passphrase, mut key_file) = (None, None);
+    let mut encryption = None;
     let mut qubes: Vec<String> = Vec::new();
     let mut excludes = Vec::new();
     let mut settings: Vec<String> = Vec::new();
@@ -481,11 +518,12 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "prune" => "prune",
                     "list" => "list",
                     "restore" => "restore",
+                    "init" => "init",
                     _ => {
                         return Err(SpecError::Invalid(
                             n,
                             "op",
-                            "must be create, prune, list or restore".into(),
+                            "must be create, prune, list, restore or init".into(),
                         ))
                     }
                 };
@@ -575,6 +613,16 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 keep_lines.push(n);
             }
+            "encryption" => set(
+                &mut encryption,
+                Encryption::parse(value).ok_or(SpecError::Invalid(
+                    n,
+                    "encryption",
+                    "must be keyfile-blake2 or repokey-blake2".into(),
+                ))?,
+                n,
+                "encryption",
+            )?,
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -588,7 +636,23 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     }
     let repository = repo.ok_or(SpecError::Missing("repository"))?;
     let passphrase = passphrase.ok_or(SpecError::Missing("passphrase"))?;
-    let op = match op.ok_or(SpecError::Missing("op"))? {
+    let op = op.ok_or(SpecError::Missing("op"))?;
+    if op != "init" && encryption.is_some() {
+        return Err(SpecError::WrongOp(0, "encryption"));
+    }
+    let op = match op {
+        "init" => init_op(
+            encryption,
+            key_file.is_some(),
+            keep_lines.is_empty()
+                && qubes.is_empty()
+                && archive.is_none()
+                && mode.is_none()
+                && device.is_none()
+                && compression.is_none()
+                && excludes.is_empty()
+                && settings.is_empty(),
+        )?,
         "create" => {
             if let Some(&l) = keep_lines.first() {
                 return Err(SpecError::WrongOp(l, "keep"));
@@ -672,6 +736,26 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
         key_file,
         op,
     })
+}
+
+/// The `init` op: `encryption` required; no key file (init makes the key) and no other op key.
+fn init_op(
+    encryption: Option<Encryption>,
+    key_file: bool,
+    no_other: bool,
+) -> Result<Op, SpecError> {
+    if key_file {
+        return Err(SpecError::WrongOp(0, "key-file"));
+    }
+    if !no_other {
+        return Err(SpecError::WrongOp(
+            0,
+            "qube/keep/archive/mode/device/compression/exclude/setting",
+        ));
+    }
+    Ok(Op::Init(Init {
+        encryption: encryption.ok_or(SpecError::Missing("encryption"))?,
+    }))
 }
 
 #[cfg(test)]
@@ -792,6 +876,45 @@ mod tests {
             replace("mode files", "mode tar"),
             Err(SpecError::Invalid(_, "mode", _))
         ));
+    }
+
+    #[test]
+    fn init_request_round_trips_and_takes_no_key_file_or_other_op_keys() {
+        let mut spec = create();
+        spec.key_file = None;
+        spec.op = Op::Init(Init {
+            encryption: Encryption::KeyfileBlake2,
+        });
+        let bytes = encode(&spec);
+        assert_eq!(decode(&mut &bytes[..]).unwrap(), spec);
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let bad = text.replace("keyfile-blake2", "none");
+        assert!(matches!(
+            decode(&mut bad.as_bytes()),
+            Err(SpecError::Invalid(_, "encryption", _))
+        ));
+        let bad = text.replace("encryption keyfile-blake2\n", "");
+        assert_eq!(
+            decode(&mut bad.as_bytes()).unwrap_err(),
+            SpecError::Missing("encryption")
+        );
+        let bad = text.replace("encryption", "qube work\nencryption");
+        assert!(matches!(
+            decode(&mut bad.as_bytes()),
+            Err(SpecError::WrongOp(..))
+        ));
+        // a key file with init, and encryption with another op
+        let mut with_key = spec.clone();
+        with_key.key_file = Some(b"BORG_KEY 00\n".to_vec());
+        assert_eq!(
+            decode(&mut &encode(&with_key)[..]).unwrap_err(),
+            SpecError::WrongOp(0, "key-file")
+        );
+        let bad = text.replace("op init", "op list");
+        assert_eq!(
+            decode(&mut bad.as_bytes()).unwrap_err(),
+            SpecError::WrongOp(0, "encryption")
+        );
     }
 
     #[test]
