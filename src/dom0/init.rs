@@ -19,9 +19,9 @@ use super::volumes::Cleanup;
 use crate::job::progress::InitResult;
 use crate::job::spec::{Encryption, Init, Op, Spec};
 
-/// Where the key file goes when backup.conf names none.
-pub const DEFAULT_KEY_FILE: &str = "/etc/qubes-borg/key";
-/// The exports, next to backup.conf.
+/// Where the key file goes when backup.conf names none: next to backup.conf
+/// (`/etc/qubes-borg/key`), like the exports.
+pub const KEY_NAME: &str = "key";
 pub const EXPORT_NAME: &str = "repository-key.export";
 pub const PAPER_NAME: &str = "repository-key.paper.txt";
 
@@ -128,6 +128,14 @@ pub fn with_key_file(text: &str, key_file: &Path) -> Option<String> {
     Some(out)
 }
 
+/// backup.conf's directory (`/etc/qubes-borg`).
+fn config_dir(cfg: &Config) -> PathBuf {
+    match cfg.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// The files `init` writes, decided before anything runs.
 struct Plan {
     passphrase: Vec<u8>,
@@ -152,7 +160,7 @@ fn plan(cfg: &Config, opts: &InitOptions, ctx: &mut Ctx, confirm: Confirm) -> Re
     let key_file = keyfile.then(|| {
         cfg.key_file
             .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE))
+            .unwrap_or_else(|| config_dir(cfg).join(KEY_NAME))
     });
     let mut config_text = None;
     if let (Some(k), None) = (&key_file, &cfg.key_file) {
@@ -257,7 +265,7 @@ fn steps(
     if let Some(t) = &p.config_text {
         write_secret(ctx, &cfg.path, t.as_bytes(), now)?;
     }
-    let dir = cfg.path.parent().unwrap_or(Path::new("/etc/qubes-borg"));
+    let dir = config_dir(cfg);
     let (export, paper) = (dir.join(EXPORT_NAME), dir.join(PAPER_NAME));
     write_secret(ctx, &export, &r.export, now)?;
     write_secret(ctx, &paper, &r.paper, now)?;

@@ -38,7 +38,7 @@ pub fn unified(name: &str, old: &str, new: &str) -> String {
             out += &format!(" {}\n", a[i]);
             i += 1;
             j += 1;
-        } else if j < m && (i == n || t[i][j + 1] >= t[i + 1][j]) {
+        } else if j < m && (i == n || t[i][j + 1] > t[i + 1][j]) {
             out += &format!("+{}\n", b[j]);
             j += 1;
         } else {

@@ -1,5 +1,6 @@
 //! Development machine: tests of `qvm-backup-borg` (dom0) against the fake Qubes door.
 
 mod backup;
+mod init;
 mod list;
 mod restore;
