@@ -341,7 +341,7 @@ pub fn parse(path: &Path, name: &str, text: &[u8]) -> Result<Destination, Config
 }
 
 /// `TYPE BASE64`, with TYPE from `HOST_KEY_TYPES` and the key blob naming the same type.
-fn parse_host_key(value: &str) -> Result<HostKey, String> {
+pub fn parse_host_key(value: &str) -> Result<HostKey, String> {
     let fields: Vec<&str> = value.split_ascii_whitespace().collect();
     let usage = "host-key must be 'TYPE BASE64' (an ssh-keyscan line without the host name and without a comment)";
     let [kind, b64] = fields[..] else {
