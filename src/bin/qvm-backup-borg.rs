@@ -144,8 +144,13 @@ fn main() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let o = init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now);
-            finish(o, s)
+            match init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now) {
+                init::InitOutcome::Done(o) => finish(o, s),
+                init::InitOutcome::HostKeyRefused => {
+                    drop(s.lock);
+                    std::process::exit(exit::REFUSED.into())
+                }
+            }
         }
         Command::Restore { config, opts } => {
             let mut s = setup(&config, false);

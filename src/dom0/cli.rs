@@ -7,7 +7,9 @@ use super::config;
 use super::init::InitOptions;
 use super::restore::RestoreOptions;
 use super::run::Options;
+use super::server::{check_fingerprint, ServerOptions};
 use crate::job::spec;
+use crate::validate;
 
 pub const USAGE: &str =
     "usage: qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]
@@ -23,8 +25,13 @@ usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [-
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
   volume of an existing halted qube NAME.
 usage: qvm-backup-borg init [--config FILE] [--encryption keyfile-blake2|repokey-blake2] [--yes]
-  First setup: initialises the repository of backup.conf (left alone if it exists); keyfile
-  mode (default) keeps the key in dom0 (key_file); exports the key next to backup.conf.
+         [--host HOST --user USER [--port N] [--key-set NAME] [--quota SIZE]
+          [--host-key-fingerprint SHA256:...]]
+  First setup: with --host, makes the vault's key set and prints its authorized_keys line,
+  pins the server's host key (fetched through sys-backup, confirmed) and writes the
+  destination of backup.conf's repository in sys-backup; then initialises the repository
+  (left alone if it exists); keyfile mode (default) keeps the key in dom0 (key_file); exports
+  the key next to backup.conf.
   --yes          change configuration files without asking";
 
 /// What the command line asks for.
@@ -196,9 +203,47 @@ fn init(args: &[String]) -> Result<Command, String> {
     let mut opts = InitOptions {
         encryption: spec::Encryption::KeyfileBlake2,
         yes: false,
+        server: None,
     };
+    let (mut host, mut user, mut port, mut key_set, mut quota, mut fingerprint) = (
+        None,
+        None,
+        22u16,
+        "default".to_string(),
+        "1T".to_string(),
+        None,
+    );
     while let Some(x) = a.next()? {
         match x {
+            "--host" => {
+                let v = a.value("--host", "a host name")?;
+                validate::host(v).map_err(|e| format!("--host: {e}"))?;
+                host = Some(v.to_string());
+            }
+            "--user" => {
+                let v = a.value("--user", "a user name")?;
+                validate::user(v).map_err(|e| format!("--user: {e}"))?;
+                user = Some(v.to_string());
+            }
+            "--port" => {
+                port = validate::port(a.value("--port", "a number")?)
+                    .map_err(|e| format!("--port: {e}"))?;
+            }
+            "--key-set" => {
+                let v = a.value("--key-set", "a name")?;
+                validate::name("key set", v).map_err(|e| format!("--key-set: {e}"))?;
+                key_set = v.to_string();
+            }
+            "--quota" => {
+                let v = a.value("--quota", "a size")?;
+                check_quota(v)?;
+                quota = v.to_string();
+            }
+            "--host-key-fingerprint" => {
+                let v = a.value("--host-key-fingerprint", "SHA256:...")?;
+                check_fingerprint(v).map_err(|e| format!("--host-key-fingerprint {e}"))?;
+                fingerprint = Some(v.to_string());
+            }
             "--encryption" => {
                 let v = a.value("--encryption", "a mode")?;
                 opts.encryption = spec::Encryption::parse(v).ok_or_else(|| {
@@ -210,10 +255,43 @@ fn init(args: &[String]) -> Result<Command, String> {
             s => return Err(format!("init takes no operand ('{s}')")),
         }
     }
+    opts.server = match (host, user) {
+        (Some(host), Some(user)) => Some(ServerOptions {
+            host,
+            user,
+            port,
+            key_set,
+            quota,
+            fingerprint,
+        }),
+        (None, None) if fingerprint.is_none() => None,
+        _ => {
+            return Err(
+                "init: --host and --user go together (and --host-key-fingerprint needs them)"
+                    .into(),
+            )
+        }
+    };
     Ok(Command::Init {
         config: a.config,
         opts,
     })
+}
+
+/// borg's `--storage-quota`: 1-15 digits (no leading zero) and an optional K, M, G, T or P
+/// (what qubes-borg-keygen accepts).
+fn check_quota(v: &str) -> Result<(), String> {
+    let digits = v.strip_suffix(['K', 'M', 'G', 'T', 'P']).unwrap_or(v);
+    if digits.is_empty()
+        || digits.len() > 15
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "--quota must be a whole number with an optional K, M, G, T or P (e.g. 500G), not '{v}'"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,6 +390,30 @@ mod tests {
                 assert!(opts.yes);
             }
             _ => panic!("not init"),
+        }
+        match parse(&args(
+            "init --host 10.0.0.1 --user borg --port 23 --quota 500G --host-key-fingerprint SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ))
+        .unwrap()
+        {
+            Command::Init { opts, .. } => {
+                let s = opts.server.unwrap();
+                assert_eq!((s.host.as_str(), s.user.as_str(), s.port), ("10.0.0.1", "borg", 23));
+                assert_eq!((s.key_set.as_str(), s.quota.as_str()), ("default", "500G"));
+                assert!(s.fingerprint.is_some());
+            }
+            _ => panic!("not init"),
+        }
+        for bad in [
+            "init --host h",
+            "init --user u",
+            "init --host -oProxyCommand=x --user u",
+            "init --host h --user u --quota 0G",
+            "init --host h --user u --quota 5X",
+            "init --host h --user u --host-key-fingerprint MD5:aa",
+            "init --host h --user u --key-set ../x",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
         }
         let e = parse(&args("init --encryption none")).err().unwrap();
         assert!(e.starts_with("--encryption must be"), "{e}");

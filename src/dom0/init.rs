@@ -13,6 +13,7 @@ use super::display::Display;
 use super::job_call::run_job;
 use super::qubes::Qubes;
 use super::secrets;
+use super::server::{self, HostKeyError, ServerOptions};
 use super::session::{start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Outcome};
 use super::textdiff;
 use super::volumes::Cleanup;
@@ -30,6 +31,34 @@ pub struct InitOptions {
     pub encryption: Encryption,
     /// Change files without asking.
     pub yes: bool,
+    /// Set up the server's side too: key set, host key, destination (`--host ...`).
+    pub server: Option<ServerOptions>,
+}
+
+/// How `init` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    Done(Outcome),
+    /// The host keys were not confirmed, or none matched `--host-key-fingerprint`.
+    HostKeyRefused,
+}
+
+/// Why `init` stopped.
+enum Stop {
+    Failed(String),
+    HostKeyRefused(String),
+}
+
+impl From<String> for Stop {
+    fn from(s: String) -> Stop {
+        Stop::Failed(s)
+    }
+}
+
+impl From<&str> for Stop {
+    fn from(s: &str) -> Stop {
+        Stop::Failed(s.to_string())
+    }
 }
 
 /// How `init` asks the user (the terminal in the program, a script in tests): the question,
@@ -222,15 +251,65 @@ fn write_secret(ctx: &mut Ctx, path: &Path, bytes: &[u8], now: u64) -> Result<()
     Ok(())
 }
 
+/// The server's side (`--host`): the key set's line, the pinned host keys, sys-backup's
+/// destination and the vault's server.conf. Returns the line to register.
+fn server_steps(
+    ctx: &mut Ctx,
+    s: &ServerOptions,
+    yes: bool,
+    confirm: Confirm,
+) -> Result<String, Stop> {
+    let cfg = ctx.cfg;
+    // backup.conf's repository names the destination and the path (checked when loaded).
+    let rest = cfg
+        .repository
+        .strip_prefix("ssh://")
+        .ok_or("repository is not ssh://NAME/PATH")?;
+    let (name, path) = rest.split_at(rest.find('/').ok_or("repository has no path")?);
+    let repo_path = server::server_path(path);
+    let line = server::key_set_line(ctx, s, repo_path)?;
+    let keys = server::host_keys(ctx, s, confirm).map_err(|e| match e {
+        HostKeyError::Refused(m) => Stop::HostKeyRefused(m),
+        HostKeyError::Failed(m) => Stop::Failed(m),
+    })?;
+    let dest = server::destination_text(name, s, &keys)?;
+    server::update_file(ctx, &server::destination_file(name), &dest, yes, confirm)?;
+    let conf = server::server_conf_text(s, &keys);
+    server::update_file(
+        ctx,
+        &server::server_conf_file(&s.key_set),
+        &conf,
+        yes,
+        confirm,
+    )?;
+    Ok(line)
+}
+
 fn steps(
     ctx: &mut Ctx,
     opts: &InitOptions,
     confirm: Confirm,
     out: &mut dyn Write,
     now: u64,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let cfg = ctx.cfg;
     let p = plan(cfg, opts, ctx, confirm)?;
+    if let Some(s) = &opts.server {
+        let line = server_steps(ctx, s, opts.yes, confirm)?;
+        let _ = writeln!(
+            out,
+            "Register this line in the server account's ~/.ssh/authorized_keys (append-only: docs/USAGE.md has the BorgBase, rsync.net and Hetzner ways):
+{line}"
+        );
+        let _ = out.flush();
+        if !opts.yes
+            && !confirm("Is the line registered at the server? Initialise the repository now?")
+        {
+            return Err(Stop::Failed(
+                "repository not initialised: run init again once the line is registered".into(),
+            ));
+        }
+    }
     let r = run_init(ctx, opts, &p.passphrase)?;
     if !r.created {
         let _ = writeln!(
@@ -310,7 +389,7 @@ pub fn init(
     out: &mut dyn Write,
     err: &mut dyn Write,
     now: u64,
-) -> Outcome {
+) -> InitOutcome {
     let mut ctx = Ctx {
         q,
         cfg,
@@ -321,14 +400,18 @@ pub fn init(
         ctx.note(&n);
     }
     match steps(&mut ctx, opts, confirm, out, now) {
-        Ok(()) => Outcome::Ok,
-        Err(e) => {
+        Ok(()) => InitOutcome::Done(Outcome::Ok),
+        Err(Stop::HostKeyRefused(e)) => {
+            ctx.note(&format!("init REFUSED: {e}"));
+            InitOutcome::HostKeyRefused
+        }
+        Err(Stop::Failed(e)) => {
             ctx.note(&format!("init FAILED: {e}"));
-            if ctx.q.interrupted() {
+            InitOutcome::Done(if ctx.q.interrupted() {
                 Outcome::Interrupted
             } else {
                 Outcome::Failed
-            }
+            })
         }
     }
 }

@@ -3,7 +3,8 @@
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
 //! `job_call` runs the job and reads its progress; `run` (backup), `list` (with `archives`,
-//! `json`), `restore` (with `metadata`) and `init` (first setup, with `textdiff`) are the
+//! `json`), `restore` (with `metadata`) and `init` (first setup, with
+//! `server` and `textdiff`) are the
 //! commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
@@ -23,6 +24,7 @@ pub mod qubes;
 pub mod restore;
 pub mod run;
 pub mod secrets;
+pub mod server;
 pub mod session;
 pub mod signals;
 pub mod textdiff;

@@ -95,6 +95,9 @@ pub fn parse_keyscan(untrusted: &[u8], host: &str, port: u16) -> Result<Vec<Host
                 sanitize(line, 80)
             )
         };
+        if !line.iter().all(|b| (0x20..0x7f).contains(b)) {
+            return Err(bad());
+        }
         let text = std::str::from_utf8(line).map_err(|_| bad())?;
         let f: Vec<&str> = text.split(' ').collect();
         if f.len() != 3 || f[0] != want {
@@ -106,7 +109,9 @@ pub fn parse_keyscan(untrusted: &[u8], host: &str, port: u16) -> Result<Vec<Host
             keys.push(k);
         }
         if keys.len() > MAX_HOST_KEYS {
-            return Err(format!("ssh-keyscan printed more than {MAX_HOST_KEYS} keys"));
+            return Err(format!(
+                "ssh-keyscan printed more than {MAX_HOST_KEYS} keys"
+            ));
         }
     }
     if keys.is_empty() {
@@ -137,7 +142,7 @@ pub fn check_fingerprint(s: &str) -> Result<(), &'static str> {
 
 /// Fetches the server's host keys through sys-backup and decides which to pin: the one
 /// matching `--host-key-fingerprint`, or all of them once the user confirmed.
-pub fn host_keys(
+pub(super) fn host_keys(
     ctx: &mut Ctx,
     s: &ServerOptions,
     confirm: &mut dyn FnMut(&str) -> bool,
@@ -235,7 +240,7 @@ pub struct QubeFile<'a> {
 
 /// Shows the diff between the file in the qube and `new`, asks, and writes it; unchanged
 /// files are left alone. Returns whether it was written.
-pub fn update_file(
+pub(super) fn update_file(
     ctx: &mut Ctx,
     f: &QubeFile,
     new: &str,
@@ -326,7 +331,7 @@ pub fn server_path(url_path: &str) -> &str {
 
 /// Makes the key set in the vault (if missing) and returns the `authorized_keys` line for the
 /// server, built here from the vault's public key (checked) and constants.
-pub fn key_set_line(
+pub(super) fn key_set_line(
     ctx: &mut Ctx,
     s: &ServerOptions,
     repo_path: &str,
@@ -334,11 +339,18 @@ pub fn key_set_line(
     let argv = qvm_run(
         "user",
         VAULT,
-        &["qubes-borg-keygen", "--server-line", &s.key_set, repo_path, &s.quota],
+        &[
+            "qubes-borg-keygen",
+            "--server-line",
+            &s.key_set,
+            repo_path,
+            &s.quota,
+        ],
     );
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = ctx.call(&argv)?;
-    let untrusted = std::str::from_utf8(&out).map_err(|_| "qubes-borg-keygen: output is not text")?;
+    let untrusted =
+        std::str::from_utf8(&out).map_err(|_| "qubes-borg-keygen: output is not text")?;
     let key = parse_keygen_line(untrusted, &s.key_set, repo_path, &s.quota)?;
     Ok(authorized_keys_line(&key, &s.key_set, repo_path, &s.quota))
 }
@@ -434,7 +446,10 @@ mod tests {
             format!("{}\n", line.replace(ED, "AAAA")),
             format!("{}\n", authorized_keys_line(ED, "admin", "repo", "1T")),
         ] {
-            assert!(parse_keygen_line(&bad, "default", "repo", "1T").is_err(), "{bad}");
+            assert!(
+                parse_keygen_line(&bad, "default", "repo", "1T").is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -453,7 +468,10 @@ mod tests {
             base64: ED.into(),
         }];
         let t = destination_text("offsite", &s, &keys).unwrap();
-        assert!(t.contains("port = 23\n") && t.contains("agent = default\n"), "{t}");
+        assert!(
+            t.contains("port = 23\n") && t.contains("agent = default\n"),
+            "{t}"
+        );
         assert_eq!(server_path("/./repo"), "repo");
         assert_eq!(server_path("/home/borg/repo"), "/home/borg/repo");
     }

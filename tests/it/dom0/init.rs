@@ -7,9 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use qubes_borg::dom0::config::{load, Config};
-use qubes_borg::dom0::init::{init, InitOptions};
+use qubes_borg::dom0::init::{init, InitOptions, InitOutcome};
 use qubes_borg::dom0::qubes::{Fake, Reply};
 use qubes_borg::dom0::run::Outcome;
+use qubes_borg::dom0::server::{self, ServerOptions};
 use qubes_borg::job::progress::{encode, Event, InitResult, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, Encryption, Init, Op};
 
@@ -96,7 +97,7 @@ fn run(
     opts: &InitOptions,
     f: &mut Fake,
     answer: bool,
-) -> (Outcome, String, String, Vec<String>) {
+) -> (InitOutcome, String, String, Vec<String>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut asked = Vec::new();
     let mut confirm = |q: &str| {
@@ -116,6 +117,7 @@ fn opts(enc: Encryption, yes: bool) -> InitOptions {
     InitOptions {
         encryption: enc,
         yes,
+        server: None,
     }
 }
 
@@ -130,7 +132,7 @@ fn init_of_a_fresh_repository_keeps_the_key_in_dom0_root_only_and_sets_key_file(
     let mut f = Fake::default();
     expect_calls(&mut f, job_sending(&created(true).encode(), true));
     let (r, out, err, asked) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, true);
-    assert_eq!(r, Outcome::Ok, "{err}");
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     // the request: op init in keyfile mode, no key file, the new passphrase
     let s = spec::decode(&mut &f.requests[0][..]).unwrap();
@@ -199,7 +201,7 @@ fn an_existing_repository_is_left_alone_and_nothing_is_written() {
     };
     expect_calls(&mut f, job_sending(&exists.encode(), true));
     let (r, out, err, _) = run(&c, &opts(Encryption::RepokeyBlake2, false), &mut f, false);
-    assert_eq!(r, Outcome::Ok, "{err}");
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     let s = spec::decode(&mut &f.requests[0][..]).unwrap();
     assert_eq!(s.passphrase, b"old-pass");
     assert!(
@@ -218,7 +220,7 @@ fn not_confirming_the_config_change_stops_before_any_call() {
     let before = std::fs::read(d.join("backup.conf")).unwrap();
     let mut f = Fake::default();
     let (r, _, err, asked) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, false);
-    assert_eq!(r, Outcome::Failed);
+    assert_eq!(r, InitOutcome::Done(Outcome::Failed));
     assert_eq!(asked.len(), 1);
     assert!(f.calls.is_empty(), "{:?}", f.calls);
     assert!(err.contains("not confirmed"), "{err}");
@@ -249,7 +251,7 @@ fn hostile_answers_from_the_job_are_refused_and_nothing_is_written() {
         let mut f = Fake::default();
         expect_calls(&mut f, job_sending(data, true));
         let (r, _, err, asked) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, false);
-        assert_eq!(r, Outcome::Failed, "case {i}: {err}");
+        assert_eq!(r, InitOutcome::Done(Outcome::Failed), "case {i}: {err}");
         assert!(asked.is_empty(), "key_file set: nothing to confirm");
         assert!(err.contains("init FAILED: the init job"), "case {i}: {err}");
         assert!(!err.contains('\x1b'));
@@ -280,7 +282,7 @@ fn a_failed_init_job_reports_its_error_and_writes_nothing() {
     .concat();
     expect_calls(&mut f, job);
     let (r, _, err, _) = run(&c, &opts(Encryption::KeyfileBlake2, true), &mut f, false);
-    assert_eq!(r, Outcome::Failed);
+    assert_eq!(r, InitOutcome::Done(Outcome::Failed));
     assert!(err.contains("init FAILED: borg init failed"), "{err}");
     assert!(!d.join("passphrase").exists());
     assert!(!d.join("key").exists());
@@ -294,11 +296,288 @@ fn a_different_key_file_already_there_is_kept_aside() {
     let mut f = Fake::default();
     expect_calls(&mut f, job_sending(&created(true).encode(), true));
     let (r, _, err, _) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, false);
-    assert_eq!(r, Outcome::Ok, "{err}");
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert_eq!(std::fs::read(d.join("k")).unwrap(), key("ab"));
     assert_eq!(
         std::fs::read(d.join(format!("k.old-{NOW}"))).unwrap(),
         key("cd")
     );
     assert!(err.contains("kept as"), "{err}");
+}
+
+// --- the server's side (--host) ------------------------------------------------------------
+
+/// A real ed25519 host key and its fingerprint (`ssh-keygen -lf`).
+const HOST_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAINbD82viPYU9Mob/c7pG0mLJEuWT5tp+pBx17CDEq6fi";
+const HOST_FP: &str = "SHA256:2EG3cyQD68y1ufc6KeKwg/PUz82/wiAqIebB47NHPgY";
+/// The vault's public key.
+const USER_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+const RUN_USER: &str = "qvm-run --user user --pass-io --no-gui --no-color-output --no-color-stderr";
+const RUN_ROOT: [&str; 7] = [
+    "qvm-run",
+    "--user",
+    "root",
+    "--pass-io",
+    "--no-gui",
+    "--no-color-output",
+    "--no-color-stderr",
+];
+
+fn server_opts(fingerprint: Option<&str>) -> InitOptions {
+    InitOptions {
+        encryption: Encryption::KeyfileBlake2,
+        yes: false,
+        server: Some(ServerOptions {
+            host: "nas.example".into(),
+            user: "borg".into(),
+            port: 22,
+            key_set: "default".into(),
+            quota: "1T".into(),
+            fingerprint: fingerprint.map(String::from),
+        }),
+    }
+}
+
+fn line() -> String {
+    server::authorized_keys_line(USER_KEY, "default", "repo", "1T")
+}
+
+fn expect_server_start(f: &mut Fake, keyscan: &str) {
+    f.expect(
+        &format!("{RUN_USER} ssh-backup qubes-borg-keygen --server-line default repo 1T"),
+        Reply::ok(&format!("{}\n", line())),
+    )
+    .expect(
+        &format!("{RUN_USER} sys-backup ssh-keyscan -T 10 -p 22 nas.example"),
+        Reply::ok(keyscan),
+    );
+}
+
+fn file_calls(
+    f: &mut Fake,
+    vm: &str,
+    user: &str,
+    file: &server::QubeFile,
+    current: &str,
+    write: bool,
+) {
+    let argv = |script: &str| {
+        let mut v: Vec<&str> = RUN_ROOT.to_vec();
+        v[2] = user;
+        v.extend([vm, "sh", "-c", script, "sh", file.arg]);
+        v.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let r = argv(file.read);
+    f.expect_argv(
+        &r.iter().map(String::as_str).collect::<Vec<_>>(),
+        Reply::ok(current),
+    );
+    if write {
+        let w = argv(file.write);
+        f.expect_argv(
+            &w.iter().map(String::as_str).collect::<Vec<_>>(),
+            Reply::ok(""),
+        );
+    }
+}
+
+#[test]
+fn init_with_a_server_pins_the_confirmed_key_writes_both_files_and_prints_the_append_only_line() {
+    let d = tmp("server");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut f = Fake::default();
+    expect_server_start(
+        &mut f,
+        &format!("# nas.example:22 SSH-2.0-OpenSSH_9.2\nnas.example ssh-ed25519 {HOST_KEY}\n"),
+    );
+    file_calls(
+        &mut f,
+        "sys-backup",
+        "root",
+        &server::destination_file("borgbase"),
+        "",
+        true,
+    );
+    file_calls(
+        &mut f,
+        "ssh-backup",
+        "user",
+        &server::server_conf_file("default"),
+        "",
+        true,
+    );
+    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    let (r, out, err, asked) = run(&c, &server_opts(None), &mut f, true);
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    // the fingerprint was shown and confirmed, then the registration
+    assert!(err.contains(&format!("ssh-ed25519 {HOST_FP}")), "{err}");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[0].contains("host keys"), "{asked:?}");
+    // the files written: what went to the writers' stdin
+    let dest = String::from_utf8(f.requests[0].clone()).unwrap();
+    assert!(
+        dest.contains(&format!(
+            "host = nas.example\nuser = borg\nhost-key = ssh-ed25519 {HOST_KEY}\nagent = default\n"
+        )),
+        "{dest}"
+    );
+    let conf = String::from_utf8(f.requests[1].clone()).unwrap();
+    assert!(
+        conf.contains(&format!("user = borg\nhost-key = ssh-ed25519 {HOST_KEY}\n")),
+        "{conf}"
+    );
+    assert!(out.contains(&format!("\n{}\n", line())), "{out}");
+    assert!(line().starts_with("command=\"borg serve --append-only --restrict-to-repository repo --storage-quota 1T\",restrict ssh-ed25519 "));
+}
+
+#[test]
+fn a_wrong_fingerprint_is_refused_and_nothing_is_written() {
+    let d = tmp("wrongfp");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut f = Fake::default();
+    expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    let (r, _, err, asked) = run(&c, &server_opts(Some(&wrong)), &mut f, true);
+    assert_eq!(r, InitOutcome::HostKeyRefused, "{err}");
+    assert!(asked.is_empty());
+    assert!(
+        f.expected.is_empty() && f.requests.is_empty(),
+        "{:?}",
+        f.calls
+    );
+    assert!(
+        err.contains(&format!(
+            "no host key of nas.example has the fingerprint {wrong}"
+        )),
+        "{err}"
+    );
+    assert!(!d.join("passphrase").exists());
+}
+
+#[test]
+fn host_keys_not_confirmed_are_refused() {
+    let d = tmp("notconfirmed");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut f = Fake::default();
+    expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
+    let (r, _, err, _) = run(&c, &server_opts(None), &mut f, false);
+    assert_eq!(r, InitOutcome::HostKeyRefused, "{err}");
+    assert!(f.requests.is_empty());
+}
+
+#[test]
+fn hostile_keyscan_output_is_refused_before_anything_is_written() {
+    for (i, bad) in [
+        format!("evil.example ssh-ed25519 {HOST_KEY}\n"),
+        format!("nas.example ssh-ed25519 {HOST_KEY}\x1b[2J\n"),
+        "nas.example ssh-ed25519 AAAAB3NzaC1yc2E=\n".to_string(),
+        format!("nas.example ssh-ed25519 {HOST_KEY}\n").repeat(20) + &"x".repeat(70_000),
+        "# no key at all\n".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = tmp(&format!("hostilescan{i}"));
+        let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+        let mut f = Fake::default();
+        expect_server_start(&mut f, bad);
+        let (r, _, err, asked) = run(&c, &server_opts(Some(HOST_FP)), &mut f, true);
+        assert_eq!(r, InitOutcome::Done(Outcome::Failed), "case {i}: {err}");
+        assert!(asked.is_empty(), "case {i}");
+        assert!(f.requests.is_empty(), "case {i}: {:?}", f.calls);
+        assert!(!err.contains('\x1b'), "case {i}");
+        assert!(err.contains("ssh-keyscan"), "case {i}: {err}");
+    }
+}
+
+#[test]
+fn a_changed_destination_file_is_shown_as_a_diff_and_left_alone_when_not_confirmed() {
+    let d = tmp("diff");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut f = Fake::default();
+    expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
+    // the current file (hostile bytes included) differs in its host key and agent
+    let current = "# written by qvm-backup-borg init (docs/PROTOCOL.md)\nhost = nas.example\nuser = borg\nhost-key = ssh-ed25519 OLDKEY\x1b[31m\nagent = other\n";
+    file_calls(
+        &mut f,
+        "sys-backup",
+        "root",
+        &server::destination_file("borgbase"),
+        current,
+        false,
+    );
+    let mut answers = vec![false];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut confirm = |_: &str| answers.pop().unwrap_or(false);
+    let r = init(
+        &c,
+        &server_opts(Some(HOST_FP)),
+        &mut f,
+        &mut confirm,
+        &mut out,
+        &mut err,
+        NOW,
+    );
+    let err = String::from_utf8(err).unwrap();
+    assert_eq!(r, InitOutcome::Done(Outcome::Failed), "{err}");
+    assert!(err.contains("-host-key = ssh-ed25519 OLDKEY?[31m"), "{err}");
+    assert!(
+        err.contains(&format!("+host-key = ssh-ed25519 {HOST_KEY}")),
+        "{err}"
+    );
+    assert!(err.contains("\n-agent = other\n"), "{err}");
+    assert!(err.contains("\n+agent = default\n"), "{err}");
+    assert!(err.contains("\n host = nas.example\n"), "{err}");
+    assert!(err.contains("left unchanged: not confirmed"), "{err}");
+    assert!(f.requests.is_empty(), "written without confirmation");
+    assert!(f.expected.is_empty());
+}
+
+#[test]
+fn an_unchanged_destination_file_is_not_rewritten() {
+    let d = tmp("same");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut o = server_opts(Some(HOST_FP));
+    o.yes = true;
+    let s = o.server.clone().unwrap();
+    let keys = server::parse_keyscan(
+        format!("nas.example ssh-ed25519 {HOST_KEY}\n").as_bytes(),
+        "nas.example",
+        22,
+    )
+    .unwrap();
+    let dest = server::destination_text("borgbase", &s, &keys).unwrap();
+    let conf = server::server_conf_text(&s, &keys);
+    let mut f = Fake::default();
+    expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
+    file_calls(
+        &mut f,
+        "sys-backup",
+        "root",
+        &server::destination_file("borgbase"),
+        &dest,
+        false,
+    );
+    file_calls(
+        &mut f,
+        "ssh-backup",
+        "user",
+        &server::server_conf_file("default"),
+        &conf,
+        false,
+    );
+    let exists = InitResult {
+        created: false,
+        key_file: None,
+        export: vec![],
+        paper: vec![],
+    };
+    expect_calls(&mut f, job_sending(&exists.encode(), true));
+    let (r, out, err, asked) = run(&c, &o, &mut f, false);
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
+    assert!(asked.is_empty());
+    assert_eq!(f.requests.len(), 1, "only the init job's request");
+    assert!(err.contains("unchanged"), "{err}");
+    assert!(out.contains("already exists"), "{out}");
 }
