@@ -9,8 +9,8 @@
 use super::session::Ctx;
 use super::textdiff;
 use crate::codec;
+use crate::host_key::{self, HostKey};
 use crate::job::progress::sanitize;
-use crate::ssh::destination::{self, HostKey, MAX_HOST_KEYS};
 
 /// The networked qube that runs ssh (and ssh-keyscan).
 pub const NET_QUBE: &str = "sys-backup";
@@ -20,6 +20,8 @@ pub const VAULT: &str = "ssh-backup";
 pub const DESTINATIONS: &str = "/etc/qubes-borg/destinations";
 /// Most bytes of ssh-keyscan output read (a few keys are ~2 KiB).
 pub const MAX_KEYSCAN: usize = 64 * 1024;
+/// Most host keys pinned (as sys-backup's destination parser allows).
+pub const MAX_HOST_KEYS: usize = 16;
 /// Most bytes of a current configuration file shown in a diff.
 pub const MAX_CURRENT: usize = 64 * 1024;
 
@@ -103,7 +105,7 @@ pub fn parse_keyscan(untrusted: &[u8], host: &str, port: u16) -> Result<Vec<Host
         if f.len() != 3 || f[0] != want {
             return Err(bad());
         }
-        let k = destination::parse_host_key(&format!("{} {}", f[1], f[2]))
+        let k = host_key::parse_host_key(&format!("{} {}", f[1], f[2]))
             .map_err(|e| format!("{}: {e}", bad()))?;
         if !keys.contains(&k) {
             keys.push(k);
@@ -194,8 +196,8 @@ pub(super) fn host_keys(
     }
 }
 
-/// sys-backup's destination file for `name` (docs/PROTOCOL.md), checked with the parser
-/// sys-backup uses.
+/// sys-backup's destination file for `name` (docs/PROTOCOL.md), from values checked in dom0
+/// (tests/it/dom0/init.rs reads it back with sys-backup's parser).
 pub fn destination_text(name: &str, s: &ServerOptions, keys: &[HostKey]) -> Result<String, String> {
     let mut t = format!(
         "# written by qvm-backup-borg init (docs/PROTOCOL.md)\nhost = {}\nuser = {}\n",
@@ -208,8 +210,9 @@ pub fn destination_text(name: &str, s: &ServerOptions, keys: &[HostKey]) -> Resu
         t += &format!("host-key = {} {}\n", k.kind, k.base64);
     }
     t += &format!("agent = {}\n", s.key_set);
-    let path = std::path::PathBuf::from(format!("{DESTINATIONS}/{name}.conf"));
-    destination::parse(&path, name, t.as_bytes()).map_err(|e| e.to_string())?;
+    if keys.is_empty() || keys.len() > MAX_HOST_KEYS {
+        return Err(format!("{name}: 1 to {MAX_HOST_KEYS} host keys are needed"));
+    }
     Ok(t)
 }
 
@@ -384,7 +387,7 @@ pub fn parse_keygen_line(
     let key = rest
         .strip_suffix(&format!(" qubes-borg-{key_set}"))
         .ok_or_else(bad)?;
-    destination::parse_host_key(&format!("ssh-ed25519 {key}"))
+    host_key::parse_host_key(&format!("ssh-ed25519 {key}"))
         .map_err(|e| format!("{}: {e}", bad()))?;
     Ok(key.to_string())
 }

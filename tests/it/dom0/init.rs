@@ -422,7 +422,21 @@ fn init_with_a_server_pins_the_confirmed_key_writes_both_files_and_prints_the_ap
         )),
         "{dest}"
     );
+    // read back by the parsers of sys-backup and of the vault
+    let parsed = qubes_borg::ssh::destination::parse(
+        Path::new("/etc/qubes-borg/destinations/borgbase.conf"),
+        "borgbase",
+        dest.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (parsed.host.as_str(), parsed.user.as_str(), parsed.port),
+        ("nas.example", "borg", 22)
+    );
+    assert_eq!(parsed.agent.as_deref(), Some("default"));
+    assert_eq!(parsed.host_keys.len(), 1);
     let conf = String::from_utf8(f.requests[1].clone()).unwrap();
+    qubes_borg::agent::keyset::parse(Path::new("server.conf"), conf.as_bytes()).unwrap();
     assert!(
         conf.contains(&format!("user = borg\nhost-key = ssh-ed25519 {HOST_KEY}\n")),
         "{conf}"
