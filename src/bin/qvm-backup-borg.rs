@@ -123,6 +123,19 @@ fn main() {
             finish(o, s)
         }
         Command::Init { config, opts } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            init::prepare_config(
+                &config,
+                opts.repository.as_deref(),
+                opts.yes,
+                &mut confirm_on_tty,
+                err,
+                now,
+            )
+            .unwrap_or_else(|e| die(exit::CONFIG, &e));
             let cfg = config::load(&config).unwrap_or_else(|e| die(exit::CONFIG, &e.to_string()));
             let signals = Signals::install().unwrap_or_else(|e| {
                 die(exit::OSERR, &format!("cannot set up signal handling: {e}"))
@@ -140,10 +153,6 @@ fn main() {
                     key_file: None,
                 },
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
             match init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now) {
                 init::InitOutcome::Done(o) => finish(o, s),
                 init::InitOutcome::HostKeyRefused => {

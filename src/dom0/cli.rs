@@ -25,13 +25,13 @@ usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [-
   QUBE-restored-YYYYMMDD) with its saved settings; --replace overwrites the private
   volume of an existing halted qube NAME.
 usage: qvm-backup-borg init [--config FILE] [--encryption keyfile-blake2|repokey-blake2] [--yes]
-         [--host HOST --user USER [--port N] [--key-set NAME] [--quota SIZE]
+         [--repository ssh://NAME/PATH] [--host HOST --user USER [--port N] [--key-set NAME] [--quota SIZE]
           [--host-key-fingerprint SHA256:...]]
   First setup: with --host, makes the vault's key set and prints its authorized_keys line,
   pins the server's host key (fetched through sys-backup, confirmed) and writes the
   destination of backup.conf's repository in sys-backup; then initialises the repository
   (left alone if it exists); keyfile mode (default) keeps the key in dom0 (key_file); exports
-  the key next to backup.conf.
+  the key next to backup.conf. --repository writes backup.conf's repository (makes the file).
   --yes          change configuration files without asking";
 
 /// What the command line asks for.
@@ -204,6 +204,7 @@ fn init(args: &[String]) -> Result<Command, String> {
         encryption: spec::Encryption::KeyfileBlake2,
         yes: false,
         server: None,
+        repository: None,
     };
     let (mut host, mut user, mut port, mut key_set, mut quota, mut fingerprint) = (
         None,
@@ -215,6 +216,11 @@ fn init(args: &[String]) -> Result<Command, String> {
     );
     while let Some(x) = a.next()? {
         match x {
+            "--repository" => {
+                let v = a.value("--repository", "ssh://NAME/PATH")?;
+                spec::check_repository(v).map_err(|e| format!("--repository {e}"))?;
+                opts.repository = Some(v.to_string());
+            }
             "--host" => {
                 let v = a.value("--host", "a host name")?;
                 validate::host(v).map_err(|e| format!("--host: {e}"))?;

@@ -33,6 +33,8 @@ pub struct InitOptions {
     pub yes: bool,
     /// Set up the server's side too: key set, host key, destination (`--host ...`).
     pub server: Option<ServerOptions>,
+    /// `--repository`: written to backup.conf (made if missing).
+    pub repository: Option<String>,
 }
 
 /// How `init` ended.
@@ -155,6 +157,76 @@ pub fn with_key_file(text: &str, key_file: &Path) -> Option<String> {
         out += &format!("{line}\n");
     }
     Some(out)
+}
+
+/// backup.conf with `repository = URL` (the first such line replaced, else added first).
+pub fn with_repository(text: &str, url: &str) -> Option<String> {
+    let line = format!("repository = {url}");
+    let mut out = String::new();
+    let mut done = false;
+    for l in text.lines() {
+        let t = l.trim();
+        let is_key = t
+            .strip_prefix("repository")
+            .map(|r| r.trim_start().starts_with('='))
+            .unwrap_or(false);
+        if is_key && !done {
+            if t == line {
+                return None;
+            }
+            out += &format!("{line}\n");
+            done = true;
+            continue;
+        }
+        out += l;
+        out.push('\n');
+    }
+    if !done {
+        out = format!("{line}\n{out}");
+    }
+    Some(out)
+}
+
+/// Before `init` runs: backup.conf at `path` made (`--repository` given, no file yet) or its
+/// repository changed (diff shown, confirmed); returns the text to load.
+pub fn prepare_config(
+    path: &Path,
+    repository: Option<&str>,
+    yes: bool,
+    confirm: Confirm,
+    err: &mut dyn Write,
+    now: u64,
+) -> Result<(), String> {
+    let Some(url) = repository else {
+        return Ok(());
+    };
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let new = match &old {
+        None => format!("# written by qvm-backup-borg init (docs/USAGE.md)\nrepository = {url}\n"),
+        Some(t) => match with_repository(t, url) {
+            Some(n) => n,
+            None => return Ok(()),
+        },
+    };
+    let label = path.to_string_lossy();
+    let _ = writeln!(
+        err,
+        "qvm-backup-borg: {} {}:\n{}",
+        label,
+        if old.is_some() { "changes" } else { "is new" },
+        textdiff::unified(&label, old.as_deref().unwrap_or(""), &new)
+    );
+    if old.is_some() && !yes && !confirm(&format!("Change {label}?")) {
+        return Err(format!(
+            "{label} left unchanged: not confirmed (--yes to change it without asking)"
+        ));
+    }
+    install_secret(path, new.as_bytes(), now)?;
+    Ok(())
 }
 
 /// backup.conf's directory (`/etc/qubes-borg`).
@@ -436,6 +508,20 @@ mod tests {
         assert_eq!(
             with_key_file("repository = x", Path::new("/k")).unwrap(),
             "repository = x\nkey_file = /k\n"
+        );
+    }
+
+    #[test]
+    fn the_repository_line_is_replaced_or_added_first() {
+        let t = "# c\nrepository = ssh://a/./r\nmode = image\n";
+        assert_eq!(
+            with_repository(t, "ssh://b/./r").unwrap(),
+            "# c\nrepository = ssh://b/./r\nmode = image\n"
+        );
+        assert_eq!(with_repository(t, "ssh://a/./r"), None);
+        assert_eq!(
+            with_repository("mode = image\n", "ssh://b/./r").unwrap(),
+            "repository = ssh://b/./r\nmode = image\n"
         );
     }
 

@@ -118,6 +118,7 @@ fn opts(enc: Encryption, yes: bool) -> InitOptions {
         encryption: enc,
         yes,
         server: None,
+        repository: None,
     }
 }
 
@@ -335,6 +336,7 @@ fn server_opts(fingerprint: Option<&str>) -> InitOptions {
             quota: "1T".into(),
             fingerprint: fingerprint.map(String::from),
         }),
+        repository: None,
     }
 }
 
@@ -594,4 +596,63 @@ fn an_unchanged_destination_file_is_not_rewritten() {
     assert_eq!(f.requests.len(), 1, "only the init job's request");
     assert!(err.contains("unchanged"), "{err}");
     assert!(out.contains("already exists"), "{out}");
+}
+
+#[test]
+fn repository_given_makes_backup_conf_or_changes_it_after_confirmation() {
+    use qubes_borg::dom0::init::prepare_config;
+    let d = tmp("prepare");
+    let p = d.join("backup.conf");
+    let mut err = Vec::new();
+    let mut never = |_: &str| -> bool { panic!("nothing to confirm for a new file") };
+    prepare_config(
+        &p,
+        Some("ssh://offsite/./repo"),
+        false,
+        &mut never,
+        &mut err,
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(load(&p).unwrap().repository, "ssh://offsite/./repo");
+    assert_eq!(mode(&p), 0o600);
+    // the same again: nothing to do, nothing asked
+    prepare_config(
+        &p,
+        Some("ssh://offsite/./repo"),
+        false,
+        &mut never,
+        &mut err,
+        NOW,
+    )
+    .unwrap();
+    // another repository: the diff, a question; declined leaves the file alone
+    let mut no = |_: &str| false;
+    let e = prepare_config(
+        &p,
+        Some("ssh://other/./repo"),
+        false,
+        &mut no,
+        &mut err,
+        NOW,
+    )
+    .unwrap_err();
+    assert!(e.contains("not confirmed"), "{e}");
+    assert_eq!(load(&p).unwrap().repository, "ssh://offsite/./repo");
+    let shown = String::from_utf8(err.clone()).unwrap();
+    assert!(
+        shown.contains("-repository = ssh://offsite/./repo\n+repository = ssh://other/./repo"),
+        "{shown}"
+    );
+    let mut yes = |_: &str| true;
+    prepare_config(
+        &p,
+        Some("ssh://other/./repo"),
+        false,
+        &mut yes,
+        &mut err,
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(load(&p).unwrap().repository, "ssh://other/./repo");
 }
