@@ -26,12 +26,13 @@ usage: qvm-backup-borg restore [--config FILE] QUBE [--archive A] [--as NAME] [-
   volume of an existing halted qube NAME.
 usage: qvm-backup-borg init [--config FILE] [--encryption keyfile-blake2|repokey-blake2] [--yes]
          [--repository ssh://NAME/PATH] [--host HOST --user USER [--port N] [--key-set NAME] [--quota SIZE]
-          [--host-key-fingerprint SHA256:...]]
+          [--host-key-fingerprint SHA256:...] [--admin]]
   First setup: with --host, makes the vault's key set and prints its authorized_keys line,
   pins the server's host key (fetched through sys-backup, confirmed) and writes the
   destination of backup.conf's repository in sys-backup; then initialises the repository
   (left alone if it exists); keyfile mode (default) keeps the key in dom0 (key_file); exports
   the key next to backup.conf. --repository writes backup.conf's repository (makes the file).
+  --admin also the full-access key set `admin` (destination NAME-admin, admin_repository).
   --yes          change configuration files without asking";
 
 /// What the command line asks for.
@@ -206,6 +207,7 @@ fn init(args: &[String]) -> Result<Command, String> {
         server: None,
         repository: None,
     };
+    let mut admin = false;
     let (mut host, mut user, mut port, mut key_set, mut quota, mut fingerprint) = (
         None,
         None,
@@ -257,6 +259,7 @@ fn init(args: &[String]) -> Result<Command, String> {
                 })?;
             }
             "--yes" => opts.yes = true,
+            "--admin" => admin = true,
             s if s.starts_with('-') => return Err(unknown(s)),
             s => return Err(format!("init takes no operand ('{s}')")),
         }
@@ -269,6 +272,7 @@ fn init(args: &[String]) -> Result<Command, String> {
             key_set,
             quota,
             fingerprint,
+            admin,
         }),
         (None, None) if fingerprint.is_none() => None,
         _ => {

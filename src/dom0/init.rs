@@ -129,13 +129,19 @@ pub fn install_secret(path: &Path, bytes: &[u8], now: u64) -> Result<Option<Path
 /// backup.conf with `key_file = PATH` among the global keys (before the first `[qube]`
 /// section), or None when it already says so.
 pub fn with_key_file(text: &str, key_file: &Path) -> Option<String> {
-    let line = format!("key_file = {}", key_file.display());
+    with_global(text, "key_file", &key_file.to_string_lossy())
+}
+
+/// backup.conf with `KEY = VALUE` among the global keys (the first such line replaced, else
+/// added before the first `[qube]` section), or None when it already says so.
+pub fn with_global(text: &str, key: &str, value: &str) -> Option<String> {
+    let line = format!("{key} = {value}");
     let mut out = String::new();
     let mut added = false;
     for l in text.lines() {
         let t = l.trim();
         let is_key = t
-            .strip_prefix("key_file")
+            .strip_prefix(key)
             .map(|r| r.trim_start().starts_with('='))
             .unwrap_or(false);
         if is_key && !added {
@@ -264,23 +270,31 @@ fn plan(cfg: &Config, opts: &InitOptions, ctx: &mut Ctx, confirm: Confirm) -> Re
             .unwrap_or_else(|| config_dir(cfg).join(KEY_NAME))
     });
     let mut config_text = None;
+    let old =
+        std::fs::read_to_string(&cfg.path).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+    let mut new = old.clone();
     if let (Some(k), None) = (&key_file, &cfg.key_file) {
-        let old = std::fs::read_to_string(&cfg.path)
-            .map_err(|e| format!("{}: {e}", cfg.path.display()))?;
-        if let Some(new) = with_key_file(&old, k) {
-            ctx.note(&format!(
-                "{} changes (keyfile mode: the key stays in dom0):\n{}",
-                cfg.path.display(),
-                textdiff::unified(&cfg.path.to_string_lossy(), &old, &new)
+        new = with_key_file(&new, k).unwrap_or(new);
+    }
+    let admin = opts.server.as_ref().is_some_and(|s| s.admin);
+    if let (true, None) = (admin, &cfg.admin_repository) {
+        let (name, path) = repository_parts(cfg)?;
+        let url = format!("ssh://{name}-admin{path}");
+        new = with_global(&new, "admin_repository", &url).unwrap_or(new);
+    }
+    if new != old {
+        ctx.note(&format!(
+            "{} changes:\n{}",
+            cfg.path.display(),
+            textdiff::unified(&cfg.path.to_string_lossy(), &old, &new)
+        ));
+        if !opts.yes && !confirm(&format!("Change {}?", cfg.path.display())) {
+            return Err(format!(
+                "{} left unchanged: not confirmed (--yes to change it without asking)",
+                cfg.path.display()
             ));
-            if !opts.yes && !confirm(&format!("Change {}?", cfg.path.display())) {
-                return Err(format!(
-                    "{} left unchanged: not confirmed (--yes to change it without asking)",
-                    cfg.path.display()
-                ));
-            }
-            config_text = Some(new);
         }
+        config_text = Some(new);
     }
     Ok(Plan {
         passphrase,
@@ -331,30 +345,62 @@ fn server_steps(
     yes: bool,
     confirm: Confirm,
 ) -> Result<String, Stop> {
-    let cfg = ctx.cfg;
-    // backup.conf's repository names the destination and the path (checked when loaded).
-    let rest = cfg
-        .repository
-        .strip_prefix("ssh://")
-        .ok_or("repository is not ssh://NAME/PATH")?;
-    let (name, path) = rest.split_at(rest.find('/').ok_or("repository has no path")?);
+    let (name, path) = repository_parts(ctx.cfg)?;
     let repo_path = server::server_path(path);
-    let line = server::key_set_line(ctx, s, repo_path)?;
+    let mut lines = vec![server::key_set_line(
+        ctx, &s.key_set, false, repo_path, &s.quota,
+    )?];
+    if s.admin {
+        lines.push(server::key_set_line(
+            ctx,
+            server::ADMIN_KEY_SET,
+            true,
+            repo_path,
+            &s.quota,
+        )?);
+    }
     let keys = server::host_keys(ctx, s, confirm).map_err(|e| match e {
         HostKeyError::Refused(m) => Stop::HostKeyRefused(m),
         HostKeyError::Failed(m) => Stop::Failed(m),
     })?;
-    let dest = server::destination_text(name, s, &keys)?;
-    server::update_file(ctx, &server::destination_file(name), &dest, yes, confirm)?;
-    let conf = server::server_conf_text(s, &keys);
-    server::update_file(
-        ctx,
-        &server::server_conf_file(&s.key_set),
-        &conf,
-        yes,
-        confirm,
-    )?;
-    Ok(line)
+    let mut sets = vec![(name.to_string(), s.clone())];
+    if s.admin {
+        let mut a = s.clone();
+        a.key_set = server::ADMIN_KEY_SET.into();
+        let admin_name = format!("{name}-admin");
+        crate::validate::name("destination", &admin_name)
+            .map_err(|e| format!("admin destination {admin_name}: {}", e.why))?;
+        sets.push((admin_name, a));
+    }
+    for (dest_name, o) in &sets {
+        let dest = server::destination_text(dest_name, o, &keys)?;
+        server::update_file(
+            ctx,
+            &server::destination_file(dest_name),
+            &dest,
+            yes,
+            confirm,
+        )?;
+        let conf = server::server_conf_text(o, &keys);
+        server::update_file(
+            ctx,
+            &server::server_conf_file(&o.key_set),
+            &conf,
+            yes,
+            confirm,
+        )?;
+    }
+    Ok(lines.join("\n"))
+}
+
+/// backup.conf's repository as destination NAME and path (checked when loaded).
+fn repository_parts(cfg: &Config) -> Result<(&str, &str), String> {
+    let rest = cfg
+        .repository
+        .strip_prefix("ssh://")
+        .ok_or("repository is not ssh://NAME/PATH")?;
+    let at = rest.find('/').ok_or("repository has no path")?;
+    Ok(rest.split_at(at))
 }
 
 fn steps(
@@ -491,6 +537,15 @@ pub fn init(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_repository_goes_among_the_global_keys() {
+        let t = "repository = ssh://a/./r\n[qube work]\n";
+        assert_eq!(
+            with_global(t, "admin_repository", "ssh://a-admin/./r").unwrap(),
+            "repository = ssh://a/./r\nadmin_repository = ssh://a-admin/./r\n[qube work]\n"
+        );
+    }
 
     #[test]
     fn key_file_goes_among_the_global_keys_once() {

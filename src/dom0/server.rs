@@ -37,7 +37,13 @@ pub struct ServerOptions {
     pub quota: String,
     /// `SHA256:...`: pin the key with this fingerprint without asking.
     pub fingerprint: Option<String>,
+    /// Also the `admin` key set (full access, each use confirmed in dom0) and its destination
+    /// `NAME-admin`.
+    pub admin: bool,
 }
+
+/// The full-access key set the shipped policy asks about at each use.
+pub const ADMIN_KEY_SET: &str = "admin";
 
 /// Why the host keys were not pinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,29 +339,52 @@ pub fn server_path(url_path: &str) -> &str {
 }
 
 /// Makes the key set in the vault (if missing) and returns the `authorized_keys` line for the
-/// server, built here from the vault's public key (checked) and constants.
+/// server, built here from the vault's public key (checked) and constants: the routine key set
+/// append-only with a quota, the admin key set (`admin`) with full access.
 pub(super) fn key_set_line(
     ctx: &mut Ctx,
-    s: &ServerOptions,
+    key_set: &str,
+    admin: bool,
     repo_path: &str,
+    quota: &str,
 ) -> Result<String, String> {
-    let argv = qvm_run(
-        "user",
-        VAULT,
-        &[
-            "qubes-borg-keygen",
-            "--server-line",
-            &s.key_set,
-            repo_path,
-            &s.quota,
-        ],
-    );
+    let argv = if admin {
+        qvm_run(
+            "user",
+            VAULT,
+            &[
+                "qubes-borg-keygen",
+                "--admin-server-line",
+                key_set,
+                repo_path,
+            ],
+        )
+    } else {
+        qvm_run(
+            "user",
+            VAULT,
+            &[
+                "qubes-borg-keygen",
+                "--server-line",
+                key_set,
+                repo_path,
+                quota,
+            ],
+        )
+    };
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = ctx.call(&argv)?;
     let untrusted =
         std::str::from_utf8(&out).map_err(|_| "qubes-borg-keygen: output is not text")?;
-    let key = parse_keygen_line(untrusted, &s.key_set, repo_path, &s.quota)?;
-    Ok(authorized_keys_line(&key, &s.key_set, repo_path, &s.quota))
+    let expect = |key: &str| {
+        if admin {
+            admin_keys_line(key, key_set, repo_path)
+        } else {
+            authorized_keys_line(key, key_set, repo_path, quota)
+        }
+    };
+    let key = parse_keygen_line(untrusted, &expect)?;
+    Ok(expect(&key))
 }
 
 /// The routine key set's line: append-only, one repository, a quota, `restrict`.
@@ -365,13 +394,18 @@ pub fn authorized_keys_line(key_b64: &str, key_set: &str, repo_path: &str, quota
     )
 }
 
-/// The public key from `qubes-borg-keygen --server-line`'s one line, which must be exactly
-/// the line dom0 would build.
+/// The admin key set's line: one repository, full access (prune, delete, compact), `restrict`.
+pub fn admin_keys_line(key_b64: &str, key_set: &str, repo_path: &str) -> String {
+    format!(
+        "command=\"borg serve --restrict-to-repository {repo_path}\",restrict ssh-ed25519 {key_b64} qubes-borg-{key_set}"
+    )
+}
+
+/// The public key from `qubes-borg-keygen`'s one line, which must be exactly `expect(KEY)`
+/// (the line dom0 builds), KEY an ed25519 public key.
 pub fn parse_keygen_line(
     untrusted: &str,
-    key_set: &str,
-    repo_path: &str,
-    quota: &str,
+    expect: &dyn Fn(&str) -> String,
 ) -> Result<String, String> {
     let bad = || {
         format!(
@@ -380,15 +414,19 @@ pub fn parse_keygen_line(
         )
     };
     let line = untrusted.strip_suffix('\n').ok_or_else(bad)?;
-    let prefix = format!(
-        "command=\"borg serve --append-only --restrict-to-repository {repo_path} --storage-quota {quota}\",restrict ssh-ed25519 "
-    );
-    let rest = line.strip_prefix(&prefix).ok_or_else(bad)?;
-    let key = rest
-        .strip_suffix(&format!(" qubes-borg-{key_set}"))
+    let (prefix, suffix) = expect("\n")
+        .split_once('\n')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(bad)?;
+    let key = line
+        .strip_prefix(&prefix)
+        .and_then(|r| r.strip_suffix(&suffix))
         .ok_or_else(bad)?;
     host_key::parse_host_key(&format!("ssh-ed25519 {key}"))
         .map_err(|e| format!("{}: {e}", bad()))?;
+    if expect(key) != line {
+        return Err(bad());
+    }
     Ok(key.to_string())
 }
 
@@ -438,10 +476,17 @@ mod tests {
     #[test]
     fn the_keygen_line_must_be_exactly_the_expected_one() {
         let line = authorized_keys_line(ED, "default", "repo", "1T");
+        let expect = |k: &str| authorized_keys_line(k, "default", "repo", "1T");
         assert_eq!(
-            parse_keygen_line(&format!("{line}\n"), "default", "repo", "1T").unwrap(),
+            parse_keygen_line(&format!("{line}\n"), &expect).unwrap(),
             ED
         );
+        let admin = |k: &str| admin_keys_line(k, "admin", "repo");
+        assert_eq!(
+            parse_keygen_line(&format!("{}\n", admin(ED)), &admin).unwrap(),
+            ED
+        );
+        assert!(parse_keygen_line(&format!("{line}\n"), &admin).is_err());
         for bad in [
             line.clone(),
             format!("{line}\nmore\n"),
@@ -449,15 +494,12 @@ mod tests {
             format!("{}\n", line.replace(ED, "AAAA")),
             format!("{}\n", authorized_keys_line(ED, "admin", "repo", "1T")),
         ] {
-            assert!(
-                parse_keygen_line(&bad, "default", "repo", "1T").is_err(),
-                "{bad}"
-            );
+            assert!(parse_keygen_line(&bad, &expect).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn the_destination_text_passes_sys_backups_parser() {
+    fn the_destination_text_has_the_port_and_key_set() {
         let s = ServerOptions {
             host: "nas.example".into(),
             user: "borg".into(),
@@ -465,6 +507,7 @@ mod tests {
             key_set: "default".into(),
             quota: "1T".into(),
             fingerprint: None,
+            admin: false,
         };
         let keys = vec![HostKey {
             kind: "ssh-ed25519".into(),

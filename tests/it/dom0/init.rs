@@ -335,6 +335,7 @@ fn server_opts(fingerprint: Option<&str>) -> InitOptions {
             key_set: "default".into(),
             quota: "1T".into(),
             fingerprint: fingerprint.map(String::from),
+            admin: false,
         }),
         repository: None,
     }
@@ -655,4 +656,76 @@ fn repository_given_makes_backup_conf_or_changes_it_after_confirmation() {
     )
     .unwrap();
     assert_eq!(load(&p).unwrap().repository, "ssh://other/./repo");
+}
+
+#[test]
+fn admin_adds_the_full_access_key_set_its_destination_and_admin_repository() {
+    let d = tmp("admin");
+    let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
+    let mut o = server_opts(Some(HOST_FP));
+    o.yes = true;
+    o.server.as_mut().unwrap().admin = true;
+    let admin_line = server::admin_keys_line(USER_KEY, "admin", "repo");
+    let mut f = Fake::default();
+    f.expect(
+        &format!("{RUN_USER} ssh-backup qubes-borg-keygen --server-line default repo 1T"),
+        Reply::ok(&format!("{}\n", line())),
+    )
+    .expect(
+        &format!("{RUN_USER} ssh-backup qubes-borg-keygen --admin-server-line admin repo"),
+        Reply::ok(&format!("{admin_line}\n")),
+    )
+    .expect(
+        &format!("{RUN_USER} sys-backup ssh-keyscan -T 10 -p 22 nas.example"),
+        Reply::ok(&format!("nas.example ssh-ed25519 {HOST_KEY}\n")),
+    );
+    file_calls(
+        &mut f,
+        "sys-backup",
+        "root",
+        &server::destination_file("borgbase"),
+        "",
+        true,
+    );
+    file_calls(
+        &mut f,
+        "ssh-backup",
+        "user",
+        &server::server_conf_file("default"),
+        "",
+        true,
+    );
+    file_calls(
+        &mut f,
+        "sys-backup",
+        "root",
+        &server::destination_file("borgbase-admin"),
+        "",
+        true,
+    );
+    file_calls(
+        &mut f,
+        "ssh-backup",
+        "user",
+        &server::server_conf_file("admin"),
+        "",
+        true,
+    );
+    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    let (r, out, err, _) = run(&c, &o, &mut f, false);
+    assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
+    assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
+    assert!(admin_line
+        .starts_with("command=\"borg serve --restrict-to-repository repo\",restrict ssh-ed25519 "));
+    assert!(
+        out.contains(&format!("{}\n{admin_line}\n", line())),
+        "{out}"
+    );
+    let admin_dest = String::from_utf8(f.requests[2].clone()).unwrap();
+    assert!(admin_dest.contains("agent = admin\n"), "{admin_dest}");
+    let cfg = load(&d.join("backup.conf")).unwrap();
+    assert_eq!(
+        cfg.admin_repository.as_deref(),
+        Some("ssh://borgbase-admin/./repo")
+    );
 }
