@@ -179,6 +179,7 @@ pub const TABLE: &[Row] = &[
     row(QvmBackupBorg, USAGE, "the command line is not accepted"),
     row(QvmBackupBorg, OSERR, "cannot set up signal handling"),
     row(QvmBackupBorg, TEMPFAIL, "another qvm-backup-borg run holds the lock (the message gives its pid)"),
+    row(QvmBackupBorg, REFUSED, "init: the server's host key was not confirmed or does not match --host-key-fingerprint (nothing pinned)"),
     row(QvmBackupBorg, CONFIG, "backup.conf or a secret file is missing, malformed or not root-only (file:line: key)"),
     text(QvmBackupBorg, "128+N", "interrupted by signal N (SIGINT, SIGTERM, SIGHUP) after undoing everything it set up"),
 ];

@@ -10,6 +10,7 @@ pub mod child;
 pub mod codec;
 pub mod dom0;
 pub mod exit;
+pub mod host_key;
 pub mod job;
 pub mod pipe;
 pub mod relay;

@@ -1,7 +1,7 @@
 //! dom0: `qvm-backup-borg`, backups of qubes with borg (docs/USAGE.md): `backup`, `list`,
-//! `restore`, `info`, `check`. The command line is parsed by `dom0::cli`; this program loads
-//! what each command needs (configuration, signal handling, the lock, the secrets), runs it and
-//! maps the outcome to an exit status.
+//! `restore`, `info`, `check`, `init`. The command line is parsed by `dom0::cli`; this program
+//! loads what each command needs (configuration, signal handling, the lock, the secrets), runs it
+//! and maps the outcome to an exit status.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -12,7 +12,7 @@ use qubes_borg::dom0::config::{self, Config};
 use qubes_borg::dom0::lock::{self, Lock};
 use qubes_borg::dom0::run::{Outcome, Secrets};
 use qubes_borg::dom0::{
-    check, info, list, qubes::Real, restore, restore_into, run, secrets, signals::Signals,
+    check, info, init, list, qubes::Real, restore, restore_into, run, secrets, signals::Signals,
 };
 use qubes_borg::exit::{self, Program};
 
@@ -67,6 +67,23 @@ fn setup(config_path: &Path, dry_run: bool) -> Setup {
     }
 }
 
+/// `init`'s questions, answered on the terminal (no terminal: no).
+fn confirm_on_tty(question: &str) -> bool {
+    use std::io::{BufRead, Read, Write};
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        eprintln!("qvm-backup-borg: {question} (no terminal to ask on: use --yes)");
+        return false;
+    };
+    let _ = write!(&tty, "{question} [y/N] ");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new((&tty).take(256)).read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes" | "YES")
+}
+
 /// Exits with the status of `outcome`, releasing the lock first.
 fn finish(outcome: Outcome, s: Setup) -> ! {
     drop(s.lock);
@@ -106,6 +123,45 @@ fn main() {
             let mut s = setup(&config, false);
             let o = list::list(&s.cfg, qube.as_deref(), &s.secrets, &mut s.q, out, err);
             finish(o, s)
+        }
+        Command::Init { config, opts } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            init::prepare_config(
+                &config,
+                opts.repository.as_deref(),
+                opts.yes,
+                &mut confirm_on_tty,
+                err,
+                now,
+            )
+            .unwrap_or_else(|e| die(exit::CONFIG, &e));
+            let cfg = config::load(&config).unwrap_or_else(|e| die(exit::CONFIG, &e.to_string()));
+            let signals = Signals::install().unwrap_or_else(|e| {
+                die(exit::OSERR, &format!("cannot set up signal handling: {e}"))
+            });
+            let lock =
+                lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(exit::TEMPFAIL, &e.to_string()));
+            let mut s = Setup {
+                cfg,
+                q: Real {
+                    signals: Some(signals),
+                },
+                lock: Some(lock),
+                secrets: Secrets {
+                    passphrase: vec![],
+                    key_file: None,
+                },
+            };
+            match init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now) {
+                init::InitOutcome::Done(o) => finish(o, s),
+                init::InitOutcome::HostKeyRefused => {
+                    drop(s.lock);
+                    std::process::exit(exit::REFUSED.into())
+                }
+            }
         }
         Command::Restore { config, opts } => {
             let mut s = setup(&config, false);

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 
 use super::check::{CheckOptions, DEFAULT_SPOT};
 use super::config;
+use super::init::InitOptions;
 use super::restore::RestoreOptions;
 use super::restore_into::IntoOptions;
 use super::run::Options;
+use super::server::{check_fingerprint, ServerOptions};
 use crate::job::spec;
+use crate::validate;
 
 pub const USAGE: &str =
     "usage: qvm-backup-borg backup [--config FILE] [--dry-run] [--shutdown] [QUBE...]
@@ -33,7 +36,17 @@ usage: qvm-backup-borg info [--config FILE] ARCHIVE
 usage: qvm-backup-borg check [--config FILE] [--verify-data] [--spot N] [QUBE...]
   borg's repository and archive checks, then N (default 20, 0 for none, at most 1000)
   random files of each qube's newest archive compared with its private volume.
-  --verify-data  also decrypt and verify every chunk (reads the whole repository)";
+  --verify-data  also decrypt and verify every chunk (reads the whole repository)
+usage: qvm-backup-borg init [--config FILE] [--encryption keyfile-blake2|repokey-blake2] [--yes]
+         [--repository ssh://NAME/PATH] [--host HOST --user USER [--port N] [--key-set NAME] [--quota SIZE]
+          [--host-key-fingerprint SHA256:...] [--admin]]
+  First setup: with --host, makes the vault's key set and prints its authorized_keys line,
+  pins the server's host key (fetched through sys-backup, confirmed) and writes the
+  destination of backup.conf's repository in sys-backup; then initialises the repository
+  (left alone if it exists); keyfile mode (default) keeps the key in dom0 (key_file); exports
+  the key next to backup.conf. --repository writes backup.conf's repository (makes the file).
+  --admin also the full-access key set `admin` (destination NAME-admin, admin_repository).
+  --yes          change configuration files without asking";
 
 /// What the command line asks for.
 pub enum Command {
@@ -62,6 +75,10 @@ pub enum Command {
         config: PathBuf,
         opts: IntoOptions,
     },
+    Init {
+        config: PathBuf,
+        opts: InitOptions,
+    },
 }
 
 /// Parses `args` (without the program name). `Err` is the message for a usage error.
@@ -70,7 +87,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some((c, rest)) => (c.as_str(), rest),
         None => {
             return Err(format!(
-                "expected a command (backup, list, restore, info, check)\n{USAGE}"
+                "expected a command (backup, list, restore, info, check, init)\n{USAGE}"
             ))
         }
     };
@@ -83,9 +100,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "restore" => restore(rest),
         "info" => info(rest),
         "check" => check(rest),
+        "init" => init(rest),
         "--help" | "-h" => Ok(Command::Help),
         _ => Err(format!(
-            "expected a command (backup, list, restore, info, check)\n{USAGE}"
+            "expected a command (backup, list, restore, info, check, init)\n{USAGE}"
         )),
     }
 }
@@ -313,6 +331,111 @@ fn check(args: &[String]) -> Result<Command, String> {
     })
 }
 
+fn init(args: &[String]) -> Result<Command, String> {
+    let mut a = Args::new(args);
+    let mut opts = InitOptions {
+        encryption: spec::Encryption::KeyfileBlake2,
+        yes: false,
+        server: None,
+        repository: None,
+    };
+    let mut admin = false;
+    let (mut host, mut user, mut port, mut key_set, mut quota, mut fingerprint) = (
+        None,
+        None,
+        22u16,
+        "default".to_string(),
+        "1T".to_string(),
+        None,
+    );
+    while let Some(x) = a.next()? {
+        match x {
+            "--repository" => {
+                let v = a.value("--repository", "ssh://NAME/PATH")?;
+                spec::check_repository(v).map_err(|e| format!("--repository {e}"))?;
+                opts.repository = Some(v.to_string());
+            }
+            "--host" => {
+                let v = a.value("--host", "a host name")?;
+                validate::host(v).map_err(|e| format!("--host: {e}"))?;
+                host = Some(v.to_string());
+            }
+            "--user" => {
+                let v = a.value("--user", "a user name")?;
+                validate::user(v).map_err(|e| format!("--user: {e}"))?;
+                user = Some(v.to_string());
+            }
+            "--port" => {
+                port = validate::port(a.value("--port", "a number")?)
+                    .map_err(|e| format!("--port: {e}"))?;
+            }
+            "--key-set" => {
+                let v = a.value("--key-set", "a name")?;
+                validate::name("key set", v).map_err(|e| format!("--key-set: {e}"))?;
+                key_set = v.to_string();
+            }
+            "--quota" => {
+                let v = a.value("--quota", "a size")?;
+                check_quota(v)?;
+                quota = v.to_string();
+            }
+            "--host-key-fingerprint" => {
+                let v = a.value("--host-key-fingerprint", "SHA256:...")?;
+                check_fingerprint(v).map_err(|e| format!("--host-key-fingerprint {e}"))?;
+                fingerprint = Some(v.to_string());
+            }
+            "--encryption" => {
+                let v = a.value("--encryption", "a mode")?;
+                opts.encryption = spec::Encryption::parse(v).ok_or_else(|| {
+                    format!("--encryption must be keyfile-blake2 or repokey-blake2, not '{v}'")
+                })?;
+            }
+            "--yes" => opts.yes = true,
+            "--admin" => admin = true,
+            s if s.starts_with('-') => return Err(unknown(s)),
+            s => return Err(format!("init takes no operand ('{s}')")),
+        }
+    }
+    opts.server = match (host, user) {
+        (Some(host), Some(user)) => Some(ServerOptions {
+            host,
+            user,
+            port,
+            key_set,
+            quota,
+            fingerprint,
+            admin,
+        }),
+        (None, None) if fingerprint.is_none() => None,
+        _ => {
+            return Err(
+                "init: --host and --user go together (and --host-key-fingerprint needs them)"
+                    .into(),
+            )
+        }
+    };
+    Ok(Command::Init {
+        config: a.config,
+        opts,
+    })
+}
+
+/// borg's `--storage-quota`: 1-15 digits (no leading zero) and an optional K, M, G, T or P
+/// (what qubes-borg-keygen accepts).
+fn check_quota(v: &str) -> Result<(), String> {
+    let digits = v.strip_suffix(['K', 'M', 'G', 'T', 'P']).unwrap_or(v);
+    if digits.is_empty()
+        || digits.len() > 15
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "--quota must be a whole number with an optional K, M, G, T or P (e.g. 500G), not '{v}'"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +636,50 @@ mod tests {
             .err()
             .unwrap()
             .starts_with("expected a command"));
+    }
+
+    #[test]
+    fn init_defaults_to_keyfile_mode_and_checks_the_encryption() {
+        match parse(&args("init")).unwrap() {
+            Command::Init { opts, .. } => {
+                assert_eq!(opts.encryption, spec::Encryption::KeyfileBlake2);
+                assert!(!opts.yes);
+            }
+            _ => panic!("not init"),
+        }
+        match parse(&args("init --encryption repokey-blake2 --yes")).unwrap() {
+            Command::Init { opts, .. } => {
+                assert_eq!(opts.encryption, spec::Encryption::RepokeyBlake2);
+                assert!(opts.yes);
+            }
+            _ => panic!("not init"),
+        }
+        match parse(&args(
+            "init --host 10.0.0.1 --user borg --port 23 --quota 500G --host-key-fingerprint SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ))
+        .unwrap()
+        {
+            Command::Init { opts, .. } => {
+                let s = opts.server.unwrap();
+                assert_eq!((s.host.as_str(), s.user.as_str(), s.port), ("10.0.0.1", "borg", 23));
+                assert_eq!((s.key_set.as_str(), s.quota.as_str()), ("default", "500G"));
+                assert!(s.fingerprint.is_some());
+            }
+            _ => panic!("not init"),
+        }
+        for bad in [
+            "init --host h",
+            "init --user u",
+            "init --host -oProxyCommand=x --user u",
+            "init --host h --user u --quota 0G",
+            "init --host h --user u --quota 5X",
+            "init --host h --user u --host-key-fingerprint MD5:aa",
+            "init --host h --user u --key-set ../x",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+        let e = parse(&args("init --encryption none")).err().unwrap();
+        assert!(e.starts_with("--encryption must be"), "{e}");
+        assert!(parse(&args("init x")).is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! the Qubes tools and `facts` reads what they print; `session` holds a run's context and the
 //! steps around a job (disposable, loop devices, attach, always-undone `volumes` cleanup);
 //! `job_call` runs the job and reads its progress; `run` (backup, with `retry` after transient
-//! failures), `list` (with `archives`, `json`), `info`, `check`, `restore` (with `metadata`) and
-//! `restore_into` (files into a running qube) are the commands; `lock` keeps runs apart, `signals`
+//! failures), `list` (with `archives`, `json`), `info`, `check`, `restore` (with `metadata`),
+//! `restore_into` (files into a running qube) and `init` (first setup, with `server` and
+//! `textdiff`) are the commands; `lock` keeps runs apart, `signals`
 //! and `display` serve the terminal. Meets the job only through `job::spec` and `job::progress`.
 
 pub mod archives;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod display;
 pub mod facts;
 pub mod info;
+pub mod init;
 pub mod job_call;
 pub mod json;
 pub mod list;
@@ -26,6 +28,8 @@ pub mod restore_into;
 pub mod retry;
 pub mod run;
 pub mod secrets;
+pub mod server;
 pub mod session;
 pub mod signals;
+pub mod textdiff;
 pub mod volumes;

@@ -320,6 +320,13 @@ impl Fake {
         self
     }
 
+    /// Like `expect`, for an argv whose words contain spaces (a `sh -c` script).
+    pub fn expect_argv(&mut self, argv: &[&str], reply: Reply) -> &mut Self {
+        self.expected
+            .push_back((argv.iter().map(|s| s.to_string()).collect(), reply));
+        self
+    }
+
     fn next(&mut self, argv: &[String]) -> Reply {
         self.calls.push(argv.to_vec());
         let Some((want, reply)) = self.expected.pop_front() else {

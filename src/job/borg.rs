@@ -222,6 +222,29 @@ pub fn compact_argv(repo: &str) -> Vec<String> {
     ]
 }
 
+/// `borg init` of a new repository (`--encryption` keyfile-blake2 or repokey-blake2).
+pub fn init_argv(repo: &str, enc: super::spec::Encryption) -> Vec<String> {
+    vec![
+        "borg".into(),
+        "init".into(),
+        "--log-json".into(),
+        format!("--encryption={}", enc.as_str()),
+        repo.into(),
+    ]
+}
+
+/// `borg key export` (`--paper`: the printable form) of the repository's key to `file`.
+pub fn key_export_argv(repo: &str, paper: bool, file: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec!["borg".into(), "key".into(), "export".into()];
+    v.push("--log-json".into());
+    if paper {
+        v.push("--paper".into());
+    }
+    v.push(repo.into());
+    v.push(file.into());
+    v
+}
+
 /// The number after `"KEY": ` in a JSON text (borg's flat log lines and --json output),
 /// without a JSON parser: the text comes from borg in the same qube; a wrong value only
 /// shows a wrong number.

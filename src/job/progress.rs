@@ -4,13 +4,14 @@
 //! printable ASCII before anyone prints it.
 //!
 //! ```text
-//! phase mount|create|unmount|prune|compact|state|list|restore|check|spot
+//! phase mount|create|unmount|prune|compact|state|list|restore|check|spot|init
 //! progress BYTES                         bytes of the volume read so far
 //! stats ORIGINAL DEDUPLICATED COMPRESSED FILES
 //! warning TEXT
 //! error TEXT
 //! data HEX                             list, info, check, spot: a piece of borg's --json output, hex (dom0 joins
-//!                                       the pieces, bounded, and parses them strictly)
+//!                                       the pieces, bounded, and parses them strictly);
+//!                                       init: pieces of an `InitResult` (below)
 //! reason link|lock|cache-lock|passphrase|repository|space|mount|other
 //!                                       why the last step failed (a category only: dom0 words
 //!                                       its own message and retries only link and lock)
@@ -45,6 +46,7 @@ pub enum Phase {
     Restore,
     Check,
     Spot,
+    Init,
 }
 
 const PHASES: &[(&str, Phase)] = &[
@@ -58,6 +60,7 @@ const PHASES: &[(&str, Phase)] = &[
     ("restore", Phase::Restore),
     ("check", Phase::Check),
     ("spot", Phase::Spot),
+    ("init", Phase::Init),
 ];
 
 impl Phase {
@@ -415,6 +418,171 @@ pub fn read_all<R: Read>(r: &mut R) -> std::io::Result<Vec<Result<Event, LineErr
     Ok(out)
 }
 
+/// What the `init` op sends back in its `data` pieces, joined:
+///
+/// ```text
+/// qubes-borg-init/1 created|exists
+/// key-file N        keyfile mode, created only: the key file's N bytes, then LF
+/// export N          created only: `borg key export`, N bytes, then LF
+/// paper N           created only: `borg key export --paper`, N bytes, then LF
+/// end
+/// ```
+///
+/// dom0 reads it with `InitResult::parse`: every part bounded (MAX_KEY_TEXT), keys in the form
+/// borg writes them (`BORG_KEY` + 64 hex digits, then base64 lines), the paper key printable
+/// ASCII lines; anything else is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitResult {
+    /// False: a repository was already there and was left alone (nothing else follows).
+    pub created: bool,
+    pub key_file: Option<Vec<u8>>,
+    pub export: Vec<u8>,
+    pub paper: Vec<u8>,
+}
+
+pub const INIT_MAGIC: &str = "qubes-borg-init/1";
+/// Largest key file or export accepted (borg's are about 1 KiB; the paper form about 3 KiB).
+pub const MAX_KEY_TEXT: usize = 16 * 1024;
+
+impl InitResult {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = format!(
+            "{INIT_MAGIC} {}\n",
+            if self.created { "created" } else { "exists" }
+        )
+        .into_bytes();
+        let mut part = |name: &str, b: &[u8]| {
+            v.extend_from_slice(format!("{name} {}\n", b.len()).as_bytes());
+            v.extend_from_slice(b);
+            v.push(b'\n');
+        };
+        if self.created {
+            if let Some(k) = &self.key_file {
+                part("key-file", k);
+            }
+            part("export", &self.export);
+            part("paper", &self.paper);
+        }
+        v.extend_from_slice(b"end\n");
+        v
+    }
+
+    /// Strict reader of what the (untrusted) job sent; `keyfile`: whether a key file must come.
+    pub fn parse(untrusted: &[u8], keyfile: bool) -> Result<InitResult, String> {
+        fn line<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
+            let n = memchr::memchr(b'\n', rest).ok_or("the init job's answer ends early")?;
+            let (l, r) = rest.split_at(n);
+            *rest = &r[1..];
+            Ok(l)
+        }
+        let mut rest = untrusted;
+        let first = line(&mut rest)?;
+        let created = if first == format!("{INIT_MAGIC} created").as_bytes() {
+            true
+        } else if first == format!("{INIT_MAGIC} exists").as_bytes() {
+            false
+        } else {
+            return Err("the init job's answer does not start as expected".into());
+        };
+        let mut r = InitResult {
+            created,
+            key_file: None,
+            export: vec![],
+            paper: vec![],
+        };
+        if created {
+            let mut names: Vec<&str> = vec![];
+            if keyfile {
+                names.push("key-file");
+            }
+            names.extend(["export", "paper"]);
+            for name in names {
+                let head = line(&mut rest)?;
+                let len = std::str::from_utf8(head)
+                    .ok()
+                    .and_then(|h| h.strip_prefix(name))
+                    .and_then(|h| h.strip_prefix(' '))
+                    .and_then(number)
+                    .filter(|n| (1..=MAX_KEY_TEXT as u64).contains(n))
+                    .ok_or_else(|| format!("the init job's answer has no valid '{name}' part"))?
+                    as usize;
+                let body = rest
+                    .get(..len + 1)
+                    .filter(|b| b[len] == b'\n')
+                    .ok_or_else(|| format!("the init job's '{name}' part is cut short"))?;
+                let body = body[..len].to_vec();
+                rest = &rest[len + 1..];
+                let checked = if name == "paper" {
+                    check_paper_key(&body)
+                } else {
+                    check_key_text(&body)
+                };
+                checked.map_err(|why| format!("the init job's '{name}' part {why}"))?;
+                match name {
+                    "key-file" => r.key_file = Some(body),
+                    "export" => r.export = body,
+                    _ => r.paper = body,
+                }
+            }
+        }
+        if line(&mut rest)? != b"end" || !rest.is_empty() {
+            return Err("the init job's answer does not end as expected".into());
+        }
+        Ok(r)
+    }
+}
+
+/// A borg key as borg writes it (key file, `borg key export`): `BORG_KEY` and the repository
+/// id (64 lowercase hex digits), then base64 lines, each ending in LF.
+pub fn check_key_text(b: &[u8]) -> Result<(), &'static str> {
+    let text = std::str::from_utf8(b).map_err(|_| "is not text")?;
+    let body = text
+        .strip_suffix('\n')
+        .ok_or("does not end with a newline")?;
+    let mut lines = body.split('\n');
+    let head = lines.next().unwrap_or("");
+    let id = head
+        .strip_prefix("BORG_KEY ")
+        .ok_or("does not start with BORG_KEY")?;
+    if id.len() != 64
+        || !id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return Err("has no valid repository id");
+    }
+    let mut any = false;
+    for l in lines {
+        if l.is_empty()
+            || l.len() > 256
+            || !l
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+        {
+            return Err("has a line that is not base64");
+        }
+        any = true;
+    }
+    if any {
+        Ok(())
+    } else {
+        Err("holds no key")
+    }
+}
+
+/// The paper form: printable ASCII lines (at most 256 bytes each), each ending in LF.
+pub fn check_paper_key(b: &[u8]) -> Result<(), &'static str> {
+    if !b.ends_with(b"\n") || !b.windows(9).any(|w| w == b"BORG PAPE") {
+        return Err("is not borg's paper key");
+    }
+    for l in b[..b.len() - 1].split(|&c| c == b'\n') {
+        if l.len() > 256 || !l.iter().all(|c| (0x20..0x7f).contains(c)) {
+            return Err("has a line that is not printable text");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,5 +882,78 @@ mod tests {
         let r = read_all(&mut &b"progress 1\nprogress 2"[..]).unwrap();
         assert_eq!(r[0], Ok(Event::Progress(1)));
         assert!(matches!(r[1], Err(LineError::Malformed(_))));
+    }
+
+    fn key() -> Vec<u8> {
+        format!(
+            "BORG_KEY {}\nhqlhbGdvcml0aG2m\nc2hhMjU2pGRhdGHa=\n",
+            "ab12".repeat(16)
+        )
+        .into_bytes()
+    }
+
+    fn created() -> InitResult {
+        InitResult {
+            created: true,
+            key_file: Some(key()),
+            export: key(),
+            paper: b"To restore key use borg key import --paper /path/to/repo\n\nBORG PAPER KEY v1\nid: 31 / b161a6\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn init_result_round_trips_and_exists_carries_nothing() {
+        let r = created();
+        assert_eq!(InitResult::parse(&r.encode(), true), Ok(r));
+        let exists = InitResult {
+            created: false,
+            key_file: None,
+            export: vec![],
+            paper: vec![],
+        };
+        assert_eq!(InitResult::parse(&exists.encode(), true), Ok(exists));
+    }
+
+    #[test]
+    fn hostile_init_results_are_refused() {
+        let good = created().encode();
+        let cases: Vec<Vec<u8>> = vec![
+            // no key file although keyfile mode: parsed as keyfile=true below
+            InitResult {
+                key_file: None,
+                ..created()
+            }
+            .encode(),
+            // terminal escapes in the paper key
+            InitResult {
+                paper: b"BORG PAPER KEY v1\n\x1b]0;x\x07\n".to_vec(),
+                ..created()
+            }
+            .encode(),
+            // not a borg key
+            InitResult {
+                export: b"ssh-ed25519 AAAA\n".to_vec(),
+                ..created()
+            }
+            .encode(),
+            InitResult {
+                key_file: Some(b"BORG_KEY 12\nabc\n".to_vec()),
+                ..created()
+            }
+            .encode(),
+            // trailing bytes, wrong magic, a length past the end, a huge length
+            [good.clone(), b"x".to_vec()].concat(),
+            String::from_utf8(good.clone())
+                .unwrap()
+                .replacen("qubes-borg-init/1", "qubes-borg-init/2", 1)
+                .into_bytes(),
+            b"qubes-borg-init/1 created\nkey-file 999\nBORG_KEY\n".to_vec(),
+            b"qubes-borg-init/1 created\nkey-file 99999999999\n".to_vec(),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            assert!(InitResult::parse(c, true).is_err(), "case {i} accepted");
+        }
+        // repokey mode: a key-file part is not expected
+        assert!(InitResult::parse(&good, false).is_err());
     }
 }

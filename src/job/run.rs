@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::borg;
 use super::mount::{self, EPHEMERAL_DIR, PRIVATE_DIR, STATE_DIR, STATE_OPTIONS, UNTRUSTED_OPTIONS};
-use super::progress::{encode, Event, Phase, Reason, Stats};
+use super::progress::{encode, Event, InitResult, Phase, Reason, Stats, MAX_KEY_TEXT};
 use super::spec::{self, Mode, Op, Spec};
 use crate::exit;
 
@@ -165,6 +165,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             out.send(Event::Phase(Phase::Restore));
             run_borg_export(spec, &borg::export_tar_argv(&spec.repository, e), &env, out)?;
         }
+        Op::Init(i) => init_repository(spec, i, &borg::env(base, None), out)?,
         Op::List(l) => {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
@@ -699,6 +700,162 @@ fn spot_files<W: Write>(
         );
     }
     Ok(tally)
+}
+
+/// Where `init` has borg export the key (tmpfs, removed before the job ends).
+const EXPORT_FILE: &str = "/run/qubes-borg/key-export";
+const PAPER_FILE: &str = "/run/qubes-borg/key-export-paper";
+
+/// `init`: `borg init` (a repository already there is left alone and reported so), then the
+/// new key (keyfile mode: the file borg wrote, at KEY_FILE) and its two exports go to dom0 as
+/// `data` (an `InitResult`). Nothing of the key stays in the disposable.
+fn init_repository<W: Write>(
+    spec: &Spec,
+    init: &spec::Init,
+    env: &[(String, String)],
+    out: &mut Out<W>,
+) -> Result<(), String> {
+    out.send(Event::Phase(Phase::Init));
+    let keyfile = init.encryption == spec::Encryption::KeyfileBlake2;
+    for f in [KEY_FILE, EXPORT_FILE, PAPER_FILE] {
+        let _ = fs::remove_file(f);
+    }
+    let res = init_steps(spec, init, env, keyfile);
+    for f in [EXPORT_FILE, PAPER_FILE] {
+        let _ = fs::remove_file(f);
+    }
+    let r = res?;
+    for piece in r.encode().chunks(super::progress::MAX_DATA) {
+        out.send(Event::Data(piece.to_vec()));
+    }
+    Ok(())
+}
+
+fn init_steps(
+    spec: &Spec,
+    init: &spec::Init,
+    env: &[(String, String)],
+    keyfile: bool,
+) -> Result<InitResult, String> {
+    let repo = &spec.repository;
+    let q = run_borg_quiet(spec, &borg::init_argv(repo, init.encryption), env, keyfile)?;
+    if q.msgid.as_deref() == Some("Repository.AlreadyExists") {
+        return Ok(InitResult {
+            created: false,
+            key_file: None,
+            export: vec![],
+            paper: vec![],
+        });
+    }
+    q.ok("init")?;
+    run_borg_quiet(
+        spec,
+        &borg::key_export_argv(repo, false, EXPORT_FILE),
+        env,
+        keyfile,
+    )?
+    .ok("key export")?;
+    run_borg_quiet(
+        spec,
+        &borg::key_export_argv(repo, true, PAPER_FILE),
+        env,
+        keyfile,
+    )?
+    .ok("key export --paper")?;
+    let read = |p: &str| -> Result<Vec<u8>, String> {
+        let mut v = Vec::new();
+        fs::File::open(p)
+            .and_then(|f| f.take(MAX_KEY_TEXT as u64 + 1).read_to_end(&mut v))
+            .map_err(|e| format!("cannot read {p}: {e}"))?;
+        if v.len() > MAX_KEY_TEXT {
+            return Err(format!("{p} is larger than {MAX_KEY_TEXT} bytes"));
+        }
+        Ok(v)
+    };
+    Ok(InitResult {
+        created: true,
+        key_file: if keyfile { Some(read(KEY_FILE)?) } else { None },
+        export: read(EXPORT_FILE)?,
+        paper: read(PAPER_FILE)?,
+    })
+}
+
+/// How a quiet borg run ended: exit code, last error message and its msgid.
+struct Quiet {
+    code: Option<i32>,
+    error: Option<String>,
+    msgid: Option<String>,
+}
+
+impl Quiet {
+    fn ok(self, what: &str) -> Result<(), String> {
+        match self.code {
+            Some(0) => Ok(()),
+            c => Err(format!(
+                "borg {what} failed (exit {}){}",
+                c.map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+                self.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// Runs borg (passphrase on an inherited pipe, `BORG_KEY_FILE` = KEY_FILE when `key_file`)
+/// without forwarding its messages: borg init's notes are about what `init` does anyway.
+fn run_borg_quiet(
+    spec: &Spec,
+    argv: &[String],
+    env: &[(String, String)],
+    key_file: bool,
+) -> Result<Quiet, String> {
+    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    {
+        let mut w = fs::File::from(pass_w);
+        w.write_all(&spec.passphrase)
+            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("BORG_PASSPHRASE")
+        .env_remove("BORG_PASSCOMMAND")
+        .env_remove("BORG_NEW_PASSPHRASE")
+        .env_remove("BORG_KEY_FILE")
+        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if key_file {
+        cmd.env("BORG_KEY_FILE", KEY_FILE);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
+    drop(pass_r);
+    let mut reader = BufReader::new(child.stderr.take().expect("piped"));
+    let (mut error, mut msgid) = (None, None);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let level = borg::json_string(&text, "levelname").unwrap_or_default();
+        if level == "ERROR" || level == "CRITICAL" {
+            error = borg::json_string(&text, "message");
+            msgid = borg::json_string(&text, "msgid");
+        } else if level.is_empty() && !text.trim().is_empty() {
+            error = Some(text.trim().to_string());
+        }
+    }
+    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
+    Ok(Quiet {
+        code: status.code(),
+        error,
+        msgid,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! qubes-borg-job/1
-//! op create                      create | prune | list | restore | info | check | spot | export
+//! op create                      create | prune | list | restore | info | check | spot | export | init
 //! repository ssh://borgbase/./repo
 //! state-device /dev/xvdj         optional: borg's persistent state (cache, security dir)
 //! qube work                      create: the qube; prune: once per qube (QUBE-* archives)
@@ -32,6 +32,8 @@
 //!  component, allowlisted bytes); the job sends `borg export-tar` of those paths as `chunk`
 //!  frames on its stdout (job::progress), which dom0 passes on without parsing)
 //! path home/user/Documents       export only, repeatable
+//! encryption keyfile-blake2      init only (required): keyfile-blake2 | repokey-blake2; no other
+//!                                op keys and no key-file (init makes the key)
 //! passphrase 11
 //! <11 bytes>
 //! key-file 0                     optional (keyfile mode): the key file's bytes
@@ -245,6 +247,37 @@ pub fn check_restore_path(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `init`: a new repository (left alone if one exists), then its key exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Init {
+    pub encryption: Encryption,
+}
+
+/// borg init's `--encryption` modes qubes-borg offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// The key lives in a file (kept in dom0), never in the repository.
+    KeyfileBlake2,
+    /// The key is stored in the repository, protected by the passphrase.
+    RepokeyBlake2,
+}
+
+impl Encryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::KeyfileBlake2 => "keyfile-blake2",
+            Encryption::RepokeyBlake2 => "repokey-blake2",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Encryption> {
+        match s {
+            "keyfile-blake2" => Some(Encryption::KeyfileBlake2),
+            "repokey-blake2" => Some(Encryption::RepokeyBlake2),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Create(Create),
@@ -255,6 +288,7 @@ pub enum Op {
     Check(Check),
     Spot(Spot),
     Export(Export),
+    Init(Init),
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -411,6 +445,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
         Op::Check(_) => "check",
         Op::Spot(_) => "spot",
         Op::Export(_) => "export",
+        Op::Init(_) => "init",
     };
     s += &format!("op {op}\nrepository {}\n", spec.repository);
     if let Some(d) = &spec.state_device {
@@ -481,6 +516,7 @@ pub fn encode(spec: &Spec) -> Vec<u8> {
                 s += &format!("path {p}\n");
             }
         }
+        Op::Init(i) => s += &format!("encryption {}\n", i.encryption.as_str()),
     }
     let mut out = s.into_bytes();
     push_secret(&mut out, "passphrase", &spec.passphrase);
@@ -575,6 +611,7 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
         (None, None, None, None, None, None, None);
     let (mut passphrase, mut key_file) = (None, None);
     let (mut verify_data, mut spot_count) = (None, None);
+    let mut encryption = None;
     let mut qubes: Vec<String> = Vec::new();
     let mut excludes = Vec::new();
     let mut settings: Vec<String> = Vec::new();
@@ -602,14 +639,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                     "check" => "check",
                     "spot" => "spot",
                     "export" => "export",
-                    _ => {
-                        return Err(SpecError::Invalid(
-                            n,
-                            "op",
-                            "must be create, prune, list, restore, info, check, spot or export"
-                                .into(),
-                        ))
-                    }
+                    "init" => "init",
+                    _ => return Err(SpecError::Invalid(
+                        n,
+                        "op",
+                        "must be create, prune, list, restore, info, check, spot, export or init"
+                            .into(),
+                    )),
                 };
                 set(&mut op, v, n, "op")?
             }
@@ -729,6 +765,16 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 }
                 paths.push(check(n, "path", value, check_restore_path)?)
             }
+            "encryption" => set(
+                &mut encryption,
+                Encryption::parse(value).ok_or(SpecError::Invalid(
+                    n,
+                    "encryption",
+                    "must be keyfile-blake2 or repokey-blake2".into(),
+                ))?,
+                n,
+                "encryption",
+            )?,
             "passphrase" => {
                 let s = read_secret(r, n, value)?;
                 set(&mut passphrase, s, n, "passphrase")?
@@ -769,6 +815,13 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
     if op_name != "export" && !paths.is_empty() {
         return Err(SpecError::WrongOp(0, "path"));
     }
+    if op_name != "init" && encryption.is_some() {
+        return Err(SpecError::WrongOp(0, "encryption"));
+    }
+    // Only the ops that take borg's repository lock for long wait for it.
+    if lock_wait.is_some() && !matches!(op_name, "create" | "prune") {
+        return Err(SpecError::WrongOp(0, "lock-wait"));
+    }
     let op = match op_name {
         "info" | "check" if device.is_some() => return Err(SpecError::WrongOp(0, "device")),
         "check" if archive.is_some() => return Err(SpecError::WrongOp(0, "archive")),
@@ -805,6 +858,18 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
                 paths,
             })
         }
+        "init" => init_op(
+            encryption,
+            key_file.is_some(),
+            keep_lines.is_empty()
+                && qubes.is_empty()
+                && archive.is_none()
+                && mode.is_none()
+                && device.is_none()
+                && compression.is_none()
+                && excludes.is_empty()
+                && settings.is_empty(),
+        )?,
         "create" => {
             if let Some(&l) = keep_lines.first() {
                 return Err(SpecError::WrongOp(l, "keep"));
@@ -833,9 +898,6 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             if !qubes.is_empty() {
                 return Err(SpecError::WrongOp(0, "qube"));
             }
-            if lock_wait.is_some() {
-                return Err(SpecError::WrongOp(0, "lock-wait"));
-            }
             Op::Restore(Restore {
                 archive: archive.ok_or(SpecError::Missing("archive"))?,
                 mode: mode.ok_or(SpecError::Missing("mode"))?,
@@ -860,9 +922,6 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
             }
             if qubes.len() > 1 {
                 return Err(SpecError::Repeated(0, "qube"));
-            }
-            if lock_wait.is_some() {
-                return Err(SpecError::WrongOp(0, "lock-wait"));
             }
             Op::List(List { qube: qubes.pop() })
         }
@@ -899,6 +958,26 @@ pub fn decode<R: Read>(r: &mut R) -> Result<Spec, SpecError> {
         key_file,
         op,
     })
+}
+
+/// The `init` op: `encryption` required; no key file (init makes the key) and no other op key.
+fn init_op(
+    encryption: Option<Encryption>,
+    key_file: bool,
+    no_other: bool,
+) -> Result<Op, SpecError> {
+    if key_file {
+        return Err(SpecError::WrongOp(0, "key-file"));
+    }
+    if !no_other {
+        return Err(SpecError::WrongOp(
+            0,
+            "qube/keep/archive/mode/device/compression/exclude/setting",
+        ));
+    }
+    Ok(Op::Init(Init {
+        encryption: encryption.ok_or(SpecError::Missing("encryption"))?,
+    }))
 }
 
 #[cfg(test)]
@@ -1033,6 +1112,45 @@ mod tests {
     }
 
     #[test]
+    fn init_request_round_trips_and_takes_no_key_file_or_other_op_keys() {
+        let mut spec = create();
+        spec.key_file = None;
+        spec.op = Op::Init(Init {
+            encryption: Encryption::KeyfileBlake2,
+        });
+        let bytes = encode(&spec);
+        assert_eq!(decode(&mut &bytes[..]).unwrap(), spec);
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let bad = text.replace("keyfile-blake2", "none");
+        assert!(matches!(
+            decode(&mut bad.as_bytes()),
+            Err(SpecError::Invalid(_, "encryption", _))
+        ));
+        let bad = text.replace("encryption keyfile-blake2\n", "");
+        assert_eq!(
+            decode(&mut bad.as_bytes()).unwrap_err(),
+            SpecError::Missing("encryption")
+        );
+        let bad = text.replace("encryption", "qube work\nencryption");
+        assert!(matches!(
+            decode(&mut bad.as_bytes()),
+            Err(SpecError::WrongOp(..))
+        ));
+        // a key file with init, and encryption with another op
+        let mut with_key = spec.clone();
+        with_key.key_file = Some(b"BORG_KEY 00\n".to_vec());
+        assert_eq!(
+            decode(&mut &encode(&with_key)[..]).unwrap_err(),
+            SpecError::WrongOp(0, "key-file")
+        );
+        let bad = text.replace("op init", "op list");
+        assert_eq!(
+            decode(&mut bad.as_bytes()).unwrap_err(),
+            SpecError::WrongOp(0, "encryption")
+        );
+    }
+
+    #[test]
     fn structure_errors_are_refused() {
         assert_eq!(
             replace(MAGIC, "qubes-borg-job/2").unwrap_err(),
@@ -1077,6 +1195,16 @@ mod tests {
             panic!()
         };
         assert_eq!(c.lock_wait, Some(3600));
+    }
+
+    #[test]
+    fn lock_wait_belongs_to_create_and_prune_only() {
+        let text = String::from_utf8_lossy(&encode(&export()))
+            .replace("path rw/config\n", "path rw/config\nlock-wait 60\n");
+        assert_eq!(
+            decode(&mut text.as_bytes()),
+            Err(SpecError::WrongOp(0, "lock-wait"))
+        );
     }
 
     #[test]
@@ -1623,7 +1751,7 @@ mod tests {
             Err(SpecError::Invalid(
                 2,
                 "op",
-                "must be create, prune, list, restore, info, check, spot or export".into()
+                "must be create, prune, list, restore, info, check, spot, export or init".into()
             ))
         );
         assert!(matches!(

@@ -1069,19 +1069,17 @@ def cmd_run(argv, store):
         p.error("--color-output must be used with --filter-escape-chars")
     if args.service and args.no_shell:
         p.error("--no-shell does not apply to --service")
-    if args.dispvm or args.all_domains or len(domains) != 1 or args.localcmd or args.cmd_args:
-        raise QubesError("only 'qvm-run [--user U] --pass-io [--service] VM COMMAND' is simulated")
+    if args.dispvm or args.all_domains or len(domains) != 1 or args.localcmd:
+        raise QubesError("only 'qvm-run [--user U] --pass-io [--service] VM COMMAND [ARG...]' is simulated")
     if not args.passio:
         raise QubesError("only --pass-io calls are simulated")
+    exec_form = not args.service and bool(args.cmd_args or args.no_shell)
     prefix = b""
-    if args.service:
-        service = args.cmd
-    else:
+    service = args.cmd
+    if not args.service and not exec_form:
         # run_command_single(): without --no-shell/ARGs COMMAND is a shell command line for
         # qubes.VMShell, sent ahead of stdin as COMMAND + "; exit\n" (prepare_input_for_vmshell;
         # "& exit" only for Windows qubes); --user root would pick qubes.VMRootShell
-        if args.no_shell:
-            raise QubesError("--no-shell (qubes.VMExec) is not simulated")
         if args.user == "root":
             raise QubesError("--user root without --service (qubes.VMRootShell) is not simulated")
         service = "qubes.VMShell"
@@ -1094,10 +1092,18 @@ def cmd_run(argv, store):
         start_qube(store, name)
         store.save()
     state = store.state
+    user = args.user or store.qube(name)["prefs"].get("default_user", "user")
+    sim_dir = store.data["sim_dir"]
     store.close()                 # the service may run long: release qubesd's lock
+    if exec_form:
+        # qvm_run.py (v4.3.34, v4.2.18) run_command_single: COMMAND ARG... goes to the qube as
+        # qubes.VMExec+<encoded argv> (or qubes.VMShell with the words shell-quoted), which
+        # executes that argv as USER; with --pass-io the exit status is the command's. Here:
+        # the argv runs in the qube's namespaces as USER (tests/sim/qube-exec), stdio passed.
+        return subprocess.call([os.path.join(sim_dir, "qube-exec"), "-s", state, "-u", user,
+                                name, args.cmd] + list(args.cmd_args))
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
     import qrexec_sim             # pylint: disable=import-outside-toplevel
-    user = args.user or store.qube(name)["prefs"].get("default_user", "user")
     return qrexec_sim.dom0_call(state, name, service, user, prefix)
 
 

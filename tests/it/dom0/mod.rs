@@ -2,6 +2,7 @@
 
 mod backup;
 mod check;
+mod init;
 mod list;
 mod restore;
 mod retry;
