@@ -8,17 +8,15 @@ use std::io::Write;
 
 use super::archives::{self, Archive, Listing};
 use super::config::Config;
-use super::display::Display;
 use super::facts::parse_qvm_ls;
-use super::job_call::run_job;
+use super::job_call::{repository_data, run_job};
 use super::list::fetch;
 use super::metadata;
 use super::qubes::Qubes;
 use super::session::{
-    attach_private, loop_device, private_volume, start_disposable, stop_leftover_disposable,
-    with_cleanup, Ctx, Outcome, Secrets,
+    attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
+    Secrets,
 };
-use super::volumes::Cleanup;
 use crate::job::progress::sanitize;
 use crate::job::spec::{Check, Mode, Op, Spec, Spot};
 
@@ -149,24 +147,17 @@ fn repository_check(
     opts: &CheckOptions,
     secrets: &Secrets,
 ) -> Result<RepoResult, String> {
-    stop_leftover_disposable(ctx);
-    with_cleanup(ctx, |ctx, cleanup| {
-        let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::Check(Check {
-                verify_data: opts.verify_data,
-            }),
-        };
-        let r = run_job(ctx, "check", 0, &spec)?.finished("the check job")?;
-        if r.data_overflow {
-            return Err("the check job sent more data than allowed".into());
-        }
-        parse_repo_result(&r.data)
-    })
+    let op = Op::Check(Check {
+        verify_data: opts.verify_data,
+    });
+    let data = repository_data(
+        ctx,
+        &secrets.passphrase,
+        secrets.key_file.as_deref(),
+        op,
+        "check",
+    )?;
+    parse_repo_result(&data)
 }
 
 fn spot_one(
@@ -312,15 +303,7 @@ pub fn check(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Outcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(false),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, false);
     let mut failed = false;
     let repo = match repository_check(&mut ctx, opts, secrets) {
         Ok(r) => {

@@ -6,16 +6,13 @@ use std::io::Write;
 
 use super::archives::{self, Archive};
 use super::config::Config;
-use super::display::{human, Display};
-use super::job_call::run_job;
+use super::display::human;
+use super::job_call::repository_data;
 use super::json::{self, Value};
 use super::list::settings_text;
 use super::qubes::Qubes;
-use super::session::{
-    start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Outcome, Secrets,
-};
-use super::volumes::Cleanup;
-use crate::job::spec::{Info, Op, Spec};
+use super::session::{Ctx, Outcome, Secrets};
+use crate::job::spec::{Info, Op};
 
 /// Longest duration shown (seconds); anything above is not believed.
 const MAX_DURATION: f64 = 10.0 * 365.0 * 86400.0;
@@ -78,24 +75,17 @@ fn fetch_one(
     archive: &str,
     secrets: &Secrets,
 ) -> Result<(Archive, Option<u64>), String> {
-    stop_leftover_disposable(ctx);
-    with_cleanup(ctx, |ctx, cleanup| {
-        let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::Info(Info {
-                archive: archive.to_string(),
-            }),
-        };
-        let r = run_job(ctx, "repository", 0, &spec)?.finished("the info job")?;
-        if r.data_overflow {
-            return Err("the info job sent more data than allowed".into());
-        }
-        parse(&r.data, archive)
-    })
+    let op = Op::Info(Info {
+        archive: archive.to_string(),
+    });
+    let data = repository_data(
+        ctx,
+        &secrets.passphrase,
+        secrets.key_file.as_deref(),
+        op,
+        "info",
+    )?;
+    parse(&data, archive)
 }
 
 /// Runs `info`: the details on `out`, notes on `err`.
@@ -107,29 +97,14 @@ pub fn info(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Outcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(false),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, false);
     match fetch_one(&mut ctx, archive, secrets) {
         Ok((a, duration)) => {
             let _ = write!(out, "{}", render(&a, duration));
             let _ = write!(out, "{}", settings_text(&a.name, &a.comment, &mut ctx));
             Outcome::Ok
         }
-        Err(e) => {
-            ctx.note(&format!("info FAILED: {e}"));
-            if ctx.q.interrupted() {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            }
-        }
+        Err(e) => ctx.failed("info", &e),
     }
 }
 

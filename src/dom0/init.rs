@@ -9,16 +9,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::config::Config;
-use super::display::Display;
-use super::job_call::run_job;
+use super::job_call::repository_data;
 use super::qubes::Qubes;
 use super::secrets;
 use super::server::{self, HostKeyError, ServerOptions};
-use super::session::{start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Outcome};
+use super::session::{Ctx, Outcome};
 use super::textdiff;
-use super::volumes::Cleanup;
 use crate::job::progress::InitResult;
-use crate::job::spec::{Encryption, Init, Op, Spec};
+use crate::job::spec::{Encryption, Init, Op};
 
 /// Where the key file goes when backup.conf names none: next to backup.conf
 /// (`/etc/qubes-borg/key`), like the exports.
@@ -306,24 +304,11 @@ fn plan(cfg: &Config, opts: &InitOptions, ctx: &mut Ctx, confirm: Confirm) -> Re
 
 /// Runs the job `init`; returns what it sent, checked.
 fn run_init(ctx: &mut Ctx, opts: &InitOptions, passphrase: &[u8]) -> Result<InitResult, String> {
-    stop_leftover_disposable(ctx);
-    with_cleanup(ctx, |ctx, cleanup| {
-        let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: passphrase.to_vec(),
-            key_file: None,
-            op: Op::Init(Init {
-                encryption: opts.encryption,
-            }),
-        };
-        let r = run_job(ctx, "repository", 0, &spec)?.finished("the init job")?;
-        if r.data_overflow {
-            return Err("the init job sent more data than allowed".into());
-        }
-        InitResult::parse(&r.data, opts.encryption == Encryption::KeyfileBlake2)
-    })
+    let op = Op::Init(Init {
+        encryption: opts.encryption,
+    });
+    let data = repository_data(ctx, passphrase, None, op, "init")?;
+    InitResult::parse(&data, opts.encryption == Encryption::KeyfileBlake2)
 }
 
 fn write_secret(ctx: &mut Ctx, path: &Path, bytes: &[u8], now: u64) -> Result<(), String> {
@@ -508,29 +493,14 @@ pub fn init(
     err: &mut dyn Write,
     now: u64,
 ) -> InitOutcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(false),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, false);
     match steps(&mut ctx, opts, confirm, out, now) {
         Ok(()) => InitOutcome::Done(Outcome::Ok),
         Err(Stop::HostKeyRefused(e)) => {
             ctx.note(&format!("init REFUSED: {e}"));
             InitOutcome::HostKeyRefused
         }
-        Err(Stop::Failed(e)) => {
-            ctx.note(&format!("init FAILED: {e}"));
-            InitOutcome::Done(if ctx.q.interrupted() {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            })
-        }
+        Err(Stop::Failed(e)) => InitOutcome::Done(ctx.failed("init", &e)),
     }
 }
 

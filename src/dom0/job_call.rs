@@ -2,9 +2,9 @@
 //! the request goes in on stdin, progress lines come back and are checked one by one, shown,
 //! and summed up in a `JobReport`.
 
-use super::session::Ctx;
+use super::session::{start_disposable, stop_leftover_disposable, with_cleanup, Ctx};
 use crate::job::progress::{sanitize, Event, LineSplitter, Reason, Stats};
-use crate::job::spec::{self, Spec};
+use crate::job::spec::{self, Op, Spec};
 
 /// The qrexec service of the job in the disposable.
 pub const JOB_SERVICE: &str = "qubes-borg.BackupJob";
@@ -190,4 +190,32 @@ impl JobReport {
                 .unwrap_or_else(|| format!("{what} did not finish")))
         }
     }
+}
+
+/// Runs `op` against the repository in a fresh disposable that has nothing attached but
+/// borg's state, undoes everything after, and returns the data the job sent (bounded), once
+/// it said `done ok`. `what` names the job in messages.
+pub(super) fn repository_data(
+    ctx: &mut Ctx,
+    passphrase: &[u8],
+    key_file: Option<&[u8]>,
+    op: Op,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    stop_leftover_disposable(ctx);
+    with_cleanup(ctx, |ctx, cleanup| {
+        let state = start_disposable(ctx, cleanup)?;
+        let spec = Spec {
+            repository: ctx.cfg.repository.clone(),
+            state_device: state,
+            passphrase: passphrase.to_vec(),
+            key_file: key_file.map(<[u8]>::to_vec),
+            op,
+        };
+        let r = run_job(ctx, "repository", 0, &spec)?.finished(&format!("the {what} job"))?;
+        if r.data_overflow {
+            return Err(format!("the {what} job sent more data than allowed"));
+        }
+        Ok(r.data)
+    })
 }

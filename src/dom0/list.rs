@@ -6,15 +6,11 @@ use std::io::Write;
 
 use super::archives::{self, Listing};
 use super::config::Config;
-use super::display::Display;
-use super::job_call::run_job;
+use super::job_call::repository_data;
 use super::metadata;
 use super::qubes::Qubes;
-use super::session::{
-    start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Outcome, Secrets,
-};
-use super::volumes::Cleanup;
-use crate::job::spec::{List, Op, Spec};
+use super::session::{Ctx, Outcome, Secrets};
+use crate::job::spec::{List, Op};
 
 /// Asks the repository for the archives of `qube` (or of every qube).
 pub(super) fn fetch(
@@ -22,24 +18,17 @@ pub(super) fn fetch(
     qube: Option<&str>,
     secrets: &Secrets,
 ) -> Result<Listing, String> {
-    stop_leftover_disposable(ctx);
-    with_cleanup(ctx, |ctx, cleanup| {
-        let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::List(List {
-                qube: qube.map(String::from),
-            }),
-        };
-        let r = run_job(ctx, "repository", 0, &spec)?.finished("the list job")?;
-        if r.data_overflow {
-            return Err("the list job sent more data than allowed".into());
-        }
-        archives::parse_info(&r.data, qube)
-    })
+    let op = Op::List(List {
+        qube: qube.map(String::from),
+    });
+    let data = repository_data(
+        ctx,
+        &secrets.passphrase,
+        secrets.key_file.as_deref(),
+        op,
+        "list",
+    )?;
+    archives::parse_info(&data, qube)
 }
 
 /// The checked settings of one archive, one `  KEY=VALUE` line each (warnings as notes).
@@ -69,15 +58,7 @@ pub fn list(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Outcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(false),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, false);
     match fetch(&mut ctx, qube, secrets) {
         Ok(l) => {
             if l.ignored > 0 {
@@ -93,13 +74,6 @@ pub fn list(
             }
             Outcome::Ok
         }
-        Err(e) => {
-            ctx.note(&format!("list FAILED: {e}"));
-            if ctx.q.interrupted() {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            }
-        }
+        Err(e) => ctx.failed("list", &e),
     }
 }

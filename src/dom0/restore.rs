@@ -9,7 +9,6 @@
 use std::io::Write;
 
 use super::config::Config;
-use super::display::Display;
 use super::facts::parse_qvm_ls;
 use super::job_call::run_job;
 use super::list::fetch;
@@ -19,7 +18,6 @@ use super::session::{
     attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
     Secrets,
 };
-use super::volumes::Cleanup;
 use crate::job::spec::{self, Op, Restore, Spec};
 
 /// Tag on a qube whose restore has not completed.
@@ -333,30 +331,18 @@ pub fn restore(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Outcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(false),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, false);
     let mut touched = None;
     match restore_inner(&mut ctx, opts, secrets, out, &mut touched) {
         Ok(()) => Outcome::Ok,
         Err(e) => {
-            ctx.note(&format!("restore FAILED: {e}"));
+            let outcome = ctx.failed("restore", &e);
             if let Some(t) = touched {
                 ctx.note(&format!(
                     "qube {t} carries the tag {RESTORING_TAG}: its restore did not complete and its data is incomplete (remove it with qvm-remove, or run the restore again with --as {t} --replace)"
                 ));
             }
-            if ctx.q.interrupted() {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            }
+            outcome
         }
     }
 }

@@ -8,14 +8,13 @@
 use std::io::Write;
 
 use super::config::Config;
-use super::display::{human, Display};
+use super::display::human;
 use super::facts::parse_qvm_ls;
 use super::job_call::run_job_into;
 use super::list::fetch;
 use super::metadata;
 use super::qubes::Qubes;
 use super::session::{start_disposable, with_cleanup, Ctx, Outcome, Secrets};
-use super::volumes::Cleanup;
 use crate::job::progress::sanitize;
 use crate::job::spec::{self, Export, Mode, Op, Spec};
 
@@ -186,25 +185,10 @@ pub fn restore_into(
     err: &mut dyn Write,
     tty: bool,
 ) -> Outcome {
-    let mut ctx = Ctx {
-        q,
-        cfg,
-        err,
-        display: Display::new(tty),
-    };
-    for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
-        ctx.note(&n);
-    }
+    let mut ctx = Ctx::begin(cfg, q, err, tty);
     match into_inner(&mut ctx, opts, secrets, out) {
         Ok(()) => Outcome::Ok,
-        Err(e) => {
-            ctx.note(&format!("restore FAILED: {e}"));
-            if ctx.q.interrupted() {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            }
-        }
+        Err(e) => ctx.failed("restore", &e),
     }
 }
 

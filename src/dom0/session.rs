@@ -53,6 +53,39 @@ fn fail(argv: &[String], o: &Output) -> String {
     )
 }
 
+impl<'a> Ctx<'a> {
+    /// The context of a command that changes something: first it undoes what a crashed run
+    /// left behind (the cleanup ledger), noting each step. Only a run holding the lock may.
+    pub(super) fn begin(
+        cfg: &'a Config,
+        q: &'a mut dyn Qubes,
+        err: &'a mut dyn Write,
+        tty: bool,
+    ) -> Ctx<'a> {
+        let mut ctx = Ctx {
+            q,
+            cfg,
+            err,
+            display: Display::new(tty),
+        };
+        for n in Cleanup::recover(&cfg.run_dir, ctx.q) {
+            ctx.note(&n);
+        }
+        ctx
+    }
+
+    /// How a command that failed with `e` ends: `WHAT FAILED: e` noted; interrupted when a
+    /// signal stopped it, else failed.
+    pub(super) fn failed(&mut self, what: &str, e: &str) -> Outcome {
+        self.note(&format!("{what} FAILED: {e}"));
+        if self.q.interrupted() {
+            Outcome::Interrupted
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
 impl Ctx<'_> {
     pub(super) fn call(&mut self, argv: &[&str]) -> Result<Vec<u8>, String> {
         if self.q.interrupted() {
