@@ -37,24 +37,32 @@ struct Setup {
     secrets: Secrets,
 }
 
-fn setup(config_path: &Path, dry_run: bool) -> Setup {
+/// How much a command sets up: a dry run changes nothing, so it neither takes the lock nor
+/// reads the secrets; `init` takes the lock but makes the secrets itself.
+#[derive(PartialEq)]
+enum Needs {
+    Nothing,
+    Lock,
+    LockAndSecrets,
+}
+
+fn setup(config_path: &Path, needs: Needs) -> Setup {
     let cfg = config::load(config_path).unwrap_or_else(|e| die(exit::CONFIG, &e.to_string()));
     let signals = Signals::install()
         .unwrap_or_else(|e| die(exit::OSERR, &format!("cannot set up signal handling: {e}")));
-    // A dry run changes nothing, so it neither takes the lock nor reads the secrets.
-    let lock = (!dry_run).then(|| {
+    let lock = (needs != Needs::Nothing).then(|| {
         lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(exit::TEMPFAIL, &e.to_string()))
     });
     if let Some(p) = lock.as_ref().and_then(|l| l.stale_pid) {
         eprintln!("qvm-backup-borg: note: lock of an earlier run (pid {p}) was stale; that run ended without cleaning up, its leftovers are undone now");
     }
-    let secrets = if dry_run {
+    let secrets = if needs == Needs::LockAndSecrets {
+        secrets::load(&cfg).unwrap_or_else(|e| die(exit::CONFIG, &e))
+    } else {
         Secrets {
             passphrase: vec![],
             key_file: None,
         }
-    } else {
-        secrets::load(&cfg).unwrap_or_else(|e| die(exit::CONFIG, &e))
     };
     let q = Real {
         signals: Some(signals),
@@ -84,6 +92,14 @@ fn confirm_on_tty(question: &str) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes" | "YES")
 }
 
+/// Seconds since the epoch (archive names, backup_timestamp, file backups).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Exits with the status of `outcome`, releasing the lock first.
 fn finish(outcome: Outcome, s: Setup) -> ! {
     drop(s.lock);
@@ -110,25 +126,23 @@ fn main() {
             std::process::exit(exit::OK.into())
         }
         Command::Backup { config, opts } => {
-            let mut s = setup(&config, opts.dry_run);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let needs = if opts.dry_run {
+                Needs::Nothing
+            } else {
+                Needs::LockAndSecrets
+            };
+            let mut s = setup(&config, needs);
             let tty = std::io::stderr().is_terminal();
-            let o = run::backup(&s.cfg, &opts, &s.secrets, &mut s.q, out, err, tty, now);
+            let o = run::backup(&s.cfg, &opts, &s.secrets, &mut s.q, out, err, tty, now());
             finish(o, s)
         }
         Command::List { config, qube } => {
-            let mut s = setup(&config, false);
+            let mut s = setup(&config, Needs::LockAndSecrets);
             let o = list::list(&s.cfg, qube.as_deref(), &s.secrets, &mut s.q, out, err);
             finish(o, s)
         }
         Command::Init { config, opts } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = now();
             init::prepare_config(
                 &config,
                 opts.repository.as_deref(),
@@ -138,23 +152,7 @@ fn main() {
                 now,
             )
             .unwrap_or_else(|e| die(exit::CONFIG, &e));
-            let cfg = config::load(&config).unwrap_or_else(|e| die(exit::CONFIG, &e.to_string()));
-            let signals = Signals::install().unwrap_or_else(|e| {
-                die(exit::OSERR, &format!("cannot set up signal handling: {e}"))
-            });
-            let lock =
-                lock::acquire(&cfg.run_dir).unwrap_or_else(|e| die(exit::TEMPFAIL, &e.to_string()));
-            let mut s = Setup {
-                cfg,
-                q: Real {
-                    signals: Some(signals),
-                },
-                lock: Some(lock),
-                secrets: Secrets {
-                    passphrase: vec![],
-                    key_file: None,
-                },
-            };
+            let mut s = setup(&config, Needs::Lock);
             match init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now) {
                 init::InitOutcome::Done(o) => finish(o, s),
                 init::InitOutcome::HostKeyRefused => {
@@ -164,22 +162,22 @@ fn main() {
             }
         }
         Command::Restore { config, opts } => {
-            let mut s = setup(&config, false);
+            let mut s = setup(&config, Needs::LockAndSecrets);
             let o = restore::restore(&s.cfg, &opts, &s.secrets, &mut s.q, out, err);
             finish(o, s)
         }
         Command::Info { config, archive } => {
-            let mut s = setup(&config, false);
+            let mut s = setup(&config, Needs::LockAndSecrets);
             let o = info::info(&s.cfg, &archive, &s.secrets, &mut s.q, out, err);
             finish(o, s)
         }
         Command::Check { config, opts } => {
-            let mut s = setup(&config, false);
+            let mut s = setup(&config, Needs::LockAndSecrets);
             let o = check::check(&s.cfg, &opts, &s.secrets, &mut s.q, out, err);
             finish(o, s)
         }
         Command::RestoreInto { config, opts } => {
-            let mut s = setup(&config, false);
+            let mut s = setup(&config, Needs::LockAndSecrets);
             let tty = std::io::stderr().is_terminal();
             let o = restore_into::restore_into(&s.cfg, &opts, &s.secrets, &mut s.q, out, err, tty);
             finish(o, s)
