@@ -21,8 +21,9 @@
 //! one; write/read 1 MiB on a socket), and measures the command's own wall
 //! time, CPU time (its /proc stat before it is reaped, children excluded) and
 //! peak RSS (VmHWM, sampled). Commands compared side by side, order rotated
-//! every repetition: `qubes-relay`, `socat` (defaults), the sleeping floor
-//! and, when --floor names a folder with a built `splicerelay`, that minimal
+//! every repetition: `qubes-relay`, `socat` (defaults), the sleeping floor,
+//! no relay at all (bare: the far end on the harness's own pipe or
+//! socketpair) and, when --floor names a folder with a built `splicerelay`, that minimal
 //! C splice relay (which spins while idle). Ends with a table of each row
 //! against the goals of issue 11 (ok/MISS).
 
@@ -614,9 +615,11 @@ fn minmax(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-/// The three commands compared, for one case.
+/// The commands compared, for one case.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Who {
+    /// No relay at all: the far end itself on the harness's fd 0/1 (a bare pipe or socketpair).
+    Bare,
     Floor,
     Sleep,
     Socat,
@@ -672,6 +675,8 @@ impl Cfg {
         let role = load.role(&self.me);
         let sock = self.sock.to_string_lossy().into_owned();
         match (who, mode) {
+            (Who::Bare, Mode::Exec(_)) => Some(role),
+            (Who::Bare, _) => None,
             (Who::Relay, Mode::Exec(_)) => {
                 Some([vec![self.relay.clone(), "--".into()], role].concat())
             }
@@ -786,7 +791,7 @@ fn matrix(args: &[String]) {
     if let Some(only) = get("--only") {
         cases.retain(|c| format!("{} {}", c.mode.name(), c.load.name()).contains(&only));
     }
-    let whos = [Who::Floor, Who::Sleep, Who::Socat, Who::Relay];
+    let whos = [Who::Bare, Who::Floor, Who::Sleep, Who::Socat, Who::Relay];
     println!("Commands (far end = this harness's roles; SOCK = a temporary UNIX socket):");
     for c in &cases {
         for w in whos {
@@ -797,6 +802,7 @@ fn matrix(args: &[String]) {
     }
     let mut res = vec![
         [
+            Res::default(),
             Res::default(),
             Res::default(),
             Res::default(),
@@ -836,7 +842,7 @@ type Check = (String, Option<f64>, Option<bool>);
 
 fn report(
     cases: &[Case],
-    res: &[[Res; 4]],
+    res: &[[Res; 5]],
     reps: usize,
     bytes: u64,
     both: u64,
@@ -876,10 +882,10 @@ fn report(
     if !floor {
         println!("C floor (splicerelay) not available: its column is n/a.");
     }
-    println!("C floor: splicerelay (polls for src readable AND dst writable, so it spins while idle). Sleeping floor: `relay_bench sleepfloor` (a thread per direction blocked in splice(2); no poll, no spinning).");
+    println!("Bare: no relay, the far end itself on the harness's fd 0/1 (one pipe or socketpair, for information). C floor: splicerelay (polls for src readable AND dst writable, so it spins while idle). Sleeping floor: `relay_bench sleepfloor` (a thread per direction blocked in splice(2); no poll, no spinning).");
     println!();
-    println!("| case | load | C floor s | sleeping floor s | socat s | qubes-relay s | relay MiB/s | relay / C floor time | relay / sleeping floor time | relay throughput / socat's | CPU s/GiB relay (socat) | relay CPU / socat's | relay peak RSS KiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| case | load | bare s | C floor s | sleeping floor s | socat s | qubes-relay s | relay MiB/s | relay / C floor time | relay / sleeping floor time | relay throughput / socat's | CPU s/GiB relay (socat) | relay CPU / socat's | relay peak RSS KiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // (row name, [checks: (goal text, value, ok)])
     let mut verdicts: Vec<(String, Vec<Check>)> = Vec::new();
     for (c, r) in cases.iter().zip(res) {
@@ -888,7 +894,7 @@ fn report(
         }
         let (up, down) = c.load.bytes();
         let gib = (up + down) as f64 / GIB;
-        let [f, z, s, qr] = r;
+        let [b, f, z, s, qr] = r;
         let cpu_gib = |x: &Res| m(&x.cpu) / gib;
         let vs_floor = q(m(&qr.secs), m(&f.secs));
         let vs_sleep = q(m(&qr.secs), m(&z.secs));
@@ -899,10 +905,11 @@ fn report(
             q(cpu_gib(qr), cpu_gib(s))
         };
         println!(
-            "| {}{} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} ({}) | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} ({}) | {} | {} |",
             c.mode.name(),
             real(c),
             c.load.name(),
+            secs(b),
             secs(f),
             secs(z),
             secs(s),
@@ -947,8 +954,8 @@ fn report(
         "64-byte round trips x{iters} per run (median of each run's p50, min–max over runs), µs:"
     );
     println!();
-    println!("| case | C floor | sleeping floor | socat | qubes-relay | relay / socat | relay / C floor | relay / sleeping floor |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| case | bare | C floor | sleeping floor | socat | qubes-relay | relay / socat | relay / C floor | relay / sleeping floor |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let us = |r: &Res| {
         if r.rtt.is_empty() {
             "n/a".to_string()
@@ -959,14 +966,15 @@ fn report(
     };
     for (c, r) in cases.iter().zip(res) {
         if let Load::Rtt(_) = c.load {
-            let [f, z, s, qr] = r;
+            let [b, f, z, s, qr] = r;
             let vs_socat = q(m(&qr.rtt), m(&s.rtt));
             let vs_floor = q(m(&qr.rtt), m(&f.rtt));
             let vs_sleep = q(m(&qr.rtt), m(&z.rtt));
             println!(
-                "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode.name(),
                 real(c),
+                us(b),
                 us(f),
                 us(z),
                 us(s),
