@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use super::check::{CheckOptions, DEFAULT_SPOT};
+use super::command::backup::Options;
+use super::command::check::{CheckOptions, DEFAULT_SPOT};
+use super::command::init::InitOptions;
+use super::command::restore::RestoreOptions;
+use super::command::restore_into::IntoOptions;
 use super::config;
-use super::init::InitOptions;
-use super::restore::RestoreOptions;
-use super::restore_into::IntoOptions;
-use super::run::Options;
 use super::server::{check_fingerprint, ServerOptions};
 use crate::job::spec;
 use crate::validate;

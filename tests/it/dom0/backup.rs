@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
+use qubes_borg::dom0::command::backup::{backup, Options};
 use qubes_borg::dom0::config::{parse, Config};
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::run::{backup, Options, Outcome, Secrets};
+use qubes_borg::dom0::session::{Outcome, Secrets};
 use qubes_borg::job::progress::{encode, Event, Phase, Stats};
 use qubes_borg::job::spec::{self, Mode, Op};
 

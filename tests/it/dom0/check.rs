@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use qubes_borg::dom0::check::{check, CheckOptions};
+use qubes_borg::dom0::command::check::{check, CheckOptions};
+use qubes_borg::dom0::command::info::info;
 use qubes_borg::dom0::config::{parse, Config};
-use qubes_borg::dom0::info::info;
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::run::{Outcome, Secrets};
+use qubes_borg::dom0::session::{Outcome, Secrets};
 use qubes_borg::job::progress::{encode, Event, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, Check, Info, List, Op, Spot};
 

@@ -6,11 +6,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use qubes_borg::dom0::command::init::{init, InitOptions, InitOutcome};
 use qubes_borg::dom0::config::{load, Config};
-use qubes_borg::dom0::init::{init, InitOptions, InitOutcome};
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::run::Outcome;
 use qubes_borg::dom0::server::{self, ServerOptions};
+use qubes_borg::dom0::session::Outcome;
 use qubes_borg::job::progress::{encode, Event, InitResult, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, Encryption, Init, Op};
 
@@ -601,7 +601,7 @@ fn an_unchanged_destination_file_is_not_rewritten() {
 
 #[test]
 fn repository_given_makes_backup_conf_or_changes_it_after_confirmation() {
-    use qubes_borg::dom0::init::prepare_config;
+    use qubes_borg::dom0::command::init::prepare_config;
     let d = tmp("prepare");
     let p = d.join("backup.conf");
     let mut err = Vec::new();

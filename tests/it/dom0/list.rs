@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use qubes_borg::dom0::command::list::list;
 use qubes_borg::dom0::config::{parse, Config};
-use qubes_borg::dom0::list::list;
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::run::{Outcome, Secrets};
+use qubes_borg::dom0::session::{Outcome, Secrets};
 use qubes_borg::job::progress::{decode, encode, Event, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, List, Op};
 

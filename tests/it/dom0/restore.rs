@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use qubes_borg::dom0::command::restore::{restore, RestoreOptions, RESTORING_TAG};
 use qubes_borg::dom0::config::{parse, Config};
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::restore::{restore, RestoreOptions, RESTORING_TAG};
-use qubes_borg::dom0::run::{Outcome, Secrets};
+use qubes_borg::dom0::session::{Outcome, Secrets};
 use qubes_borg::job::progress::{encode, Event, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, Mode, Op, Restore};
 
@@ -429,7 +429,7 @@ fn an_archive_without_settings_or_an_unknown_archive_is_refused_before_any_chang
 
 // ---- restore QUBE --path P... --into TARGET ------------------------------------------------
 
-use qubes_borg::dom0::restore_into::{restore_into, unpack_argv, IntoOptions};
+use qubes_borg::dom0::command::restore_into::{restore_into, unpack_argv, IntoOptions};
 use qubes_borg::job::spec::Export;
 
 const LS_INTO: &str = "dom0|AdminVM|Running|False\ndebian-12|TemplateVM|Halted|False\nvault|AppVM|Running|True\nwork|AppVM|Halted|True\n";

@@ -7,7 +7,7 @@ use qubes_borg::job::progress::{encode, Event, Phase, Reason, Stats};
 use qubes_borg::job::spec::{self, Op};
 
 use super::backup::{cfg, expect_setup, expect_teardown, opts, run, tmp, JOB, LS, NOW};
-use qubes_borg::dom0::run::Outcome;
+use qubes_borg::dom0::session::Outcome;
 
 fn job_failing(reason: Option<Reason>, error: &str) -> Reply {
     let mut out = Vec::new();

@@ -8,13 +8,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::config::Config;
-use super::job_call::repository_data;
-use super::qubes::Qubes;
-use super::secrets;
-use super::server::{self, HostKeyError, ServerOptions};
-use super::session::{Ctx, Outcome};
-use super::textdiff;
+use crate::dom0::config::Config;
+use crate::dom0::job_call::repository_data;
+use crate::dom0::qubes::Qubes;
+use crate::dom0::secrets;
+use crate::dom0::server::{self, HostKeyError, ServerOptions};
+use crate::dom0::session::{Ctx, Outcome};
+use crate::dom0::textdiff;
 use crate::job::progress::InitResult;
 use crate::job::spec::{Encryption, Init, Op};
 

@@ -8,13 +8,13 @@
 
 use std::io::Write;
 
-use super::config::Config;
-use super::facts::parse_qvm_ls;
-use super::job_call::run_job;
 use super::list::fetch;
-use super::metadata::{self, Settings};
-use super::qubes::Qubes;
-use super::session::{
+use crate::dom0::config::Config;
+use crate::dom0::facts::parse_qvm_ls;
+use crate::dom0::job_call::run_job;
+use crate::dom0::metadata::{self, Settings};
+use crate::dom0::qubes::Qubes;
+use crate::dom0::session::{
     attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
     Secrets,
 };
@@ -165,7 +165,7 @@ fn create(
     ctx: &mut Ctx,
     target: &str,
     s: &Settings,
-    listed: &[super::plan::QubeInfo],
+    listed: &[crate::dom0::plan::QubeInfo],
 ) -> Result<(), String> {
     let class = s.class.clone().unwrap_or_else(|| "AppVM".into());
     let label = s.pref("label").unwrap_or(DEFAULT_LABEL).to_string();
@@ -254,7 +254,7 @@ fn apply_to_existing(
     target: &str,
     class: &str,
     s: &Settings,
-    listed: &[super::plan::QubeInfo],
+    listed: &[crate::dom0::plan::QubeInfo],
 ) -> Result<Vec<String>, String> {
     let mut changed = Vec::new();
     if let Some(c) = s.class.as_deref().filter(|c| *c != class) {

@@ -5,19 +5,19 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::config::Config;
-use super::display::{human, Display};
-use super::facts::parse_qvm_ls;
-use super::job_call::{run_job, run_job_reason};
-use super::plan::{self, Item};
-use super::qubes::Qubes;
-use super::retry;
-use super::session::{
+use crate::dom0::config::Config;
+use crate::dom0::display::{human, Display};
+use crate::dom0::facts::parse_qvm_ls;
+use crate::dom0::job_call::{run_job, run_job_reason};
+use crate::dom0::plan::{self, Item};
+use crate::dom0::qubes::Qubes;
+use crate::dom0::retry;
+use crate::dom0::session::{
     attach_private, committed_image, loop_device, start_disposable, stop_leftover_disposable,
     volume_ids, with_cleanup, Ctx,
 };
-pub use super::session::{Outcome, Secrets};
-use super::volumes::{Cleanup, Undo};
+use crate::dom0::session::{Outcome, Secrets};
+use crate::dom0::volumes::{Cleanup, Undo};
 use crate::job::progress::{Reason, Stats};
 use crate::job::spec::{self, Create, Mode, Op, Prune, Spec};
 
@@ -67,7 +67,7 @@ fn back_up_one(
             .ok()
             .and_then(|v| v.parse().ok())
     };
-    let settings = super::metadata::gather(ctx, &q, item.mode, size);
+    let settings = crate::dom0::metadata::gather(ctx, &q, item.mode, size);
     let volume = committed_image(ctx, &pool, &vid)?;
     if item.running {
         if opts.shutdown {

@@ -7,14 +7,14 @@
 
 use std::io::Write;
 
-use super::config::Config;
-use super::display::human;
-use super::facts::parse_qvm_ls;
-use super::job_call::run_job_into;
 use super::list::fetch;
-use super::metadata;
-use super::qubes::Qubes;
-use super::session::{start_disposable, with_cleanup, Ctx, Outcome, Secrets};
+use crate::dom0::config::Config;
+use crate::dom0::display::human;
+use crate::dom0::facts::parse_qvm_ls;
+use crate::dom0::job_call::run_job_into;
+use crate::dom0::metadata;
+use crate::dom0::qubes::Qubes;
+use crate::dom0::session::{start_disposable, with_cleanup, Ctx, Outcome, Secrets};
 use crate::job::progress::sanitize;
 use crate::job::spec::{self, Export, Mode, Op, Spec};
 

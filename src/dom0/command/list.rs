@@ -4,12 +4,12 @@
 
 use std::io::Write;
 
-use super::archives::{self, Listing};
-use super::config::Config;
-use super::job_call::repository_data;
-use super::metadata;
-use super::qubes::Qubes;
-use super::session::{Ctx, Outcome, Secrets};
+use crate::dom0::archives::{self, Listing};
+use crate::dom0::config::Config;
+use crate::dom0::job_call::repository_data;
+use crate::dom0::metadata;
+use crate::dom0::qubes::Qubes;
+use crate::dom0::session::{Ctx, Outcome, Secrets};
 use crate::job::spec::{List, Op};
 
 /// Asks the repository for the archives of `qube` (or of every qube).

@@ -6,14 +6,14 @@
 
 use std::io::Write;
 
-use super::archives::{self, Archive, Listing};
-use super::config::Config;
-use super::facts::parse_qvm_ls;
-use super::job_call::{repository_data, run_job};
 use super::list::fetch;
-use super::metadata;
-use super::qubes::Qubes;
-use super::session::{
+use crate::dom0::archives::{self, Archive, Listing};
+use crate::dom0::config::Config;
+use crate::dom0::facts::parse_qvm_ls;
+use crate::dom0::job_call::{repository_data, run_job};
+use crate::dom0::metadata;
+use crate::dom0::qubes::Qubes;
+use crate::dom0::session::{
     attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
     Secrets,
 };

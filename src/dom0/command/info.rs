@@ -4,14 +4,14 @@
 
 use std::io::Write;
 
-use super::archives::{self, Archive};
-use super::config::Config;
-use super::display::human;
-use super::job_call::repository_data;
-use super::json::{self, Value};
 use super::list::settings_text;
-use super::qubes::Qubes;
-use super::session::{Ctx, Outcome, Secrets};
+use crate::dom0::archives::{self, Archive};
+use crate::dom0::config::Config;
+use crate::dom0::display::human;
+use crate::dom0::job_call::repository_data;
+use crate::dom0::json::{self, Value};
+use crate::dom0::qubes::Qubes;
+use crate::dom0::session::{Ctx, Outcome, Secrets};
 use crate::job::spec::{Info, Op};
 
 /// Longest duration shown (seconds); anything above is not believed.
