@@ -317,7 +317,7 @@ test_a_signed_logins_audit_line_stays_in_the_vault_and_a_refusal_reaches_borg() 
     timed_list
     in_qube -u user ssh-backup sh -c 'f=$HOME/.ssh/qubes-borg/default/server.conf && mv "$f.orig" "$f"'
     [ "$rc" = 2 ] || fail "borg exit $rc with a refused login, expected 2"
-    assert_contains "$out" "Remote: split-SSH agent: qubes-agent-filter: sys-backup: key set default: refused: remote user 'borg' is not the key set's user 'someone-else'" "borg's output"
+    assert_contains "$out" "Remote: split-SSH agent: qubes-agent-filter: sys-backup: key set default: refused: login not allowed for this key set: remote user 'borg' is not the key set's user 'someone-else'" "borg's output"
     assert_not_contains "$out" "signed an SSH login" "borg's output"
     mnt_borg list --short "$REPO_URL" >/dev/null
 }
