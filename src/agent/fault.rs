@@ -9,6 +9,11 @@
 //!
 //! Only these fixed words are matched; the message shown is ours, never the vault's text (the
 //! lines themselves pass on sanitized, see `forward`).
+//!
+//! The filter's line about a signed login is its audit line: it stays in the vault's journal
+//! (qrexec logs a service's stderr there) and `forward` drops it on its way to the caller
+//! ([`is_signed_login`]), so it does not reach borg's output on every backup; refusals and
+//! faults still travel.
 
 use std::fmt;
 
@@ -45,6 +50,29 @@ pub const TAG_PREFIX: &str = " (vault-fault=";
 /// How `qubes-relay --listen` reports a connection's command that failed: this, then the
 /// exit status.
 pub const RELAY_EXIT_PREFIX: &str = crate::child::EXIT_REPORT_PREFIX;
+
+/// What the filter's line about a signed login says after `SOURCE: key set NAME: `.
+pub const SIGNED_LOGIN: &str = "signed an SSH login (";
+
+/// Whether a line on the listener's stderr is the filter's audit line of a signed login:
+/// `qubes-agent-filter: SOURCE: key set NAME: signed an SSH login (...`, with SOURCE and NAME
+/// valid names. Only that shape counts; refusals, faults and anything else are not it.
+pub fn is_signed_login(untrusted_line: &str) -> bool {
+    let names_then_signed = |rest: &str| -> Option<bool> {
+        let (source, rest) = rest.split_once(": key set ")?;
+        let (name, rest) = rest.split_once(": ")?;
+        Some(
+            super::validate_key_set_name(source).is_ok()
+                && super::validate_key_set_name(name).is_ok()
+                && rest.starts_with(SIGNED_LOGIN),
+        )
+    };
+    untrusted_line
+        .strip_prefix(super::service::PROG)
+        .and_then(|r| r.strip_prefix(": "))
+        .and_then(names_then_signed)
+        .unwrap_or(false)
+}
 
 impl VaultFault {
     /// The tag the filter appends to its log line: ` (vault-fault=WORD)`.
@@ -145,6 +173,27 @@ mod tests {
         assert_eq!(l("78"), Some(VaultFault::NotSetUp));
         assert_eq!(l("1"), None);
         assert_eq!(l("126 "), None);
+    }
+
+    #[test]
+    fn only_the_filters_signed_login_line_is_one() {
+        let signed = "qubes-agent-filter: sys-backup: key set default: signed an SSH login (publickey-hostbound-v00@openssh.com) as user 'borg' with backup key SHA256:x in a session bound to server host key SHA256:y (session-bind verified by ssh-agent; login 3 of at most 60 this hour)";
+        assert!(is_signed_login(signed));
+        for line in [
+            "qubes-agent-filter: sys-backup: key set default: refused: removing all keys is not allowed",
+            "qubes-agent-filter: sys-backup: key set default: refused: user 'x: signed an SSH login (' is not the key set's user",
+            "qubes-agent-filter: sys-backup: key set default: the ssh-agent refused to sign",
+            "qubes-agent-filter: sys-backup: key set default: cannot reach the ssh-agent (vault-fault=agent-down)",
+            "qubes-agent-filter: bad name: key set default: signed an SSH login (x)",
+            "qubes-agent-filter: sys-backup: key set ../x: signed an SSH login (x)",
+            "x qubes-agent-filter: sys-backup: key set default: signed an SSH login (x)",
+            "split-SSH agent: qubes-agent-filter: sys-backup: key set default: signed an SSH login (x)",
+            "qubes-agent-filter: sys-backup: key set default: signed an SSH login",
+            "qubes-relay: connection: command exited with status 126",
+            "",
+        ] {
+            assert!(!is_signed_login(line), "{line:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@
 //! ends with our process. On the way it notes the vault faults those lines
 //! report (`fault`: the filter's tagged lines, qubes-relay's exit status of
 //! a refused or failed call), which [`AgentSocket::close_and_fault`] returns.
+//! The filter's audit line of a signed login is not passed on
+//! (`fault::is_signed_login`): qrexec keeps it in the vault's journal, and
+//! borg would print it on every backup. Every other line is.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{geteuid, Pid};
 
-use super::fault::VaultFault;
+use super::fault::{self, VaultFault};
 use super::{validate_key_set_name, NameError};
 use crate::tempdir::PrivateDir;
 
@@ -231,6 +234,10 @@ impl AgentSocket {
             me.stderr_done = Some(stderr_done);
             std::thread::spawn(move || {
                 crate::stderr_line::copy_lines(err, io::stderr(), |l| {
+                    if fault::is_signed_login(&l) {
+                        // The audit line of a signature: it is in the vault's journal.
+                        return None;
+                    }
                     if let Some(f) = VaultFault::of_line(&l) {
                         let mut kept = seen.lock().unwrap_or_else(|p| p.into_inner());
                         if kept.map_or(true, |k| f.rank() > k.rank()) {

@@ -7,7 +7,8 @@
 //! - [`service`]: the `qubes-borg.SshAgent` service in ssh-backup, one client
 //!   connection in front of the dedicated ssh-agent.
 //! - [`forward`]: the per-connection agent socket in sys-backup.
-//! - [`fault`]: vault failures as classes, from the filter's log lines to sys-backup.
+//! - [`fault`]: vault failures as classes, from the filter's log lines to sys-backup, and the
+//!   audit line of a signed login, which sys-backup does not pass on.
 //!
 //! See docs/SPLIT-SSH.md.
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::fault::VaultFault;
+use super::fault::{VaultFault, SIGNED_LOGIN};
 use super::filter::{self, BackupKey, Binding, SignReply, Verdict};
 use super::keyset::{self, LoginPolicy, PolicyError};
 use super::rate;
@@ -404,7 +404,7 @@ pub fn serve(
                         Ok(SignReply::Signed) => {
                             sum.signatures += 1;
                             events.log(&format!(
-                                "{who}: signed an SSH login ({}) as user '{}' with backup key {} in a session bound to server host key {} (session-bind verified by ssh-agent; login {} of at most {limit} this hour)",
+                                "{who}: {SIGNED_LOGIN}{}) as user '{}' with backup key {} in a session bound to server host key {} (session-bind verified by ssh-agent; login {} of at most {limit} this hour)",
                                 info.method,
                                 info.user,
                                 key.fingerprint(),

@@ -300,6 +300,28 @@ test_vault_call_refused_by_policy_is_reported_as_a_vault_fault_within_seconds() 
     mnt_borg list --short "$REPO_URL" >/dev/null
 }
 
+test_a_signed_logins_audit_line_stays_in_the_vault_and_a_refusal_reaches_borg() {
+    local signed="sys-backup: key set default: signed an SSH login" before after
+    # a working run: the vault logs the signature, borg's output and sys-backup's log (the
+    # stderr of qubes-borg.Ssh) do not carry it
+    before=$(qube_log ssh-backup | grep -c "$signed" || true)
+    timed_list
+    [ "$rc" = 0 ] || fail "borg list exited $rc"
+    after=$(qube_log ssh-backup | grep -c "$signed" || true)
+    [ "$after" -gt "$before" ] || fail "no new signed login in ssh-backup's log ($before, then $after)"
+    assert_not_contains "$out" "signed an SSH login" "borg's output"
+    assert_not_contains "$(qube_log sys-backup)" "signed an SSH login" "sys-backup's log"
+    # a refused login (the key set's user is not the one ssh logs in as) reaches borg
+    in_qube -u user ssh-backup sh -c 'f=$HOME/.ssh/qubes-borg/default/server.conf &&
+        cp -p "$f" "$f.orig" && sed -i "s/^user = borg\$/user = someone-else/" "$f"'
+    timed_list
+    in_qube -u user ssh-backup sh -c 'f=$HOME/.ssh/qubes-borg/default/server.conf && mv "$f.orig" "$f"'
+    [ "$rc" = 2 ] || fail "borg exit $rc with a refused login, expected 2"
+    assert_contains "$out" "Remote: split-SSH agent: qubes-agent-filter: sys-backup: key set default: refused: login not allowed for this key set: remote user 'borg' is not the key set's user 'someone-else'" "borg's output"
+    assert_not_contains "$out" "signed an SSH login" "borg's output"
+    mnt_borg list --short "$REPO_URL" >/dev/null
+}
+
 test_link_cut_mid_backup_is_reported_in_a_minute_with_its_cause_and_the_lock_freed() {
     # The real keep-alives (ServerAliveInterval 15 x (3+1)): ssh in sys-backup gives up 60 s after
     # the server's last packet; the server's sshd (ClientAliveInterval 15, CountMax 3, as

@@ -4,7 +4,7 @@
 //! notes (agent down, key not loaded, agent frozen, call refused).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -232,7 +232,12 @@ fn agent_socket_start_failures_leave_nothing_behind() {
 
 /// Start the owner helper (this test binary, running `owner_helper`):
 /// it holds an AgentSocket and runs ssh through it, like qubes-ssh-service.
-fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Item = String>) {
+/// `stderr`: where the helper's stderr goes (the caller's side of the link).
+fn spawn_owner(
+    s: &Side,
+    sshd: &Sshd,
+    stderr: Stdio,
+) -> (std::process::Child, impl Iterator<Item = String>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -247,6 +252,7 @@ fn spawn_owner(s: &Side, sshd: &Sshd) -> (std::process::Child, impl Iterator<Ite
         .env("QB_OWNER_KNOWN_HOSTS", &sshd.known_hosts)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let lines = BufReader::new(child.stdout.take().unwrap())
@@ -306,7 +312,8 @@ fn owner_helper() {
     println!("@@SSH {}", ssh.id());
     let status = ssh.wait().unwrap();
     println!("@@SSH-EXITED {status}");
-    drop(sock);
+    // Like qubes-ssh-service after a login: the last lines of the vault calls reach stderr.
+    sock.close_and_fault(Duration::from_secs(5));
 }
 
 #[test]
@@ -320,7 +327,7 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
     };
     s.vault.allow_sshd(&sshd, "");
     assert!(entries(&s.runtime).is_empty(), "absent before");
-    let (mut owner, mut lines) = spawn_owner(&s, &sshd);
+    let (mut owner, mut lines) = spawn_owner(&s, &sshd, Stdio::inherit());
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
     let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();
     let ssh: u32 = read_until(&mut lines, "SSH ").parse().unwrap();
@@ -346,6 +353,52 @@ fn agent_socket_is_removed_when_ssh_is_killed() {
 }
 
 #[test]
+fn a_signed_logins_audit_line_stays_in_the_vault_while_a_refusal_reaches_the_caller() {
+    let s = side("agent-sock-audit", "sys-backup");
+    let Some(sshd) = Sshd::start(
+        s.vault.dir.path(),
+        &s.vault.backup_key.with_extension("pub"),
+    ) else {
+        return;
+    };
+    s.vault.allow_sshd(&sshd, "");
+    // The owner's stderr is what qrexec hands to the caller of qubes-borg.Ssh (borg).
+    let (mut owner, mut lines) = spawn_owner(&s, &sshd, Stdio::piped());
+    let mut err = owner.stderr.take().unwrap();
+    let caller = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
+    let ssh: u32 = read_until(&mut lines, "SSH ").parse().unwrap();
+    read_until(&mut lines, "LOGGED-IN");
+    // A refused request on the same socket.
+    let del = output(
+        Command::new("ssh-add")
+            .arg("-D")
+            .env("SSH_AUTH_SOCK", &path),
+    );
+    assert!(!del.status.success(), "{del:?}");
+    kill(Pid::from_raw(ssh as i32), Signal::SIGKILL).unwrap();
+    read_until(&mut lines, "SSH-EXITED ");
+    assert!(owner.wait().unwrap().success());
+    let caller = caller.join().unwrap();
+
+    let journal = fs::read_to_string(&s.journal).unwrap();
+    let prefix = "qubes-agent-filter: sys-backup: key set default: ";
+    let signed = format!("{prefix}signed an SSH login (publickey-hostbound-v00@openssh.com)");
+    let refused = format!("{prefix}refused: removing all keys");
+    assert!(journal.contains(&signed), "vault journal: {journal}");
+    assert!(journal.contains(&refused), "vault journal: {journal}");
+    assert!(
+        caller.contains(&format!("split-SSH agent: {refused}")),
+        "caller: {caller}"
+    );
+    assert!(!caller.contains("signed an SSH login"), "caller: {caller}");
+}
+
+#[test]
 fn agent_socket_is_removed_when_its_owner_is_killed() {
     let s = side("agent-sock-ownerkill", "sys-backup");
     let Some(sshd) = Sshd::start(
@@ -355,7 +408,7 @@ fn agent_socket_is_removed_when_its_owner_is_killed() {
         return;
     };
     s.vault.allow_sshd(&sshd, "");
-    let (mut owner, mut lines) = spawn_owner(&s, &sshd);
+    let (mut owner, mut lines) = spawn_owner(&s, &sshd, Stdio::inherit());
     let path = PathBuf::from(read_until(&mut lines, "SOCKET "));
     let listener: u32 = read_until(&mut lines, "LISTENER ").parse().unwrap();
     let ssh: u32 = read_until(&mut lines, "SSH ").parse().unwrap();
