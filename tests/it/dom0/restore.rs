@@ -10,8 +10,8 @@ use qubes_borg::job::progress::{encode, Event, Phase};
 use qubes_borg::job::spec::{self, Mode, Op, Restore};
 
 use crate::support::dom0::{
-    captured, cfg, job, job_sending, loop_file, repository_job, secrets, tmp, volume_ids, Round,
-    JOB, LS, REFLINK,
+    captured, cfg, job, job_raw, job_sending, loop_file, repository_job, secrets, tmp, volume_ids,
+    Round, JOB, LS, REFLINK,
 };
 
 const ARCHIVE: &str = "work-2026-11-29T18:00:00Z";
@@ -377,12 +377,7 @@ fn export_reply(data: &[u8], extra: &[u8], ok: bool) -> Reply {
     }
     out.extend_from_slice(extra);
     out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    job_raw(out, ok)
 }
 
 /// From the start of the export's disposable to its teardown, with `unpack` as TARGET's answer.

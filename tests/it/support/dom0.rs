@@ -58,16 +58,21 @@ pub fn captured<R>(command: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> (R,
     )
 }
 
+/// The job's answer: `stdout` as it is, exit 0 when `ok`, else 1.
+pub fn job_raw(stdout: Vec<u8>, ok: bool) -> Reply {
+    Reply {
+        code: if ok { 0 } else { 1 },
+        stdout,
+        stderr: vec![],
+        interrupt: false,
+    }
+}
+
 /// The job's answer: `events`, then `done ok` (exit 0) or `done fail` (exit 1).
 pub fn job(events: &[Event], ok: bool) -> Reply {
     let mut out: Vec<u8> = events.iter().flat_map(encode).collect();
     out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    job_raw(out, ok)
 }
 
 /// The job's answer: `phase`, then `data` in `data` lines, then `done`.
