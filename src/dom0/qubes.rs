@@ -112,10 +112,16 @@ pub struct Real {
     pub signals: Option<Signals>,
 }
 
-fn command(argv: &[String]) -> Command {
-    let mut c = Command::new(&argv[0]);
-    c.args(&argv[1..]).process_group(0);
-    c
+/// Starts `argv` in its own process group, stdin as given, stdout and stderr piped.
+fn spawn(argv: &[String], stdin: Stdio) -> Result<std::process::Child, CallError> {
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .process_group(0)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CallError::Start(argv[0].clone(), e.to_string()))
 }
 
 fn read_bounded(r: &mut impl Read, max: usize) -> Vec<u8> {
@@ -128,12 +134,7 @@ fn read_bounded(r: &mut impl Read, max: usize) -> Vec<u8> {
 
 impl Qubes for Real {
     fn run(&mut self, argv: &[String]) -> Result<Output, CallError> {
-        let mut child = command(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CallError::Start(argv[0].clone(), e.to_string()))?;
+        let mut child = spawn(argv, Stdio::null())?;
         let mut err = child.stderr.take().expect("piped");
         let t = std::thread::spawn(move || read_bounded(&mut err, MAX_OUTPUT));
         let stdout = read_bounded(child.stdout.as_mut().expect("piped"), MAX_OUTPUT);
@@ -154,12 +155,7 @@ impl Qubes for Real {
         request: &[u8],
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<Output, CallError> {
-        let mut child = command(argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CallError::Start(argv[0].clone(), e.to_string()))?;
+        let mut child = spawn(argv, Stdio::piped())?;
         let mut stdin = child.stdin.take().expect("piped");
         let req = request.to_vec();
         // The request holds the passphrase: it goes only to this pipe.
@@ -226,12 +222,7 @@ impl Qubes for Real {
     }
 
     fn inflow(&mut self, argv: &[String]) -> Result<Box<dyn Inflow>, CallError> {
-        let mut child = command(argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CallError::Start(argv[0].clone(), e.to_string()))?;
+        let mut child = spawn(argv, Stdio::piped())?;
         let mut out = child.stdout.take().expect("piped");
         let mut err = child.stderr.take().expect("piped");
         let readers = vec![

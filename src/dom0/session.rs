@@ -12,7 +12,7 @@ use super::facts::{committed_path, pool_value};
 use super::qubes::{CallError, Output, Qubes};
 use super::volumes::{parse_loop, Cleanup, Undo};
 use crate::job::progress::sanitize;
-use crate::job::spec;
+use crate::job::spec::{self, Op, Spec};
 
 /// Where the qube's volume appears in the disposable.
 pub const PRIVATE_FRONTEND: &str = "xvdi";
@@ -22,6 +22,19 @@ pub const STATE_FRONTEND: &str = "xvdj";
 pub struct Secrets {
     pub passphrase: Vec<u8>,
     pub key_file: Option<Vec<u8>>,
+}
+
+impl Secrets {
+    /// The request of a job that does `op` in `repository` with these secrets.
+    pub(super) fn request(&self, repository: &str, state_device: Option<String>, op: Op) -> Spec {
+        Spec {
+            repository: repository.to_string(),
+            state_device,
+            passphrase: self.passphrase.clone(),
+            key_file: self.key_file.clone(),
+            op,
+        }
+    }
 }
 
 /// How the run ended.
@@ -262,6 +275,21 @@ pub(super) fn attach_private(
         loop_name: loop_name.to_string(),
     });
     Ok(format!("/dev/{PRIVATE_FRONTEND}"))
+}
+
+/// `volume` on a loop device, a fresh disposable (`start_disposable`) and the loop device
+/// attached to it, all read-only unless `writable`: (borg's state device, the volume's device)
+/// in the disposable.
+pub(super) fn volume_in_disposable(
+    ctx: &mut Ctx,
+    cleanup: &mut Cleanup,
+    volume: &(String, bool),
+    writable: bool,
+) -> Result<(Option<String>, String), String> {
+    let lp = loop_device(ctx, cleanup, volume, writable)?;
+    let state = start_disposable(ctx, cleanup)?;
+    let device = attach_private(ctx, cleanup, &lp, writable)?;
+    Ok((state, device))
 }
 
 /// Shuts down a disposable left running (by hand, or by a crashed run) so the next start is

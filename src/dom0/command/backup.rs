@@ -13,13 +13,13 @@ use crate::dom0::plan::{self, Item};
 use crate::dom0::qubes::Qubes;
 use crate::dom0::retry;
 use crate::dom0::session::{
-    attach_private, committed_image, loop_device, start_disposable, stop_leftover_disposable,
-    volume_ids, with_cleanup, Ctx,
+    committed_image, start_disposable, stop_leftover_disposable, volume_ids, volume_in_disposable,
+    with_cleanup, Ctx,
 };
 use crate::dom0::session::{Outcome, Secrets};
 use crate::dom0::volumes::{Cleanup, Undo};
 use crate::job::progress::{Reason, Stats};
-use crate::job::spec::{self, Create, Mode, Op, Prune, Spec};
+use crate::job::spec::{self, Create, Mode, Op, Prune};
 
 pub struct Options {
     pub dry_run: bool,
@@ -78,15 +78,11 @@ fn back_up_one(
             ctx.note(&format!("{q} is running: backing up its private volume as of its last start (--shutdown stops it first)"));
         }
     }
-    let lp = loop_device(ctx, cleanup, &volume, false)?;
-    let state = start_disposable(ctx, cleanup)?;
-    let device = attach_private(ctx, cleanup, &lp, false)?;
-    let spec = Spec {
-        repository: ctx.cfg.repository.clone(),
-        state_device: state,
-        passphrase: secrets.passphrase.clone(),
-        key_file: secrets.key_file.clone(),
-        op: Op::Create(Create {
+    let (state, device) = volume_in_disposable(ctx, cleanup, &volume, false)?;
+    let spec = secrets.request(
+        &ctx.cfg.repository,
+        state,
+        Op::Create(Create {
             qube: q.clone(),
             archive: item.archive.clone(),
             mode: item.mode,
@@ -96,7 +92,7 @@ fn back_up_one(
             settings,
             lock_wait: Some(ctx.cfg.lock_wait),
         }),
-    };
+    );
     let (report, why) = run_job_reason(ctx, &q, usage, &spec);
     *reason = why;
     let report = report?;
@@ -177,21 +173,16 @@ docs/SECURITY.md)";
 fn prune(ctx: &mut Ctx, qubes: &[String], secrets: &Secrets) -> Result<(), String> {
     with_cleanup(ctx, |ctx, cleanup| {
         let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx
-                .cfg
-                .admin_repository
-                .clone()
-                .ok_or_else(|| SKIP_PRUNE.to_string())?,
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::Prune(Prune {
+        let admin = ctx.cfg.admin_repository.as_deref().ok_or(SKIP_PRUNE)?;
+        let spec = secrets.request(
+            admin,
+            state,
+            Op::Prune(Prune {
                 qubes: qubes.to_vec(),
                 keep: ctx.cfg.keep.clone(),
                 lock_wait: Some(ctx.cfg.lock_wait),
             }),
-        };
+        );
         run_job(ctx, "prune", 0, &spec)?.finished("prune")?;
         Ok(())
     })

@@ -14,11 +14,10 @@ use crate::dom0::job_call::{repository_data, run_job};
 use crate::dom0::metadata;
 use crate::dom0::qubes::Qubes;
 use crate::dom0::session::{
-    attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
-    Secrets,
+    private_volume, volume_in_disposable, with_cleanup, Ctx, Outcome, Secrets,
 };
 use crate::job::progress::sanitize;
-use crate::job::spec::{Check, Mode, Op, Spec, Spot};
+use crate::job::spec::{Check, Mode, Op, Spot};
 
 /// Files compared per qube unless `--spot N` says otherwise.
 pub const DEFAULT_SPOT: u32 = 20;
@@ -169,20 +168,16 @@ fn spot_one(
 ) -> Result<SpotResult, String> {
     let volume = private_volume(ctx, qube)?;
     with_cleanup(ctx, |ctx, cleanup| {
-        let lp = loop_device(ctx, cleanup, &volume, false)?;
-        let state = start_disposable(ctx, cleanup)?;
-        let device = attach_private(ctx, cleanup, &lp, false)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::Spot(Spot {
+        let (state, device) = volume_in_disposable(ctx, cleanup, &volume, false)?;
+        let spec = secrets.request(
+            &ctx.cfg.repository,
+            state,
+            Op::Spot(Spot {
                 archive: archive.name.clone(),
                 device,
                 count,
             }),
-        };
+        );
         let r = run_job(ctx, qube, 0, &spec)?.finished("the spot check")?;
         if r.data_overflow {
             return Err("the spot check sent more data than allowed".into());

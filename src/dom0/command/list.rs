@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use crate::dom0::archives::{self, Listing};
+use crate::dom0::archives::{self, Archive, Listing};
 use crate::dom0::config::Config;
 use crate::dom0::job_call::repository_data;
 use crate::dom0::metadata;
@@ -29,6 +29,25 @@ pub(super) fn fetch(
         "list",
     )?;
     archives::parse_info(&data, qube)
+}
+
+/// The archive `archive` of `qube`, or its newest when none is named.
+pub(super) fn fetch_archive(
+    ctx: &mut Ctx,
+    qube: &str,
+    archive: Option<&str>,
+    secrets: &Secrets,
+) -> Result<Archive, String> {
+    let mut archives = fetch(ctx, Some(qube), secrets)?.archives;
+    match archive {
+        Some(a) => archives
+            .into_iter()
+            .find(|x| x.name == a)
+            .ok_or_else(|| format!("no archive {a} of {qube} in the repository")),
+        None => archives
+            .pop()
+            .ok_or_else(|| format!("no archive of {qube} in the repository")),
+    }
 }
 
 /// The checked settings of one archive, one `  KEY=VALUE` line each (warnings as notes).

@@ -8,17 +8,16 @@
 
 use std::io::Write;
 
-use super::list::fetch;
+use super::list::fetch_archive;
 use crate::dom0::config::Config;
 use crate::dom0::facts::parse_qvm_ls;
 use crate::dom0::job_call::run_job;
 use crate::dom0::metadata::{self, Settings};
 use crate::dom0::qubes::Qubes;
 use crate::dom0::session::{
-    attach_private, loop_device, private_volume, start_disposable, with_cleanup, Ctx, Outcome,
-    Secrets,
+    private_volume, volume_in_disposable, with_cleanup, Ctx, Outcome, Secrets,
 };
-use crate::job::spec::{self, Op, Restore, Spec};
+use crate::job::spec::{self, Op, Restore};
 
 /// Tag on a qube whose restore has not completed.
 pub const RESTORING_TAG: &str = "qubes-borg-restoring";
@@ -52,18 +51,7 @@ fn restore_inner(
     out: &mut dyn Write,
     touched: &mut Option<String>,
 ) -> Result<(), String> {
-    let listing = fetch(ctx, Some(&opts.qube), secrets)?;
-    let archive = match &opts.archive {
-        Some(a) => listing
-            .archives
-            .iter()
-            .find(|x| &x.name == a)
-            .ok_or_else(|| format!("no archive {a} of {} in the repository", opts.qube))?,
-        None => listing
-            .archives
-            .last()
-            .ok_or_else(|| format!("no archive of {} in the repository", opts.qube))?,
-    };
+    let archive = &fetch_archive(ctx, &opts.qube, opts.archive.as_deref(), secrets)?;
     let (settings, warnings) = match metadata::parse(&archive.comment) {
         Ok(x) => x,
         Err(e) => {
@@ -131,20 +119,16 @@ fn restore_inner(
     }
     let volume = private_volume(ctx, &target)?;
     with_cleanup(ctx, |ctx, cleanup| {
-        let lp = loop_device(ctx, cleanup, &volume, true)?;
-        let state = start_disposable(ctx, cleanup)?;
-        let device = attach_private(ctx, cleanup, &lp, true)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: secrets.passphrase.clone(),
-            key_file: secrets.key_file.clone(),
-            op: Op::Restore(Restore {
+        let (state, device) = volume_in_disposable(ctx, cleanup, &volume, true)?;
+        let spec = secrets.request(
+            &ctx.cfg.repository,
+            state,
+            Op::Restore(Restore {
                 archive: archive.name.clone(),
                 mode,
                 device,
             }),
-        };
+        );
         run_job(ctx, &target, 0, &spec)?.finished("the restore job")?;
         Ok(())
     })?;

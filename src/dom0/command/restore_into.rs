@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use super::list::fetch;
+use super::list::fetch_archive;
 use crate::dom0::config::Config;
 use crate::dom0::display::human;
 use crate::dom0::facts::parse_qvm_ls;
@@ -16,7 +16,7 @@ use crate::dom0::metadata;
 use crate::dom0::qubes::Qubes;
 use crate::dom0::session::{start_disposable, with_cleanup, Ctx, Outcome, Secrets};
 use crate::job::progress::sanitize;
-use crate::job::spec::{self, Export, Mode, Op, Spec};
+use crate::job::spec::{self, Export, Mode, Op};
 
 /// Where the files land in TARGET, under the home of its default user (beside the
 /// `QubesIncoming/SOURCE` folders of qvm-copy).
@@ -96,18 +96,7 @@ fn into_inner(
         }
         Some(_) => {}
     }
-    let listing = fetch(ctx, Some(&opts.qube), secrets)?;
-    let archive = match &opts.archive {
-        Some(a) => listing
-            .archives
-            .iter()
-            .find(|x| &x.name == a)
-            .ok_or_else(|| format!("no archive {a} of {} in the repository", opts.qube))?,
-        None => listing
-            .archives
-            .last()
-            .ok_or_else(|| format!("no archive of {} in the repository", opts.qube))?,
-    };
+    let archive = &fetch_archive(ctx, &opts.qube, opts.archive.as_deref(), secrets)?;
     if let Ok((s, _)) = metadata::parse(&archive.comment) {
         if s.mode == Some(Mode::Image) {
             return Err(format!(
@@ -117,23 +106,14 @@ fn into_inner(
         }
     }
     let argv = unpack_argv(t, &archive.name)?;
-    let spec = Spec {
-        repository: ctx.cfg.repository.clone(),
-        state_device: None,
-        passphrase: secrets.passphrase.clone(),
-        key_file: secrets.key_file.clone(),
-        op: Op::Export(Export {
-            archive: archive.name.clone(),
-            paths: opts.paths.clone(),
-        }),
-    };
+    let op = Op::Export(Export {
+        archive: archive.name.clone(),
+        paths: opts.paths.clone(),
+    });
     let where_ = format!("{t}:~/{INCOMING}/{}/", archive.name);
     let streamed = with_cleanup(ctx, |ctx, cleanup| {
         let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            state_device: state,
-            ..spec
-        };
+        let spec = secrets.request(&ctx.cfg.repository, state, op);
         if ctx.q.interrupted() {
             return Err("interrupted by a signal".into());
         }

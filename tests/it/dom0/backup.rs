@@ -2,96 +2,45 @@
 //! qvm-*/losetup call sequences, cleanup on every failure, one failing qube not stopping the
 //! others, and what the job sends being contained.
 
-use std::path::Path;
-
 use qubes_borg::dom0::command::backup::{backup, Options};
-use qubes_borg::dom0::config::{parse, Config};
+use qubes_borg::dom0::config::Config;
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::session::{Outcome, Secrets};
+use qubes_borg::dom0::session::Outcome;
 use qubes_borg::job::progress::{encode, Event, Phase, Stats};
 use qubes_borg::job::spec::{self, Mode, Op};
 
+use crate::support::dom0::{
+    backup_attempt, backup_facts, captured, cfg, job, loop_file, secrets, settings, tmp, Round, LS,
+    SHUTDOWN,
+};
+
 pub(super) const NOW: u64 = 1_795_970_096; // 2026-11-29T16:34:56Z
-pub(super) const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
-/// `qvm-prefs QUBE` (all properties), as qvm_prefs.py prints them; the settings saved with the
-/// archive are read from it.
-const PREFS: &str =
-    "klass     -  AppVM\nlabel     -  red\nmemory    D  400\ntemplate  -  debian-12\n";
-pub(super) const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
-
-pub(super) fn cfg(dir: &Path, extra: &str) -> Config {
-    parse(
-        Path::new("test.conf"),
-        format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n{extra}", dir.display(), dir.display()).as_bytes(),
-    )
-    .unwrap()
-}
-
-pub(super) fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("qb-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn job_ok(original: u64) -> Reply {
-    let mut out = Vec::new();
-    for ev in [
-        Event::Phase(Phase::State),
-        Event::Phase(Phase::Mount),
-        Event::Phase(Phase::Create),
-        Event::Progress(original / 2),
-        Event::Stats(Stats {
-            original,
-            deduplicated: 10,
-            compressed: 20,
-            files: 3,
-        }),
-        Event::Phase(Phase::Unmount),
-        Event::Done(true),
-    ] {
-        out.extend(encode(&ev));
-    }
-    Reply {
-        code: 0,
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    job(
+        &[
+            Event::Phase(Phase::State),
+            Event::Phase(Phase::Mount),
+            Event::Phase(Phase::Create),
+            Event::Progress(original / 2),
+            Event::Stats(Stats {
+                original,
+                deduplicated: 10,
+                compressed: 20,
+                files: 3,
+            }),
+            Event::Phase(Phase::Unmount),
+        ],
+        true,
+    )
 }
 
-/// The calls for one halted qube on a file-reflink pool up to (not including) the job.
-pub(super) fn expect_setup(f: &mut Fake, qube: &str, lp: &str, state_lp: &str) {
-    f.expect(&format!("qvm-volume info {qube}:private pool"), Reply::ok("varlibqubes\n"))
-        .expect(&format!("qvm-volume info {qube}:private vid"), Reply::ok(&format!("appvms/{qube}/private\n")))
-        .expect(&format!("qvm-volume info {qube}:private usage"), Reply::ok("1000\n"))
-        .expect(&format!("qvm-volume info {qube}:private size"), Reply::ok("2000\n"))
-        .expect(&format!("qvm-prefs {qube}"), Reply::ok(PREFS))
-        .expect(&format!("qvm-features {qube}"), Reply::ok(""))
-        .expect(&format!("qvm-tags {qube} list"), Reply::ok(""))
-        .expect("qvm-pool info varlibqubes", Reply::ok("name              varlibqubes\ndir_path          /var/lib/qubes\ndriver            file-reflink\nrevisions_to_keep 1\n"))
-        .expect(&format!("losetup --read-only --find --show /var/lib/qubes/appvms/{qube}/private.img"), Reply::ok(&format!("/dev/{lp}\n")))
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --find --show *", Reply::ok(&format!("/dev/{state_lp}\n")))
-        .expect(&format!("qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:{state_lp}"), Reply::ok(""))
-        .expect(&format!("qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:{lp}"), Reply::ok(""));
-}
-
-pub(super) fn expect_teardown(f: &mut Fake, lp: &str, state_lp: &str) {
+/// The backup_timestamp of a qube backed up.
+pub(super) fn timestamp(f: &mut Fake, qube: &str) {
     f.expect(
-        &format!("qvm-block detach sys-backup-mnt dom0:{lp}"),
+        &format!("qvm-prefs {qube} backup_timestamp {NOW}"),
         Reply::ok(""),
-    )
-    .expect(
-        &format!("qvm-block detach sys-backup-mnt dom0:{state_lp}"),
-        Reply::ok(""),
-    )
-    .expect(&format!("losetup --detach /dev/{state_lp}"), Reply::ok(""))
-    .expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    )
-    .expect(&format!("losetup --detach /dev/{lp}"), Reply::ok(""));
+    );
 }
 
 pub(super) fn opts() -> Options {
@@ -102,36 +51,18 @@ pub(super) fn opts() -> Options {
     }
 }
 
-fn secrets() -> Secrets {
-    Secrets {
-        passphrase: b"correct horse".to_vec(),
-        key_file: None,
-    }
-}
-
 pub(super) fn run(c: &Config, o: &Options, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let r = backup(c, o, &secrets(), f, &mut out, &mut err, false, NOW);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| backup(c, o, &secrets(b"correct horse"), f, out, err, false, NOW))
 }
 
 #[test]
 fn one_halted_qube_in_files_mode_is_backed_up_with_the_exact_calls() {
-    let d = tmp("one");
+    let d = tmp("backup-one");
     let c = cfg(&d, "");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("dom0|AdminVM|Running|False\nwork|AppVM|Halted|True\nsys-backup-mnt|DispVM|Halted|False\n"));
-    expect_setup(&mut f, "work", "loop7", "loop8");
-    f.expect(JOB, job_ok(5000));
-    expect_teardown(&mut f, "loop7", "loop8");
-    f.expect(
-        &format!("qvm-prefs work backup_timestamp {NOW}"),
-        Reply::ok(""),
-    );
+    backup_attempt(&mut f, "work", "loop7", "loop8", job_ok(5000));
+    timestamp(&mut f, "work");
     let (r, out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
@@ -178,26 +109,23 @@ fn one_halted_qube_in_files_mode_is_backed_up_with_the_exact_calls() {
 
 #[test]
 fn lvm_thin_volumes_are_activated_and_looped_from_the_committed_lv() {
-    let d = tmp("lvm");
+    let d = tmp("backup-lvm");
     let c = cfg(&d, "persistent_state = no\n[qube vault]\nmode = image\n");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("vault|AppVM|Running|True\n"))
         .expect("qvm-volume info vault:private pool", Reply::ok("lvm\n"))
-        .expect("qvm-volume info vault:private vid", Reply::ok("qubes_dom0/vm-vault-private\n"))
-        .expect("qvm-volume info vault:private size", Reply::ok("10\n"))
-        .expect("qvm-prefs vault", Reply::ok(PREFS))
-        .expect("qvm-features vault", Reply::ok(""))
-        .expect("qvm-tags vault list", Reply::ok(""))
-        .expect("qvm-pool info lvm", Reply::ok("name          lvm\ndriver        lvm_thin\nthin_pool     vm-pool\nvolume_group  qubes_dom0\n"))
+        .expect(
+            "qvm-volume info vault:private vid",
+            Reply::ok("qubes_dom0/vm-vault-private\n"),
+        )
+        .expect("qvm-volume info vault:private size", Reply::ok("10\n"));
+    settings(&mut f, "vault");
+    f.expect("qvm-pool info lvm", Reply::ok("name          lvm\ndriver        lvm_thin\nthin_pool     vm-pool\nvolume_group  qubes_dom0\n"))
         .expect("lvchange --activate=y -- /dev/qubes_dom0/vm-vault-private", Reply::ok(""))
-        .expect("losetup --read-only --find --show /dev/qubes_dom0/vm-vault-private", Reply::ok("/dev/loop0\n"))
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop0", Reply::ok(""))
-        .expect(JOB, job_ok(10))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop0", Reply::ok(""))
-        .expect("qvm-shutdown --wait --timeout 120 sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --detach /dev/loop0", Reply::ok(""))
-        .expect(&format!("qvm-prefs vault backup_timestamp {NOW}"), Reply::ok(""));
+        .expect("losetup --read-only --find --show /dev/qubes_dom0/vm-vault-private", Reply::ok("/dev/loop0\n"));
+    // persistent_state = no: nothing but the volume attached
+    Round::default().volume("loop0").job(&mut f, job_ok(10));
+    timestamp(&mut f, "vault");
     let (r, _, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(
@@ -215,46 +143,16 @@ fn lvm_thin_volumes_are_activated_and_looped_from_the_committed_lv() {
 
 #[test]
 fn shutdown_option_stops_a_running_qube_and_starts_it_after_cleanup() {
-    let d = tmp("shut");
+    let d = tmp("backup-shut");
     let c = cfg(&d, "persistent_state = no\n");
     let mut f = Fake::default();
-    f.expect(LS, Reply::ok("work|AppVM|Running|True\n"))
-        .expect("qvm-volume info work:private pool", Reply::ok("p\n"))
-        .expect(
-            "qvm-volume info work:private vid",
-            Reply::ok("appvms/work/private\n"),
-        )
-        .expect("qvm-volume info work:private usage", Reply::ok("10\n"))
-        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
-        .expect("qvm-prefs work", Reply::ok(PREFS))
-        .expect("qvm-features work", Reply::ok(""))
-        .expect("qvm-tags work list", Reply::ok(""))
-        .expect(
-            "qvm-pool info p",
-            Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
-        )
-        .expect("qvm-shutdown --wait --timeout 120 work", Reply::ok(""))
-        .expect(
-            "losetup --read-only --find --show /var/lib/qubes/appvms/work/private.img",
-            Reply::ok("/dev/loop1\n"),
-        )
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect(
-            "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
-            Reply::ok(""),
-        )
-        .expect(JOB, job_ok(10))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop1", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        )
-        .expect("losetup --detach /dev/loop1", Reply::ok(""))
-        .expect("qvm-start work", Reply::ok(""))
-        .expect(
-            &format!("qvm-prefs work backup_timestamp {NOW}"),
-            Reply::ok(""),
-        );
+    f.expect(LS, Reply::ok("work|AppVM|Running|True\n"));
+    backup_facts(&mut f, "work");
+    f.expect("qvm-shutdown --wait --timeout 120 work", Reply::ok(""));
+    loop_file(&mut f, "work", "loop1", false);
+    Round::default().volume("loop1").job(&mut f, job_ok(10));
+    f.expect("qvm-start work", Reply::ok(""));
+    timestamp(&mut f, "work");
     let (r, _, err) = run(
         &c,
         &Options {
@@ -269,53 +167,23 @@ fn shutdown_option_stops_a_running_qube_and_starts_it_after_cleanup() {
 
 #[test]
 fn a_failing_attach_is_cleaned_up_and_the_next_qube_still_runs() {
-    let d = tmp("fail");
+    let d = tmp("backup-fail");
     let c = cfg(&d, "");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("a|AppVM|Halted|True\nb|AppVM|Halted|True\n"));
-    // a: everything up to the private attach, which fails.
-    f.expect("qvm-volume info a:private pool", Reply::ok("p\n"))
-        .expect(
-            "qvm-volume info a:private vid",
-            Reply::ok("appvms/a/private\n"),
-        )
-        .expect("qvm-volume info a:private usage", Reply::ok("1\n"))
-        .expect("qvm-volume info a:private size", Reply::ok("2000\n"))
-        .expect("qvm-prefs a", Reply::ok(PREFS))
-        .expect("qvm-features a", Reply::ok(""))
-        .expect("qvm-tags a list", Reply::ok(""))
-        .expect(
-            "qvm-pool info p",
-            Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
-        )
-        .expect(
-            "losetup --read-only --find --show /var/lib/qubes/appvms/a/private.img",
-            Reply::ok("/dev/loop1\n"),
-        )
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --find --show *", Reply::ok("/dev/loop2\n"))
-        .expect(
-            "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop2",
-            Reply::ok(""),
-        )
-        .expect(
-            "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
-            Reply::fail(1, "Device already attached\x1b[31m"),
-        )
-        .expect("qvm-block detach sys-backup-mnt dom0:loop2", Reply::ok(""))
-        .expect("losetup --detach /dev/loop2", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        )
-        .expect("losetup --detach /dev/loop1", Reply::ok(""));
-    expect_setup(&mut f, "b", "loop1", "loop2");
-    f.expect(JOB, job_ok(5));
-    expect_teardown(&mut f, "loop1", "loop2");
+    // a: everything up to the private attach, which fails; then all undone.
+    backup_facts(&mut f, "a");
+    loop_file(&mut f, "a", "loop1", false);
+    let state = Round::state("loop2");
+    state.open(&mut f);
     f.expect(
-        &format!("qvm-prefs b backup_timestamp {NOW}"),
-        Reply::ok(""),
+        "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
+        Reply::fail(1, "Device already attached\x1b[31m"),
     );
+    state.close(&mut f);
+    f.expect("losetup --detach /dev/loop1", Reply::ok(""));
+    backup_attempt(&mut f, "b", "loop1", "loop2", job_ok(5));
+    timestamp(&mut f, "b");
     let (r, out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty(), "{:?}", f.expected);
@@ -331,27 +199,23 @@ fn a_failing_attach_is_cleaned_up_and_the_next_qube_still_runs() {
 
 #[test]
 fn a_failed_job_fails_its_qube_and_hostile_output_is_contained() {
-    let d = tmp("hostile");
+    let d = tmp("backup-hostile");
     let c = cfg(&d, "");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
-    expect_setup(&mut f, "work", "loop3", "loop4");
     let mut hostile = b"progress 99999999999\n\x1b]0;pwned\x07\n".to_vec();
     hostile.extend(vec![b'A'; 100_000]);
     for _ in 0..10_000 {
         hostile.extend(b"\nwarning flood");
     }
     hostile.extend(b"\nerror mount: wrong fs type \x1b[2J\x9b1m\nstats 1 2 3 4\ndone ok\n");
-    f.expect(
-        JOB,
-        Reply {
-            code: 1,
-            stdout: hostile,
-            stderr: b"\x1b[31mred\x1b[0m".to_vec(),
-            interrupt: false,
-        },
-    );
-    expect_teardown(&mut f, "loop3", "loop4");
+    let reply = Reply {
+        code: 1,
+        stdout: hostile,
+        stderr: b"\x1b[31mred\x1b[0m".to_vec(),
+        interrupt: false,
+    };
+    backup_attempt(&mut f, "work", "loop3", "loop4", reply);
     let (r, out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty());
@@ -379,21 +243,17 @@ fn a_failed_job_fails_its_qube_and_hostile_output_is_contained() {
 
 #[test]
 fn an_interrupt_during_the_job_cleans_up_and_stops_the_run() {
-    let d = tmp("int");
+    let d = tmp("backup-int");
     let c = cfg(&d, "");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("a|AppVM|Halted|True\nb|AppVM|Halted|True\n"));
-    expect_setup(&mut f, "a", "loop1", "loop2");
-    f.expect(
-        JOB,
-        Reply {
-            code: 0,
-            stdout: encode(&Event::Progress(1)),
-            stderr: vec![],
-            interrupt: true,
-        },
-    );
-    expect_teardown(&mut f, "loop1", "loop2");
+    let interrupted = Reply {
+        code: 0,
+        stdout: encode(&Event::Progress(1)),
+        stderr: vec![],
+        interrupt: true,
+    };
+    backup_attempt(&mut f, "a", "loop1", "loop2", interrupted);
     let (r, _, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Interrupted, "{err}");
     assert!(f.expected.is_empty(), "{:?}", f.expected);
@@ -407,16 +267,13 @@ fn an_interrupt_during_the_job_cleans_up_and_stops_the_run() {
 
 #[test]
 fn leftovers_of_a_killed_run_are_undone_first() {
-    let d = tmp("left");
+    let d = tmp("backup-left");
     let c = cfg(&d, "");
     let ledger = "loop loop5\nshutdown sys-backup-mnt 120\ndetach sys-backup-mnt loop5\n";
     std::fs::write(d.join("cleanup"), ledger).unwrap();
     let mut f = Fake::default();
     f.expect("qvm-block detach sys-backup-mnt dom0:loop5", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        )
+        .expect(SHUTDOWN, Reply::ok(""))
         .expect("losetup --detach /dev/loop5", Reply::ok(""))
         .expect(LS, Reply::ok("work|AppVM|Halted|False\n"));
     let (r, _, err) = run(&c, &opts(), &mut f);
@@ -431,7 +288,7 @@ fn leftovers_of_a_killed_run_are_undone_first() {
 
 #[test]
 fn a_dry_run_changes_nothing_not_even_another_runs_leftovers() {
-    let d = tmp("dry");
+    let d = tmp("backup-dry");
     let c = cfg(&d, "[qube vault]\nmode = image\n");
     let ledger = "loop loop5\n";
     std::fs::write(d.join("cleanup"), ledger).unwrap();
@@ -458,66 +315,24 @@ fn a_dry_run_changes_nothing_not_even_another_runs_leftovers() {
 /// One halted qube on a file-reflink pool backed up with no persistent state: every call up to
 /// and including its backup_timestamp.
 fn expect_one_qube_backed_up(f: &mut Fake) {
-    f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"))
-        .expect("qvm-volume info work:private pool", Reply::ok("p\n"))
-        .expect(
-            "qvm-volume info work:private vid",
-            Reply::ok("appvms/work/private\n"),
-        )
-        .expect("qvm-volume info work:private usage", Reply::ok("1\n"))
-        .expect("qvm-volume info work:private size", Reply::ok("2000\n"))
-        .expect("qvm-prefs work", Reply::ok(PREFS))
-        .expect("qvm-features work", Reply::ok(""))
-        .expect("qvm-tags work list", Reply::ok(""))
-        .expect(
-            "qvm-pool info p",
-            Reply::ok("dir_path /var/lib/qubes\ndriver file-reflink\n"),
-        )
-        .expect(
-            "losetup --read-only --find --show /var/lib/qubes/appvms/work/private.img",
-            Reply::ok("/dev/loop1\n"),
-        )
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect(
-            "qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop1",
-            Reply::ok(""),
-        )
-        .expect(JOB, job_ok(1))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop1", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        )
-        .expect("losetup --detach /dev/loop1", Reply::ok(""))
-        .expect(
-            &format!("qvm-prefs work backup_timestamp {NOW}"),
-            Reply::ok(""),
-        );
+    f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
+    backup_facts(f, "work");
+    loop_file(f, "work", "loop1", false);
+    Round::default().volume("loop1").job(f, job_ok(1));
+    timestamp(f, "work");
 }
 
 #[test]
 fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
-    let d = tmp("prune");
+    let d = tmp("backup-prune");
     let c = cfg(
         &d,
         "persistent_state = no\nadmin_repository = ssh://admin/./repo\nkeep_daily = 7\n",
     );
     let mut f = Fake::default();
     expect_one_qube_backed_up(&mut f);
-    f.expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect(
-            JOB,
-            Reply {
-                code: 0,
-                stdout: encode(&Event::Done(true)),
-                stderr: vec![],
-                interrupt: false,
-            },
-        )
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        );
+    // the prune job: a disposable with nothing attached (persistent_state = no)
+    Round::default().job(&mut f, job(&[], true));
     let (r, _, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty());
@@ -529,7 +344,7 @@ fn prune_and_compact_run_in_a_fresh_disposable_with_the_admin_repository() {
 
 #[test]
 fn without_an_admin_repository_prune_is_skipped_with_a_note() {
-    let d = tmp("prune-skip");
+    let d = tmp("backup-prune-skip");
     let c = cfg(&d, "persistent_state = no\nkeep_daily = 7\n");
     let mut f = Fake::default();
     expect_one_qube_backed_up(&mut f);

@@ -3,72 +3,20 @@
 //! volume attached read-only for the spot check, everything undone), the requests the job gets,
 //! and hostile job results contained (refused, bounded, no control characters printed).
 
-use std::path::Path;
-
 use qubes_borg::dom0::command::check::{check, CheckOptions};
 use qubes_borg::dom0::command::info::info;
-use qubes_borg::dom0::config::{parse, Config};
+use qubes_borg::dom0::config::Config;
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::session::{Outcome, Secrets};
-use qubes_borg::job::progress::{encode, Event, Phase, MAX_DATA};
+use qubes_borg::dom0::session::Outcome;
+use qubes_borg::job::progress::{Event, Phase};
 use qubes_borg::job::spec::{self, Check, Info, List, Op, Spot};
 
-const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
-const SHUTDOWN: &str = "qvm-shutdown --wait --timeout 120 sys-backup-mnt";
-const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
+use crate::support::dom0::{
+    captured, cfg, job, job_sending, loop_file, repository_job, secrets, tmp, volume_ids, Round,
+    LS, REFLINK,
+};
+
 const NEWEST: &str = "work-2026-11-29T18:00:00Z";
-
-fn cfg(dir: &Path) -> Config {
-    parse(
-        Path::new("test.conf"),
-        format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n", dir.display(), dir.display()).as_bytes(),
-    )
-    .unwrap()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("qb-check-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn secrets() -> Secrets {
-    Secrets {
-        passphrase: b"pw".to_vec(),
-        key_file: None,
-    }
-}
-
-/// A job that sends `data` (in `data` lines) and ends with `done`.
-fn job_sending(phase: Phase, data: &[u8], ok: bool) -> Reply {
-    let mut out = encode(&Event::Phase(phase));
-    for piece in data.chunks(MAX_DATA) {
-        out.extend(encode(&Event::Data(piece.to_vec())));
-    }
-    out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
-}
-
-/// A disposable with borg's state only (no qube volume) around one job.
-fn expect_state_only_job(f: &mut Fake, job: Reply) {
-    f.expect(SHUTDOWN, Reply::ok(""))
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
-        .expect(
-            "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8",
-            Reply::ok(""),
-        )
-        .expect(JOB, job)
-        .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-        .expect("losetup --detach /dev/loop8", Reply::ok(""))
-        .expect(SHUTDOWN, Reply::ok(""));
-}
 
 const FILES: &str = "qubes-borg-settings/1\\nclass=AppVM\\nmode=files\\npref.label=red";
 const IMAGE: &str = "qubes-borg-settings/1\\nclass=AppVM\\nmode=image\\npref.label=red";
@@ -83,30 +31,23 @@ fn listing(entries: &[(&str, &str)]) -> Vec<u8> {
 
 /// The calls of one qube's spot check (file-reflink pool, halted) around `job`.
 fn expect_spot(f: &mut Fake, qube: &str, job: Reply) {
-    f.expect(&format!("qvm-volume info {qube}:private pool"), Reply::ok("varlibqubes\n"))
-        .expect(&format!("qvm-volume info {qube}:private vid"), Reply::ok(&format!("appvms/{qube}/private\n")))
-        .expect("qvm-pool info varlibqubes", Reply::ok("name              varlibqubes\ndir_path          /var/lib/qubes\ndriver            file-reflink\nrevisions_to_keep 1\n"))
-        .expect(&format!("losetup --read-only --find --show /var/lib/qubes/appvms/{qube}/private.img"), Reply::ok("/dev/loop3\n"))
-        .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
-        .expect("qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8", Reply::ok(""))
-        .expect("qvm-block attach --ro --option frontend-dev=xvdi sys-backup-mnt dom0:loop3", Reply::ok(""))
-        .expect(JOB, job)
-        .expect("qvm-block detach sys-backup-mnt dom0:loop3", Reply::ok(""))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-        .expect("losetup --detach /dev/loop8", Reply::ok(""))
-        .expect(SHUTDOWN, Reply::ok(""))
-        .expect("losetup --detach /dev/loop3", Reply::ok(""));
+    volume_ids(f, qube, "varlibqubes");
+    f.expect("qvm-pool info varlibqubes", Reply::ok(REFLINK));
+    loop_file(f, qube, "loop3", false);
+    Round::state("loop8").volume("loop3").job(f, job);
+}
+
+/// The check job and the list job (sending one archive of work), each in a fresh disposable.
+fn expect_check_and_list(f: &mut Fake) {
+    repository_job(f, job_sending(Phase::Check, b"repository ok\n", true));
+    repository_job(
+        f,
+        job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
+    );
 }
 
 fn run_check(c: &Config, opts: &CheckOptions, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let r = check(c, opts, &secrets(), f, &mut out, &mut err);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| check(c, opts, &secrets(b"pw"), f, out, err))
 }
 
 fn opts(qubes: &[&str]) -> CheckOptions {
@@ -126,10 +67,10 @@ const SPOT_OK: &[u8] =
 
 #[test]
 fn check_runs_borg_check_then_compares_each_qubes_newest_archive_with_its_volume() {
-    let d = tmp("ok");
+    let d = tmp("check-ok");
     let mut f = Fake::default();
-    expect_state_only_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
-    expect_state_only_job(
+    repository_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
+    repository_job(
         &mut f,
         job_sending(
             Phase::List,
@@ -147,7 +88,7 @@ fn check_runs_borg_check_then_compares_each_qubes_newest_archive_with_its_volume
         Reply::ok("dom0|AdminVM|Running|False\nwork|AppVM|Halted|True\nvault|AppVM|Halted|True\n"),
     );
     expect_spot(&mut f, "work", job_sending(Phase::Spot, SPOT_OK, true));
-    let (r, out, err) = run_check(&cfg(&d), &opts(&[]), &mut f);
+    let (r, out, err) = run_check(&cfg(&d, ""), &opts(&[]), &mut f);
     assert_eq!(r, Outcome::Ok, "{out}\n{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     let ops: Vec<Op> = f
@@ -188,9 +129,9 @@ fn check_runs_borg_check_then_compares_each_qubes_newest_archive_with_its_volume
 
 #[test]
 fn borg_problems_and_spot_mismatches_fail_and_are_named_per_qube() {
-    let d = tmp("bad");
+    let d = tmp("check-bad");
     let mut f = Fake::default();
-    expect_state_only_job(
+    repository_job(
         &mut f,
         job_sending(
             Phase::Check,
@@ -198,7 +139,7 @@ fn borg_problems_and_spot_mismatches_fail_and_are_named_per_qube() {
             true,
         ),
     );
-    expect_state_only_job(
+    repository_job(
         &mut f,
         job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
     );
@@ -213,7 +154,7 @@ fn borg_problems_and_spot_mismatches_fail_and_are_named_per_qube() {
     );
     let mut o = opts(&["work"]);
     o.verify_data = true;
-    let (r, out, err) = run_check(&cfg(&d), &o, &mut f);
+    let (r, out, err) = run_check(&cfg(&d, ""), &o, &mut f);
     assert_eq!(r, Outcome::Failed, "{out}\n{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     let first = spec::decode(&mut &f.requests[0][..]).unwrap().op;
@@ -238,28 +179,24 @@ fn borg_problems_and_spot_mismatches_fail_and_are_named_per_qube() {
 
 #[test]
 fn a_check_job_that_fails_is_a_failed_check_and_the_spot_check_still_runs() {
-    let d = tmp("jobfail");
+    let d = tmp("check-jobfail");
     let mut f = Fake::default();
-    let mut failing = encode(&Event::Phase(Phase::Check));
-    failing.extend(encode(&Event::Error(
-        "borg check could not run (exit status: 2)".into(),
-    )));
-    failing.extend(encode(&Event::Done(false)));
-    expect_state_only_job(
+    repository_job(
         &mut f,
-        Reply {
-            code: 1,
-            stdout: failing,
-            stderr: vec![],
-            interrupt: false,
-        },
+        job(
+            &[
+                Event::Phase(Phase::Check),
+                Event::Error("borg check could not run (exit status: 2)".into()),
+            ],
+            false,
+        ),
     );
-    expect_state_only_job(
+    repository_job(
         &mut f,
         job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
     );
     expect_spot(&mut f, "work", job_sending(Phase::Spot, SPOT_OK, true));
-    let (r, out, err) = run_check(&cfg(&d), &opts(&["work"]), &mut f);
+    let (r, out, err) = run_check(&cfg(&d, ""), &opts(&["work"]), &mut f);
     assert_eq!(r, Outcome::Failed, "{out}\n{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(
@@ -274,7 +211,7 @@ fn a_check_job_that_fails_is_a_failed_check_and_the_spot_check_still_runs() {
 
 #[test]
 fn hostile_spot_results_are_refused_and_nothing_unprintable_is_shown() {
-    let d = tmp("hostile");
+    let d = tmp("check-hostile");
     let hostile: [&[u8]; 4] = [
         // Counts that do not add up (claims success while hiding a mismatch).
         b"checked 3\nmatched 3\nchanged-count 0\nmismatch-count 1\nmismatch content x\n",
@@ -287,13 +224,9 @@ fn hostile_spot_results_are_refused_and_nothing_unprintable_is_shown() {
     ];
     for data in hostile {
         let mut f = Fake::default();
-        expect_state_only_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
-        expect_state_only_job(
-            &mut f,
-            job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
-        );
+        expect_check_and_list(&mut f);
         expect_spot(&mut f, "work", job_sending(Phase::Spot, data, true));
-        let (r, out, err) = run_check(&cfg(&d), &opts(&["work"]), &mut f);
+        let (r, out, err) = run_check(&cfg(&d, ""), &opts(&["work"]), &mut f);
         assert_eq!(r, Outcome::Failed, "{out}\n{err}");
         assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
         assert!(
@@ -304,11 +237,7 @@ fn hostile_spot_results_are_refused_and_nothing_unprintable_is_shown() {
     }
     // Escape sequences inside names are shown as '?', names are bounded.
     let mut f = Fake::default();
-    expect_state_only_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
-    expect_state_only_job(
-        &mut f,
-        job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
-    );
+    expect_check_and_list(&mut f);
     let long = "x".repeat(5000);
     let data = format!("checked 2\nmatched 0\nchanged-count 1\nmismatch-count 1\nchanged a\x1b[2J\nmismatch mode {long}\n");
     expect_spot(
@@ -316,7 +245,7 @@ fn hostile_spot_results_are_refused_and_nothing_unprintable_is_shown() {
         "work",
         job_sending(Phase::Spot, data.as_bytes(), true),
     );
-    let (r, out, err) = run_check(&cfg(&d), &opts(&["work"]), &mut f);
+    let (r, out, err) = run_check(&cfg(&d, ""), &opts(&["work"]), &mut f);
     assert_eq!(r, Outcome::Failed, "{out}\n{err}");
     assert!(
         out.contains("  changed since the archive: a?[2J\n"),
@@ -328,14 +257,10 @@ fn hostile_spot_results_are_refused_and_nothing_unprintable_is_shown() {
 
 #[test]
 fn a_named_qube_without_archives_fails_and_spot_zero_skips_the_volume() {
-    let d = tmp("none");
+    let d = tmp("check-none");
     let mut f = Fake::default();
-    expect_state_only_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
-    expect_state_only_job(
-        &mut f,
-        job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
-    );
-    let (r, out, _) = run_check(&cfg(&d), &opts(&["vault"]), &mut f);
+    expect_check_and_list(&mut f);
+    let (r, out, _) = run_check(&cfg(&d, ""), &opts(&["vault"]), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(
         out.contains("vault: FAILED: no archive in the repository"),
@@ -344,37 +269,27 @@ fn a_named_qube_without_archives_fails_and_spot_zero_skips_the_volume() {
     assert!(f.expected.is_empty());
 
     let mut f = Fake::default();
-    expect_state_only_job(&mut f, job_sending(Phase::Check, b"repository ok\n", true));
-    expect_state_only_job(
-        &mut f,
-        job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
-    );
+    expect_check_and_list(&mut f);
     let mut o = opts(&["work"]);
     o.spot = 0;
-    let (r, out, err) = run_check(&cfg(&d), &o, &mut f);
+    let (r, out, err) = run_check(&cfg(&d, ""), &o, &mut f);
     assert_eq!(r, Outcome::Ok, "{out}\n{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
 }
 
 fn run_info(c: &Config, archive: &str, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let r = info(c, archive, &secrets(), f, &mut out, &mut err);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| info(c, archive, &secrets(b"pw"), f, out, err))
 }
 
 #[test]
 fn info_asks_borg_about_one_archive_and_prints_its_details_and_settings() {
-    let d = tmp("info");
+    let d = tmp("check-info");
     let mut f = Fake::default();
-    expect_state_only_job(
+    repository_job(
         &mut f,
         job_sending(Phase::List, &listing(&[(NEWEST, FILES)]), true),
     );
-    let (r, out, err) = run_info(&cfg(&d), NEWEST, &mut f);
+    let (r, out, err) = run_info(&cfg(&d, ""), NEWEST, &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert_eq!(
@@ -400,15 +315,15 @@ fn info_asks_borg_about_one_archive_and_prints_its_details_and_settings() {
 
 #[test]
 fn info_refuses_an_answer_about_another_archive_or_a_hostile_one() {
-    let d = tmp("info-hostile");
+    let d = tmp("check-info-hostile");
     for json in [
         listing(&[("work-2026-11-28T18:00:00Z", FILES)]),
         listing(&[("work-2026-11-29T18:00:00Z\\u001b[2J", FILES)]),
         b"{\"archives\": [".to_vec(),
     ] {
         let mut f = Fake::default();
-        expect_state_only_job(&mut f, job_sending(Phase::List, &json, true));
-        let (r, out, err) = run_info(&cfg(&d), NEWEST, &mut f);
+        repository_job(&mut f, job_sending(Phase::List, &json, true));
+        let (r, out, err) = run_info(&cfg(&d, ""), NEWEST, &mut f);
         assert_eq!(r, Outcome::Failed, "{out}");
         assert!(out.is_empty(), "{out}");
         assert!(err.contains("info FAILED"), "{err}");

@@ -4,25 +4,19 @@
 //! shown and confirmed, an existing repository left alone, hostile answers refused.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qubes_borg::dom0::command::init::{init, InitOptions, InitOutcome};
 use qubes_borg::dom0::config::{load, Config};
 use qubes_borg::dom0::qubes::{Fake, Reply};
 use qubes_borg::dom0::server::{self, ServerOptions};
 use qubes_borg::dom0::session::Outcome;
-use qubes_borg::job::progress::{encode, Event, InitResult, Phase, MAX_DATA};
+use qubes_borg::job::progress::{Event, InitResult, Phase};
 use qubes_borg::job::spec::{self, Encryption, Init, Op};
 
-const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
-const NOW: u64 = 1_790_000_000;
+use crate::support::dom0::{captured, job, job_sending, repository_job, tmp};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qb-init-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const NOW: u64 = 1_790_000_000;
 
 /// backup.conf in `dir` (0600) with its run dir, state image and passphrase file there.
 fn write_cfg(dir: &Path, extra: &str) -> Config {
@@ -58,38 +52,9 @@ fn created(keyfile: bool) -> InitResult {
     }
 }
 
-fn job_sending(data: &[u8], ok: bool) -> Reply {
-    let mut out = encode(&Event::Phase(Phase::Init));
-    for piece in data.chunks(MAX_DATA) {
-        out.extend(encode(&Event::Data(piece.to_vec())));
-    }
-    out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
-}
-
-fn expect_calls(f: &mut Fake, job: Reply) {
-    f.expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    )
-    .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-    .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
-    .expect(
-        "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8",
-        Reply::ok(""),
-    )
-    .expect(JOB, job)
-    .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-    .expect("losetup --detach /dev/loop8", Reply::ok(""))
-    .expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    );
+/// The init job in a fresh disposable, answering `result`.
+fn expect_init(f: &mut Fake, result: &InitResult) {
+    repository_job(f, job_sending(Phase::Init, &result.encode(), true));
 }
 
 fn run(
@@ -98,19 +63,13 @@ fn run(
     f: &mut Fake,
     answer: bool,
 ) -> (InitOutcome, String, String, Vec<String>) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut asked = Vec::new();
     let mut confirm = |q: &str| {
         asked.push(q.to_string());
         answer
     };
-    let r = init(c, opts, f, &mut confirm, &mut out, &mut err, NOW);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-        asked,
-    )
+    let (r, out, err) = captured(|out, err| init(c, opts, f, &mut confirm, out, err, NOW));
+    (r, out, err, asked)
 }
 
 fn opts(enc: Encryption, yes: bool) -> InitOptions {
@@ -128,10 +87,10 @@ fn mode(p: &Path) -> u32 {
 
 #[test]
 fn init_of_a_fresh_repository_keeps_the_key_in_dom0_root_only_and_sets_key_file() {
-    let d = tmp("fresh");
+    let d = tmp("init-fresh");
     let c = write_cfg(&d, "");
     let mut f = Fake::default();
-    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    expect_init(&mut f, &created(true));
     let (r, out, err, asked) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, true);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
@@ -189,7 +148,7 @@ fn init_of_a_fresh_repository_keeps_the_key_in_dom0_root_only_and_sets_key_file(
 
 #[test]
 fn an_existing_repository_is_left_alone_and_nothing_is_written() {
-    let d = tmp("exists");
+    let d = tmp("init-exists");
     let c = write_cfg(&d, "");
     std::fs::write(d.join("passphrase"), "old-pass\n").unwrap();
     std::fs::set_permissions(d.join("passphrase"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -200,7 +159,7 @@ fn an_existing_repository_is_left_alone_and_nothing_is_written() {
         export: vec![],
         paper: vec![],
     };
-    expect_calls(&mut f, job_sending(&exists.encode(), true));
+    expect_init(&mut f, &exists);
     let (r, out, err, _) = run(&c, &opts(Encryption::RepokeyBlake2, false), &mut f, false);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     let s = spec::decode(&mut &f.requests[0][..]).unwrap();
@@ -216,7 +175,7 @@ fn an_existing_repository_is_left_alone_and_nothing_is_written() {
 
 #[test]
 fn not_confirming_the_config_change_stops_before_any_call() {
-    let d = tmp("declined");
+    let d = tmp("init-declined");
     let c = write_cfg(&d, "");
     let before = std::fs::read(d.join("backup.conf")).unwrap();
     let mut f = Fake::default();
@@ -247,10 +206,10 @@ fn hostile_answers_from_the_job_are_refused_and_nothing_is_written() {
         .iter()
         .enumerate()
     {
-        let d = tmp(&format!("hostile{i}"));
+        let d = tmp(&format!("init-hostile{i}"));
         let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
         let mut f = Fake::default();
-        expect_calls(&mut f, job_sending(data, true));
+        repository_job(&mut f, job_sending(Phase::Init, data, true));
         let (r, _, err, asked) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, false);
         assert_eq!(r, InitOutcome::Done(Outcome::Failed), "case {i}: {err}");
         assert!(asked.is_empty(), "key_file set: nothing to confirm");
@@ -269,19 +228,19 @@ fn hostile_answers_from_the_job_are_refused_and_nothing_is_written() {
 
 #[test]
 fn a_failed_init_job_reports_its_error_and_writes_nothing() {
-    let d = tmp("failed");
+    let d = tmp("init-failed");
     let c = write_cfg(&d, "");
     let mut f = Fake::default();
-    let mut job = job_sending(b"", false);
-    job.stdout = [
-        encode(&Event::Phase(Phase::Init)),
-        encode(&Event::Error(
-            "borg init failed (exit 2): Connection closed by remote host".into(),
-        )),
-        encode(&Event::Done(false)),
-    ]
-    .concat();
-    expect_calls(&mut f, job);
+    repository_job(
+        &mut f,
+        job(
+            &[
+                Event::Phase(Phase::Init),
+                Event::Error("borg init failed (exit 2): Connection closed by remote host".into()),
+            ],
+            false,
+        ),
+    );
     let (r, _, err, _) = run(&c, &opts(Encryption::KeyfileBlake2, true), &mut f, false);
     assert_eq!(r, InitOutcome::Done(Outcome::Failed));
     assert!(err.contains("init FAILED: borg init failed"), "{err}");
@@ -291,11 +250,11 @@ fn a_failed_init_job_reports_its_error_and_writes_nothing() {
 
 #[test]
 fn a_different_key_file_already_there_is_kept_aside() {
-    let d = tmp("aside");
+    let d = tmp("init-aside");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     std::fs::write(d.join("k"), key("cd")).unwrap();
     let mut f = Fake::default();
-    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    expect_init(&mut f, &created(true));
     let (r, _, err, _) = run(&c, &opts(Encryption::KeyfileBlake2, false), &mut f, false);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert_eq!(std::fs::read(d.join("k")).unwrap(), key("ab"));
@@ -384,32 +343,26 @@ fn file_calls(
     }
 }
 
+/// Destination DEST in sys-backup and key set KEY_SET's server.conf in the vault: neither
+/// there yet, both written.
+fn new_files(f: &mut Fake, dest: &str, key_set: &str) {
+    let dest = server::destination_file(dest);
+    file_calls(f, "sys-backup", "root", &dest, "", true);
+    let conf = server::server_conf_file(key_set);
+    file_calls(f, "ssh-backup", "user", &conf, "", true);
+}
+
 #[test]
 fn init_with_a_server_pins_the_confirmed_key_writes_both_files_and_prints_the_append_only_line() {
-    let d = tmp("server");
+    let d = tmp("init-server");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut f = Fake::default();
     expect_server_start(
         &mut f,
         &format!("# nas.example:22 SSH-2.0-OpenSSH_9.2\nnas.example ssh-ed25519 {HOST_KEY}\n"),
     );
-    file_calls(
-        &mut f,
-        "sys-backup",
-        "root",
-        &server::destination_file("borgbase"),
-        "",
-        true,
-    );
-    file_calls(
-        &mut f,
-        "ssh-backup",
-        "user",
-        &server::server_conf_file("default"),
-        "",
-        true,
-    );
-    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    new_files(&mut f, "borgbase", "default");
+    expect_init(&mut f, &created(true));
     let (r, out, err, asked) = run(&c, &server_opts(None), &mut f, true);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
@@ -450,7 +403,7 @@ fn init_with_a_server_pins_the_confirmed_key_writes_both_files_and_prints_the_ap
 
 #[test]
 fn a_wrong_fingerprint_is_refused_and_nothing_is_written() {
-    let d = tmp("wrongfp");
+    let d = tmp("init-wrongfp");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut f = Fake::default();
     expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
@@ -474,7 +427,7 @@ fn a_wrong_fingerprint_is_refused_and_nothing_is_written() {
 
 #[test]
 fn host_keys_not_confirmed_are_refused() {
-    let d = tmp("notconfirmed");
+    let d = tmp("init-notconfirmed");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut f = Fake::default();
     expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
@@ -495,7 +448,7 @@ fn hostile_keyscan_output_is_refused_before_anything_is_written() {
     .iter()
     .enumerate()
     {
-        let d = tmp(&format!("hostilescan{i}"));
+        let d = tmp(&format!("init-hostilescan{i}"));
         let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
         let mut f = Fake::default();
         expect_server_start(&mut f, bad);
@@ -510,7 +463,7 @@ fn hostile_keyscan_output_is_refused_before_anything_is_written() {
 
 #[test]
 fn a_changed_destination_file_is_shown_as_a_diff_and_left_alone_when_not_confirmed() {
-    let d = tmp("diff");
+    let d = tmp("init-diff");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut f = Fake::default();
     expect_server_start(&mut f, &format!("nas.example ssh-ed25519 {HOST_KEY}\n"));
@@ -553,7 +506,7 @@ fn a_changed_destination_file_is_shown_as_a_diff_and_left_alone_when_not_confirm
 
 #[test]
 fn an_unchanged_destination_file_is_not_rewritten() {
-    let d = tmp("same");
+    let d = tmp("init-same");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut o = server_opts(Some(HOST_FP));
     o.yes = true;
@@ -590,7 +543,7 @@ fn an_unchanged_destination_file_is_not_rewritten() {
         export: vec![],
         paper: vec![],
     };
-    expect_calls(&mut f, job_sending(&exists.encode(), true));
+    expect_init(&mut f, &exists);
     let (r, out, err, asked) = run(&c, &o, &mut f, false);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert!(asked.is_empty());
@@ -602,7 +555,7 @@ fn an_unchanged_destination_file_is_not_rewritten() {
 #[test]
 fn repository_given_makes_backup_conf_or_changes_it_after_confirmation() {
     use qubes_borg::dom0::command::init::prepare_config;
-    let d = tmp("prepare");
+    let d = tmp("init-prepare");
     let p = d.join("backup.conf");
     let mut err = Vec::new();
     let mut never = |_: &str| -> bool { panic!("nothing to confirm for a new file") };
@@ -660,7 +613,7 @@ fn repository_given_makes_backup_conf_or_changes_it_after_confirmation() {
 
 #[test]
 fn admin_adds_the_full_access_key_set_its_destination_and_admin_repository() {
-    let d = tmp("admin");
+    let d = tmp("init-admin");
     let c = write_cfg(&d, &format!("key_file = {}/k\n", d.display()));
     let mut o = server_opts(Some(HOST_FP));
     o.yes = true;
@@ -679,39 +632,9 @@ fn admin_adds_the_full_access_key_set_its_destination_and_admin_repository() {
         &format!("{RUN_USER} sys-backup ssh-keyscan -T 10 -p 22 nas.example"),
         Reply::ok(&format!("nas.example ssh-ed25519 {HOST_KEY}\n")),
     );
-    file_calls(
-        &mut f,
-        "sys-backup",
-        "root",
-        &server::destination_file("borgbase"),
-        "",
-        true,
-    );
-    file_calls(
-        &mut f,
-        "ssh-backup",
-        "user",
-        &server::server_conf_file("default"),
-        "",
-        true,
-    );
-    file_calls(
-        &mut f,
-        "sys-backup",
-        "root",
-        &server::destination_file("borgbase-admin"),
-        "",
-        true,
-    );
-    file_calls(
-        &mut f,
-        "ssh-backup",
-        "user",
-        &server::server_conf_file("admin"),
-        "",
-        true,
-    );
-    expect_calls(&mut f, job_sending(&created(true).encode(), true));
+    new_files(&mut f, "borgbase", "default");
+    new_files(&mut f, "borgbase-admin", "admin");
+    expect_init(&mut f, &created(true));
     let (r, out, err, _) = run(&c, &o, &mut f, false);
     assert_eq!(r, InitOutcome::Done(Outcome::Ok), "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);

@@ -2,78 +2,22 @@
 //! borg's state, everything undone), the request the job gets, and what the job sends back
 //! (borg's JSON in `data` lines) checked before anything is printed.
 
-use std::path::Path;
-
 use qubes_borg::dom0::command::list::list;
-use qubes_borg::dom0::config::{parse, Config};
-use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::session::{Outcome, Secrets};
+use qubes_borg::dom0::config::Config;
+use qubes_borg::dom0::qubes::Fake;
+use qubes_borg::dom0::session::Outcome;
 use qubes_borg::job::progress::{decode, encode, Event, Phase, MAX_DATA};
 use qubes_borg::job::spec::{self, List, Op};
 
-const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
-
-fn cfg(dir: &Path) -> Config {
-    parse(
-        Path::new("test.conf"),
-        format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n", dir.display(), dir.display()).as_bytes(),
-    )
-    .unwrap()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("qb-list-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn job_sending(json: &[u8], ok: bool) -> Reply {
-    let mut out = encode(&Event::Phase(Phase::List));
-    for piece in json.chunks(MAX_DATA) {
-        out.extend(encode(&Event::Data(piece.to_vec())));
-    }
-    out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
-}
-
-fn expect_calls(f: &mut Fake, job: Reply) {
-    f.expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    )
-    .expect("qvm-start sys-backup-mnt", Reply::ok(""))
-    .expect("losetup --find --show *", Reply::ok("/dev/loop8\n"))
-    .expect(
-        "qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:loop8",
-        Reply::ok(""),
-    )
-    .expect(JOB, job)
-    .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-    .expect("losetup --detach /dev/loop8", Reply::ok(""))
-    .expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    );
-}
+use crate::support::dom0::{captured, cfg, job, job_sending, repository_job, secrets, tmp};
 
 fn run(c: &Config, qube: Option<&str>, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let s = Secrets {
-        passphrase: b"pw".to_vec(),
-        key_file: None,
-    };
-    let r = list(c, qube, &s, f, &mut out, &mut err);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| list(c, qube, &secrets(b"pw"), f, out, err))
+}
+
+/// The list job in a fresh disposable, sending `json`.
+fn expect_listing(f: &mut Fake, json: &[u8]) {
+    repository_job(f, job_sending(Phase::List, json, true));
 }
 
 fn info(names: &[&str]) -> Vec<u8> {
@@ -90,16 +34,13 @@ fn info(names: &[&str]) -> Vec<u8> {
 
 #[test]
 fn list_of_one_qube_runs_the_job_in_a_fresh_disposable_and_prints_checked_rows() {
-    let d = tmp("one");
+    let d = tmp("list-one");
     let mut f = Fake::default();
-    expect_calls(
+    expect_listing(
         &mut f,
-        job_sending(
-            &info(&["work-2026-11-29T18:00:00Z", "work-2026-11-28T18:00:00Z"]),
-            true,
-        ),
+        &info(&["work-2026-11-29T18:00:00Z", "work-2026-11-28T18:00:00Z"]),
     );
-    let (r, out, err) = run(&cfg(&d), Some("work"), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), Some("work"), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     let s = spec::decode(&mut &f.requests[0][..]).unwrap();
@@ -123,15 +64,15 @@ fn list_of_one_qube_runs_the_job_in_a_fresh_disposable_and_prints_checked_rows()
 
 #[test]
 fn a_hostile_listing_prints_no_control_characters_and_says_what_was_left_out() {
-    let d = tmp("hostile");
+    let d = tmp("list-hostile");
     let mut f = Fake::default();
     let json = info(&[
         "work-2026-11-29T18:00:00Z",
         "\\u001b]0;owned\\u0007-2026-11-29T18:00:00Z",
         "work-2026-11-29T18:00:00Z\\n",
     ]);
-    expect_calls(&mut f, job_sending(&json, true));
-    let (r, out, err) = run(&cfg(&d), None, &mut f);
+    expect_listing(&mut f, &json);
+    let (r, out, err) = run(&cfg(&d, ""), None, &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(
@@ -146,10 +87,10 @@ fn a_hostile_listing_prints_no_control_characters_and_says_what_was_left_out() {
 
 #[test]
 fn malformed_json_fails_and_everything_is_undone() {
-    let d = tmp("malformed");
+    let d = tmp("list-malformed");
     let mut f = Fake::default();
-    expect_calls(&mut f, job_sending(b"{\"archives\": [", true));
-    let (r, out, err) = run(&cfg(&d), None, &mut f);
+    expect_listing(&mut f, b"{\"archives\": [");
+    let (r, out, err) = run(&cfg(&d, ""), None, &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(out.is_empty());
     assert!(
@@ -161,22 +102,18 @@ fn malformed_json_fails_and_everything_is_undone() {
 
 #[test]
 fn a_failing_job_fails_the_list_with_its_error() {
-    let d = tmp("fail");
+    let d = tmp("list-fail");
     let mut f = Fake::default();
-    let mut out = encode(&Event::Error(
-        "borg info failed (exit 2): Repository does not exist".into(),
-    ));
-    out.extend(encode(&Event::Done(false)));
-    expect_calls(
+    repository_job(
         &mut f,
-        Reply {
-            code: 1,
-            stdout: out,
-            stderr: vec![],
-            interrupt: false,
-        },
+        job(
+            &[Event::Error(
+                "borg info failed (exit 2): Repository does not exist".into(),
+            )],
+            false,
+        ),
     );
-    let (r, _, err) = run(&cfg(&d), Some("work"), &mut f);
+    let (r, _, err) = run(&cfg(&d, ""), Some("work"), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(err.contains("Repository does not exist"), "{err}");
     assert!(f.expected.is_empty());
@@ -241,14 +178,14 @@ fn settings_travel_to_borg_as_the_archive_comment() {
 
 #[test]
 fn the_settings_of_the_newest_archive_are_shown_checked() {
-    let d = tmp("settings");
+    let d = tmp("list-settings");
     let mut f = Fake::default();
     let comment = "qubes-borg-settings/1\\nclass=AppVM\\npref.netvm=dom0\\npref.label=blue\\nfeature.x=\\u001b[2J\\ntag=t1";
     let json = format!(
         r#"{{"archives": [{{"name": "work-2026-11-29T18:00:00Z", "comment": "{comment}", "stats": {{"compressed_size": 1, "deduplicated_size": 1, "nfiles": 1, "original_size": 1}}}}]}}"#
     );
-    expect_calls(&mut f, job_sending(json.as_bytes(), true));
-    let (r, out, err) = run(&cfg(&d), Some("work"), &mut f);
+    expect_listing(&mut f, json.as_bytes());
+    let (r, out, err) = run(&cfg(&d, ""), Some("work"), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     let shown: Vec<&str> = out.lines().skip(2).collect();
     assert_eq!(

@@ -2,47 +2,19 @@
 //! with the saved settings, tag while restoring, read-write attach, the job, cleanup, untag),
 //! refusing to overwrite, and what an interrupted restore leaves visible.
 
-use std::path::Path;
-
 use qubes_borg::dom0::command::restore::{restore, RestoreOptions, RESTORING_TAG};
-use qubes_borg::dom0::config::{parse, Config};
+use qubes_borg::dom0::config::Config;
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::dom0::session::{Outcome, Secrets};
-use qubes_borg::job::progress::{encode, Event, Phase, MAX_DATA};
+use qubes_borg::dom0::session::Outcome;
+use qubes_borg::job::progress::{encode, Event, Phase};
 use qubes_borg::job::spec::{self, Mode, Op, Restore};
 
-const JOB: &str = "qvm-run --user root --pass-io --no-gui --no-color-output --no-color-stderr --service sys-backup-mnt qubes-borg.BackupJob";
-const LS: &str = "qvm-ls --raw-data --fields NAME,CLASS,STATE,include_in_backups";
+use crate::support::dom0::{
+    captured, cfg, job, job_raw, job_sending, loop_file, repository_job, secrets, tmp, volume_ids,
+    Round, JOB, LS, REFLINK,
+};
+
 const ARCHIVE: &str = "work-2026-11-29T18:00:00Z";
-
-fn cfg(dir: &Path) -> Config {
-    parse(
-        Path::new("test.conf"),
-        format!("repository = ssh://borgbase/./repo\nrun_dir = {}\nstate_image = {}/state.img\nstate_size_mib = 1\n", dir.display(), dir.display()).as_bytes(),
-    )
-    .unwrap()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("qb-restore-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn job(events: &[Event], ok: bool) -> Reply {
-    let mut out = Vec::new();
-    for e in events {
-        out.extend(encode(e));
-    }
-    out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
-}
 
 /// The list job's reply: one archive of work with these settings lines.
 fn listing(settings: &[&str]) -> Reply {
@@ -50,41 +22,16 @@ fn listing(settings: &[&str]) -> Reply {
     let json = format!(
         r#"{{"archives": [{{"name": "{ARCHIVE}", "comment": "{comment}", "stats": {{"compressed_size": 1, "deduplicated_size": 1, "nfiles": 1, "original_size": 1}}}}]}}"#
     );
-    let mut ev = vec![Event::Phase(Phase::List)];
-    for p in json.as_bytes().chunks(MAX_DATA) {
-        ev.push(Event::Data(p.to_vec()));
-    }
-    job(&ev, true)
+    job_sending(Phase::List, json.as_bytes(), true)
 }
 
-fn disposable(f: &mut Fake, lp: &str) {
-    f.expect("qvm-start sys-backup-mnt", Reply::ok(""))
-        .expect(
-            "losetup --find --show *",
-            Reply::ok(&format!("/dev/{lp}\n")),
-        )
-        .expect(
-            &format!("qvm-block attach --option frontend-dev=xvdj sys-backup-mnt dom0:{lp}"),
-            Reply::ok(""),
-        );
-}
-
+/// The list job in a fresh disposable: one archive of work with these settings lines.
 fn expect_list(f: &mut Fake, settings: &[&str]) {
-    f.expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    );
-    disposable(f, "loop8");
-    f.expect(JOB, listing(settings))
-        .expect("qvm-block detach sys-backup-mnt dom0:loop8", Reply::ok(""))
-        .expect("losetup --detach /dev/loop8", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        );
+    repository_job(f, listing(settings));
 }
 
-/// From the size check to the job's teardown, for TARGET on a file-reflink pool.
+/// From the size check to the job's teardown, for TARGET on a file-reflink pool: its volume
+/// on loop3 attached read-write, borg's state on loop4.
 fn expect_fill(f: &mut Fake, target: &str, job_reply: Reply, resize: bool) {
     f.expect(
         &format!("qvm-volume info {target}:private size"),
@@ -96,37 +43,14 @@ fn expect_fill(f: &mut Fake, target: &str, job_reply: Reply, resize: bool) {
             Reply::ok(""),
         );
     }
-    f.expect(
-        &format!("qvm-volume info {target}:private pool"),
-        Reply::ok("varlibqubes\n"),
-    )
-    .expect(
-        &format!("qvm-volume info {target}:private vid"),
-        Reply::ok(&format!("appvms/{target}/private\n")),
-    )
-    .expect(
-        "qvm-pool info varlibqubes",
-        Reply::ok("name      varlibqubes\ndir_path  /var/lib/qubes\ndriver    file-reflink\n"),
-    )
-    // read-write: no --read-only
-    .expect(
-        &format!("losetup --find --show /var/lib/qubes/appvms/{target}/private.img"),
-        Reply::ok("/dev/loop3\n"),
-    );
-    disposable(f, "loop4");
-    f.expect(
-        "qvm-block attach --option frontend-dev=xvdi sys-backup-mnt dom0:loop3",
-        Reply::ok(""),
-    )
-    .expect(JOB, job_reply)
-    .expect("qvm-block detach sys-backup-mnt dom0:loop3", Reply::ok(""))
-    .expect("qvm-block detach sys-backup-mnt dom0:loop4", Reply::ok(""))
-    .expect("losetup --detach /dev/loop4", Reply::ok(""))
-    .expect(
-        "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-        Reply::ok(""),
-    )
-    .expect("losetup --detach /dev/loop3", Reply::ok(""));
+    volume_ids(f, target, "varlibqubes");
+    f.expect("qvm-pool info varlibqubes", Reply::ok(REFLINK));
+    loop_file(f, target, "loop3", true);
+    Round {
+        rw: true,
+        ..Round::state("loop4").volume("loop3")
+    }
+    .job(f, job_reply);
 }
 
 const SETTINGS: &[&str] = &[
@@ -154,22 +78,12 @@ fn opts(archive: Option<&str>, as_name: Option<&str>, replace: bool) -> RestoreO
 }
 
 fn run(c: &Config, o: &RestoreOptions, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let s = Secrets {
-        passphrase: b"pw".to_vec(),
-        key_file: None,
-    };
-    let r = restore(c, o, &s, f, &mut out, &mut err);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| restore(c, o, &secrets(b"pw"), f, out, err))
 }
 
 #[test]
 fn a_new_qube_is_created_with_its_settings_filled_read_write_and_untagged_at_the_end() {
-    let d = tmp("new");
+    let d = tmp("restore-new");
     let t = "work-restored-20261129";
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
@@ -193,7 +107,7 @@ fn a_new_qube_is_created_with_its_settings_filled_read_write_and_untagged_at_the
         true,
     );
     f.expect(&format!("qvm-tags {t} del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, out, err) = run(&cfg(&d), &opts(None, None, false), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(None, None, false), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert_eq!(
@@ -214,7 +128,7 @@ fn a_new_qube_is_created_with_its_settings_filled_read_write_and_untagged_at_the
 
 #[test]
 fn a_missing_template_or_netvm_gives_a_warning_and_the_default() {
-    let d = tmp("missing");
+    let d = tmp("restore-missing");
     let t = "old";
     let mut f = Fake::default();
     expect_list(
@@ -236,7 +150,7 @@ fn a_missing_template_or_netvm_gives_a_warning_and_the_default() {
         .expect(&format!("qvm-tags {t} add {RESTORING_TAG}"), Reply::ok(""));
     expect_fill(&mut f, t, job(&[], true), false);
     f.expect(&format!("qvm-tags {t} del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, out, err) = run(&cfg(&d), &opts(Some(ARCHIVE), Some(t), false), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(Some(ARCHIVE), Some(t), false), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(err.contains("template fedora-38 no longer exists"), "{err}");
@@ -254,11 +168,11 @@ fn a_missing_template_or_netvm_gives_a_warning_and_the_default() {
 
 #[test]
 fn an_existing_qube_is_never_touched_without_replace() {
-    let d = tmp("exists");
+    let d = tmp("restore-exists");
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
     f.expect(LS, Reply::ok(QUBES));
-    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), false), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(None, Some("work"), false), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(out.is_empty());
     assert!(
@@ -271,11 +185,15 @@ fn an_existing_qube_is_never_touched_without_replace() {
 
 #[test]
 fn replace_refuses_a_running_qube() {
-    let d = tmp("running");
+    let d = tmp("restore-running");
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
     f.expect(LS, Reply::ok(QUBES));
-    let (r, _, err) = run(&cfg(&d), &opts(None, Some("sys-firewall"), true), &mut f);
+    let (r, _, err) = run(
+        &cfg(&d, ""),
+        &opts(None, Some("sys-firewall"), true),
+        &mut f,
+    );
     assert_eq!(r, Outcome::Failed);
     assert!(
         err.contains("sys-firewall is running: shut it down first"),
@@ -286,7 +204,7 @@ fn replace_refuses_a_running_qube() {
 
 #[test]
 fn replace_of_a_halted_qube_overwrites_its_private_volume_and_applies_what_differs() {
-    let d = tmp("replace");
+    let d = tmp("restore-replace");
     let mut f = Fake::default();
     expect_list(&mut f, SETTINGS);
     f.expect(LS, Reply::ok(QUBES))
@@ -303,7 +221,7 @@ fn replace_of_a_halted_qube_overwrites_its_private_volume_and_applies_what_diffe
         .expect("qvm-tags work list", Reply::ok(&format!("{RESTORING_TAG}\nborg-e2e\n")));
     expect_fill(&mut f, "work", job(&[], true), true);
     f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(None, Some("work"), true), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(!f.calls.iter().any(|c| c[0] == "qvm-create"));
@@ -316,7 +234,7 @@ fn replace_of_a_halted_qube_overwrites_its_private_volume_and_applies_what_diffe
 
 #[test]
 fn replace_with_settings_already_as_saved_changes_none_and_keeps_a_missing_template() {
-    let d = tmp("replace-same");
+    let d = tmp("restore-replace-same");
     let mut f = Fake::default();
     expect_list(
         &mut f,
@@ -339,7 +257,7 @@ fn replace_with_settings_already_as_saved_changes_none_and_keeps_a_missing_templ
         .expect("qvm-tags work list", Reply::ok(""));
     expect_fill(&mut f, "work", job(&[], true), false);
     f.expect(&format!("qvm-tags work del {RESTORING_TAG}"), Reply::ok(""));
-    let (r, out, err) = run(&cfg(&d), &opts(None, Some("work"), true), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(None, Some("work"), true), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(
@@ -358,7 +276,7 @@ fn replace_with_settings_already_as_saved_changes_none_and_keeps_a_missing_templ
 
 #[test]
 fn a_failed_restore_leaves_the_tag_and_says_so() {
-    let d = tmp("fail");
+    let d = tmp("restore-fail");
     let t = "work-restored-20261129";
     let mut f = Fake::default();
     expect_list(
@@ -387,7 +305,7 @@ fn a_failed_restore_leaves_the_tag_and_says_so() {
         ),
         false,
     );
-    let (r, out, err) = run(&cfg(&d), &opts(None, None, false), &mut f);
+    let (r, out, err) = run(&cfg(&d, ""), &opts(None, None, false), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(out.is_empty());
@@ -417,10 +335,10 @@ fn an_archive_without_settings_or_an_unknown_archive_is_refused_before_any_chang
             "the settings name no mode",
         ),
     ] {
-        let d = tmp("nosettings");
+        let d = tmp("restore-nosettings");
         let mut f = Fake::default();
         expect_list(&mut f, settings);
-        let (r, _, err) = run(&cfg(&d), &opts(archive, None, false), &mut f);
+        let (r, _, err) = run(&cfg(&d, ""), &opts(archive, None, false), &mut f);
         assert_eq!(r, Outcome::Failed);
         assert!(err.contains(why), "{err}");
         assert!(f.expected.is_empty());
@@ -444,17 +362,7 @@ fn into_opts(target: &str) -> IntoOptions {
 }
 
 fn run_into(c: &Config, o: &IntoOptions, f: &mut Fake) -> (Outcome, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let s = Secrets {
-        passphrase: b"pw".to_vec(),
-        key_file: None,
-    };
-    let r = restore_into(c, o, &s, f, &mut out, &mut err, false);
-    (
-        r,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+    captured(|out, err| restore_into(c, o, &secrets(b"pw"), f, out, err, false))
 }
 
 /// The qvm-run into vault, as one expected-call line (the command line, one argument with
@@ -469,25 +377,15 @@ fn export_reply(data: &[u8], extra: &[u8], ok: bool) -> Reply {
     }
     out.extend_from_slice(extra);
     out.extend(encode(&Event::Done(ok)));
-    Reply {
-        code: if ok { 0 } else { 1 },
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    job_raw(out, ok)
 }
 
 /// From the start of the export's disposable to its teardown, with `unpack` as TARGET's answer.
 fn expect_export(f: &mut Fake, job_reply: Reply, unpack: Reply) {
-    disposable(f, "loop5");
-    f.expect(UNPACK, unpack)
-        .expect(JOB, job_reply)
-        .expect("qvm-block detach sys-backup-mnt dom0:loop5", Reply::ok(""))
-        .expect("losetup --detach /dev/loop5", Reply::ok(""))
-        .expect(
-            "qvm-shutdown --wait --timeout 120 sys-backup-mnt",
-            Reply::ok(""),
-        );
+    let round = Round::state("loop5");
+    round.open(f);
+    f.expect(UNPACK, unpack).expect(JOB, job_reply);
+    round.close(f);
 }
 
 fn stream() -> Vec<u8> {
@@ -500,12 +398,12 @@ fn stream() -> Vec<u8> {
 
 #[test]
 fn files_go_from_the_export_job_unread_into_the_running_target() {
-    let d = tmp("into");
+    let d = tmp("restore-into");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok(LS_INTO));
     expect_list(&mut f, SETTINGS);
     expect_export(&mut f, export_reply(&stream(), b"", true), Reply::ok(""));
-    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    let (r, out, err) = run_into(&cfg(&d, ""), &into_opts("vault"), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert_eq!(f.inflows.borrow().len(), 1);
@@ -542,7 +440,7 @@ fn files_go_from_the_export_job_unread_into_the_running_target() {
 
 #[test]
 fn hostile_job_output_is_contained_and_never_reaches_the_target_or_the_terminal() {
-    let d = tmp("into-hostile");
+    let d = tmp("restore-into-hostile");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok(LS_INTO));
     expect_list(&mut f, SETTINGS);
@@ -560,7 +458,7 @@ fn hostile_job_output_is_contained_and_never_reaches_the_target_or_the_terminal(
         export_reply(b"tar-bytes", &extra, true),
         Reply::ok(""),
     );
-    let (r, _, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    let (r, _, err) = run_into(&cfg(&d, ""), &into_opts("vault"), &mut f);
     // The stream itself arrived whole: the job's garbage lines are reported, not forwarded.
     assert_eq!(r, Outcome::Ok, "{err}");
     assert_eq!(f.inflows.borrow()[0], b"tar-bytes");
@@ -577,7 +475,7 @@ fn hostile_job_output_is_contained_and_never_reaches_the_target_or_the_terminal(
 
 #[test]
 fn a_stream_cut_inside_a_chunk_or_a_failed_job_is_a_failure_that_says_what_arrived() {
-    let d = tmp("into-cut");
+    let d = tmp("restore-into-cut");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok(LS_INTO));
     expect_list(&mut f, SETTINGS);
@@ -594,7 +492,7 @@ fn a_stream_cut_inside_a_chunk_or_a_failed_job_is_a_failure_that_says_what_arriv
         reply,
         Reply::fail(2, "tar: Unexpected EOF in archive\n"),
     );
-    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    let (r, out, err) = run_into(&cfg(&d, ""), &into_opts("vault"), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(out.is_empty());
@@ -609,7 +507,7 @@ fn a_stream_cut_inside_a_chunk_or_a_failed_job_is_a_failure_that_says_what_arriv
 
 #[test]
 fn a_target_that_refuses_the_stream_fails_the_restore_with_its_sanitized_message() {
-    let d = tmp("into-tarfail");
+    let d = tmp("restore-into-tarfail");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok(LS_INTO));
     expect_list(&mut f, SETTINGS);
@@ -618,7 +516,7 @@ fn a_target_that_refuses_the_stream_fails_the_restore_with_its_sanitized_message
         export_reply(b"tar-bytes", b"", true),
         Reply::fail(2, "tar: home/user/x: Cannot open: File exists\x1b[2J\n"),
     );
-    let (r, out, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    let (r, out, err) = run_into(&cfg(&d, ""), &into_opts("vault"), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty(), "calls not made: {:?}", f.expected);
     assert!(out.is_empty());
@@ -638,12 +536,12 @@ fn a_target_not_running_or_dom0_or_missing_is_refused_before_any_job() {
         ("dom0", "dom0 cannot receive files", 0),
         ("sys-backup-mnt", "sys-backup-mnt cannot receive files", 0),
     ] {
-        let d = tmp("into-refused");
+        let d = tmp("restore-into-refused");
         let mut f = Fake::default();
         if calls == 1 {
             f.expect(LS, Reply::ok(LS_INTO));
         }
-        let (r, out, err) = run_into(&cfg(&d), &into_opts(target), &mut f);
+        let (r, out, err) = run_into(&cfg(&d, ""), &into_opts(target), &mut f);
         assert_eq!(r, Outcome::Failed, "{target}");
         assert!(out.is_empty());
         assert!(err.contains(why), "{target}: {err}");
@@ -653,11 +551,11 @@ fn a_target_not_running_or_dom0_or_missing_is_refused_before_any_job() {
 
 #[test]
 fn an_image_mode_archive_is_refused_before_the_export() {
-    let d = tmp("into-image");
+    let d = tmp("restore-into-image");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok(LS_INTO));
     expect_list(&mut f, &["qubes-borg-settings/1", "mode=image"]);
-    let (r, _, err) = run_into(&cfg(&d), &into_opts("vault"), &mut f);
+    let (r, _, err) = run_into(&cfg(&d, ""), &into_opts("vault"), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty());
     assert!(err.contains("is an image-mode archive"), "{err}");
@@ -707,7 +605,7 @@ fn a_standalone_or_template_archive_is_created_with_its_class_and_a_warning_abou
             "old: TemplateVM with an EMPTY root volume",
         ),
     ] {
-        let d = tmp("classes");
+        let d = tmp("restore-classes");
         let mut f = Fake::default();
         let class_line = format!("class={class}");
         let template_line = settings_template.map(|t| format!("pref.template={t}"));
@@ -727,7 +625,7 @@ fn a_standalone_or_template_archive_is_created_with_its_class_and_a_warning_abou
             .expect(&format!("qvm-tags old add {RESTORING_TAG}"), Reply::ok(""));
         expect_fill(&mut f, "old", job(&[], true), false);
         f.expect(&format!("qvm-tags old del {RESTORING_TAG}"), Reply::ok(""));
-        let (r, out, err) = run(&cfg(&d), &opts(None, Some("old"), false), &mut f);
+        let (r, out, err) = run(&cfg(&d, ""), &opts(None, Some("old"), false), &mut f);
         assert_eq!(r, Outcome::Ok, "{class}: {err}");
         assert!(
             f.expected.is_empty(),

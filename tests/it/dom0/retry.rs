@@ -3,48 +3,38 @@
 //! permanent one, and at most `retries` times; every try is logged and counted in the summary.
 
 use qubes_borg::dom0::qubes::{Fake, Reply};
-use qubes_borg::job::progress::{encode, Event, Phase, Reason, Stats};
+use qubes_borg::dom0::session::Outcome;
+use qubes_borg::job::progress::{Event, Phase, Reason, Stats};
 use qubes_borg::job::spec::{self, Op};
 
-use super::backup::{cfg, expect_setup, expect_teardown, opts, run, tmp, JOB, LS, NOW};
-use qubes_borg::dom0::session::Outcome;
+use super::backup::{opts, run, timestamp};
+use crate::support::dom0::{backup_attempt, cfg, job, tmp, LS};
 
 fn job_failing(reason: Option<Reason>, error: &str) -> Reply {
-    let mut out = Vec::new();
-    out.extend(encode(&Event::Phase(Phase::Create)));
-    if let Some(r) = reason {
-        out.extend(encode(&Event::Reason(r)));
-    }
-    out.extend(encode(&Event::Error(error.into())));
-    out.extend(encode(&Event::Done(false)));
-    Reply {
-        code: 1,
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    let mut events = vec![Event::Phase(Phase::Create)];
+    events.extend(reason.map(Event::Reason));
+    events.push(Event::Error(error.into()));
+    job(&events, false)
 }
 
 fn job_ok() -> Reply {
-    let mut out = Vec::new();
-    for ev in [
-        Event::Phase(Phase::Create),
-        Event::Stats(Stats {
-            original: 5000,
-            deduplicated: 10,
-            compressed: 20,
-            files: 3,
-        }),
-        Event::Done(true),
-    ] {
-        out.extend(encode(&ev));
-    }
-    Reply {
-        code: 0,
-        stdout: out,
-        stderr: vec![],
-        interrupt: false,
-    }
+    job(
+        &[
+            Event::Phase(Phase::Create),
+            Event::Stats(Stats {
+                original: 5000,
+                deduplicated: 10,
+                compressed: 20,
+                files: 3,
+            }),
+        ],
+        true,
+    )
+}
+
+/// The calls of one attempt at backing up work, the job answering `reply`.
+fn attempt(f: &mut Fake, reply: Reply) {
+    backup_attempt(f, "work", "loop7", "loop8", reply);
 }
 
 #[test]
@@ -53,19 +43,12 @@ fn a_lost_link_is_retried_in_a_fresh_disposable_and_the_summary_counts_the_attem
     let c = cfg(&d, "retries = 2\nretry_delay = 1\nlock_wait = 7\n");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
-    expect_setup(&mut f, "work", "loop7", "loop8");
-    f.expect(
-        JOB,
+    attempt(
+        &mut f,
         job_failing(Some(Reason::Link), "borg create failed: Connection reset"),
     );
-    expect_teardown(&mut f, "loop7", "loop8");
-    expect_setup(&mut f, "work", "loop7", "loop8");
-    f.expect(JOB, job_ok());
-    expect_teardown(&mut f, "loop7", "loop8");
-    f.expect(
-        &format!("qvm-prefs work backup_timestamp {NOW}"),
-        Reply::ok(""),
-    );
+    attempt(&mut f, job_ok());
+    timestamp(&mut f, "work");
     let t0 = std::time::Instant::now();
     let (r, out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Ok, "{err}");
@@ -93,15 +76,13 @@ fn a_lock_that_stays_fails_after_the_configured_retries_with_advice() {
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
     for _ in 0..2 {
-        expect_setup(&mut f, "work", "loop7", "loop8");
-        f.expect(
-            JOB,
+        attempt(
+            &mut f,
             job_failing(
                 Some(Reason::Lock),
                 "borg create failed: Failed to create/acquire the lock /home/borg/repo/lock.exclusive (timeout).",
             ),
         );
-        expect_teardown(&mut f, "loop7", "loop8");
     }
     let (r, out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Failed);
@@ -134,9 +115,7 @@ fn permanent_failures_and_failures_without_a_category_are_not_retried() {
         let c = cfg(&d, "retries = 3\nretry_delay = 1\n");
         let mut f = Fake::default();
         f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
-        expect_setup(&mut f, "work", "loop7", "loop8");
-        f.expect(JOB, job_failing(reason, "borg create failed"));
-        expect_teardown(&mut f, "loop7", "loop8");
+        attempt(&mut f, job_failing(reason, "borg create failed"));
         let (r, out, err) = run(&c, &opts(), &mut f);
         assert_eq!(r, Outcome::Failed, "{reason:?}");
         assert!(f.expected.is_empty(), "{reason:?}: {:?}", f.expected);
@@ -154,9 +133,10 @@ fn zero_retries_means_one_attempt() {
     let c = cfg(&d, "retries = 0\n");
     let mut f = Fake::default();
     f.expect(LS, Reply::ok("work|AppVM|Halted|True\n"));
-    expect_setup(&mut f, "work", "loop7", "loop8");
-    f.expect(JOB, job_failing(Some(Reason::Link), "borg create failed"));
-    expect_teardown(&mut f, "loop7", "loop8");
+    attempt(
+        &mut f,
+        job_failing(Some(Reason::Link), "borg create failed"),
+    );
     let (r, _out, err) = run(&c, &opts(), &mut f);
     assert_eq!(r, Outcome::Failed);
     assert!(f.expected.is_empty());

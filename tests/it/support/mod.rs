@@ -1,12 +1,14 @@
 //! Development machine (tests): the shared helpers of the integration tests, one place for each.
 //!
 //! - [`data`]: deterministic streams and checksums.
+//! - [`dom0`]: dom0's fake Qubes set up step by step (expected calls, job answers).
 //! - [`proc`]: running programs (input, time limit), waiting, signals, ptys.
 //! - [`tmp`]: temporary directories and executable scripts.
 //! - [`world`]: the qubes-borg.Ssh world (qrexec stand-in roots, policy, destinations, doubles).
 //! - [`vault`]: the split-SSH fixtures (ssh-agent, filter front socket, sshd, agent frames).
 
 pub mod data;
+pub mod dom0;
 pub mod proc;
 pub mod tmp;
 pub mod vault;
