@@ -595,4 +595,15 @@ mod tests {
         };
         assert!(!same_bytes(&mut a, &mut &b"hello"[..]));
     }
+
+    #[test]
+    fn the_volumes_file_is_opened_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let d = tmpdir("cloexec");
+        std::fs::write(d.join("home/user/real"), b"x").unwrap();
+        let f = open_beneath(d.to_str().unwrap(), "home/user/real").unwrap();
+        let fl = FdFlag::from_bits_truncate(fcntl(&f, FcntlArg::F_GETFD).unwrap());
+        assert!(fl.contains(FdFlag::FD_CLOEXEC), "{fl:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
