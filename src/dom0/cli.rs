@@ -682,4 +682,56 @@ mod tests {
         assert!(e.starts_with("--encryption must be"), "{e}");
         assert!(parse(&args("init x")).is_err());
     }
+
+    #[test]
+    fn every_command_names_an_unknown_option_as_such() {
+        for cmd in [
+            "list --frob",
+            "restore work --frob",
+            "info --frob",
+            "check --frob",
+            "init --frob",
+        ] {
+            let e = parse(&args(cmd)).err().unwrap();
+            assert!(e.starts_with("unknown option --frob\n"), "{cmd}: {e}");
+        }
+    }
+
+    #[test]
+    fn init_takes_no_operand() {
+        assert_eq!(
+            parse(&args("init x")).err().unwrap(),
+            "init takes no operand ('x')"
+        );
+    }
+
+    #[test]
+    fn a_host_key_fingerprint_without_host_and_user_is_refused() {
+        let e = parse(&args(
+            "init --host-key-fingerprint SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ))
+        .err()
+        .unwrap();
+        assert!(e.starts_with("init: --host and --user go together"), "{e}");
+    }
+
+    fn quota(q: &str) -> Result<String, String> {
+        match parse(&args(&format!("init --host h --user u --quota {q}")))? {
+            Command::Init { opts, .. } => Ok(opts.server.unwrap().quota),
+            _ => panic!("not init"),
+        }
+    }
+
+    #[test]
+    fn quota_is_one_to_fifteen_digits_and_an_optional_unit() {
+        assert_eq!(quota("999999999999999").unwrap(), "999999999999999");
+        assert_eq!(quota("1").unwrap(), "1");
+        for bad in ["1000000000000000", "T", "0G", "5X", "1.5T"] {
+            let e = quota(bad).err().unwrap();
+            assert!(
+                e.starts_with("--quota must be a whole number"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

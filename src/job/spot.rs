@@ -434,4 +434,176 @@ mod tests {
         );
         assert!(s.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
     }
+
+    /// Days from 1970-01-01 to y-m-d counted one day at a time (the reference for parse_iso).
+    fn civil_dates(from: i64, to: i64) -> Vec<(i64, i64, i64, i64)> {
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let len = |y: i64, m: i64| match m {
+            2 if leap(y) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let mut days: i64 = (from..1970).map(|y| if leap(y) { 366 } else { 365 }).sum();
+        days = -days;
+        let mut out = Vec::new();
+        for y in from..to {
+            for m in 1..=12 {
+                for d in 1..=len(y, m) {
+                    out.push((y, m, d, days));
+                    days += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn iso_dates_agree_with_counting_days_one_by_one() {
+        // every day of the years around a century or era change, every 97th day between
+        let around = [
+            1899, 1900, 1901, 1969, 1970, 1999, 2000, 2001, 2099, 2100, 2399, 2400,
+        ];
+        let all = civil_dates(1896, 2404).into_iter().enumerate();
+        for (i, (y, m, d, days)) in all.filter(|(i, (y, ..))| i % 97 == 0 || around.contains(y)) {
+            let i = i as i64;
+            let (hh, mm, ss) = (i % 24, (i * 7) % 60, (i * 13) % 61);
+            let s = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+            assert_eq!(
+                parse_iso(&s),
+                Some(days * 86400 + hh * 3600 + mm * 60 + ss),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn iso_times_out_of_range_or_malformed_are_refused() {
+        assert_eq!(parse_iso("2026-12-31T23:59:60"), Some(1_798_761_600));
+        for bad in [
+            "2026-00-29T21:46:05",
+            "2026-11-00T21:46:05",
+            "2026-11-32T21:46:05",
+            "2026-11-29T24:46:05",
+            "2026-11-29T21:60:05",
+            "2026-11-29T21:46:61",
+            "2026x11-29T21:46:05",
+            "2026-11x29T21:46:05",
+            "2026-11-29T21x46:05",
+            "2026-11-29T21:46:0",
+            "2026-11-29",
+            "",
+        ] {
+            assert_eq!(parse_iso(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_with_a_bad_mode_or_an_overlong_path_are_not_sampled() {
+        let rec = |mode: &str, path: &str| {
+            parse_record(
+                format!("- {mode} 2026-11-29T21:46:05 2026-11-29T21:46:05 {path}").as_bytes(),
+            )
+        };
+        assert_eq!(rec("-rw-r--r-", "a"), None);
+        assert_eq!(rec("-rw-r--r--x", "a"), None);
+        assert_eq!(rec("-rw-r--r--", &"a".repeat(MAX_PATH + 1)), None);
+        assert_eq!(
+            rec("-rw-r--r--", &"a".repeat(MAX_PATH)).unwrap().path.len(),
+            MAX_PATH
+        );
+        assert_eq!(rec("-rw-r--r--", "a").unwrap().ctime, 1_795_988_765);
+    }
+
+    #[test]
+    fn every_file_type_and_special_bit_prints_like_ls() {
+        for (m, s) in [
+            (0o120777, "lrwxrwxrwx"),
+            (0o020620, "crw--w----"),
+            (0o060660, "brw-rw----"),
+            (0o010644, "prw-r--r--"),
+            (0o140755, "srwxr-xr-x"),
+            (0o000644, "?rw-r--r--"),
+            (0o104644, "-rwSr--r--"),
+            (0o102755, "-rwxr-sr-x"),
+            (0o101644, "-rw-r--r-T"),
+            (0o100000, "----------"),
+        ] {
+            assert_eq!(mode_string(m), s, "{m:o}");
+        }
+    }
+
+    #[test]
+    fn dot_and_dot_dot_components_are_refused_before_any_open() {
+        let d = tmpdir("dots");
+        let root = d.to_str().unwrap();
+        std::fs::write(d.join("home/user/real"), b"x").unwrap();
+        for p in ["home/./user/real", "home/user/../user/real"] {
+            assert_eq!(
+                open_beneath(root, p).err().unwrap(),
+                "path leaves the volume",
+                "{p}"
+            );
+        }
+        assert_eq!(open_beneath(root, "//").err().unwrap(), "empty path");
+        assert!(open_beneath(root, "/home//user/real").is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_place_of_the_file_is_changed_and_the_archive_is_read_to_its_end() {
+        let d = tmpdir("dir");
+        let root = d.to_str().unwrap();
+        // the directory's own mode and ctime: only its type differs from a regular file
+        let e = entry_for(&d.join("home/user"), "home/user");
+        let mut archived = &b"hello"[..];
+        let f = open_beneath(root, "home/user").ok();
+        assert!(f.is_some());
+        assert_eq!(compare(&e, f, &mut archived), Verdict::Changed);
+        assert!(archived.is_empty());
+        let mut archived = &b"hello"[..];
+        assert_eq!(compare(&e, None, &mut archived), Verdict::Changed);
+        assert!(archived.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Yields `first` once, then `rest`.
+    struct Flaky {
+        first: Option<std::io::ErrorKind>,
+        rest: &'static [u8],
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(k) = self.first.take() {
+                return Err(k.into());
+            }
+            self.rest.read(buf)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried_and_any_other_error_is_a_difference() {
+        let mut a = Flaky {
+            first: Some(std::io::ErrorKind::Interrupted),
+            rest: b"hello",
+        };
+        assert!(same_bytes(&mut a, &mut &b"hello"[..]));
+        let mut a = Flaky {
+            first: Some(std::io::ErrorKind::Other),
+            rest: b"hello",
+        };
+        assert!(!same_bytes(&mut a, &mut &b"hello"[..]));
+    }
+
+    #[test]
+    fn the_volumes_file_is_opened_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let d = tmpdir("cloexec");
+        std::fs::write(d.join("home/user/real"), b"x").unwrap();
+        let f = open_beneath(d.to_str().unwrap(), "home/user/real").unwrap();
+        let fl = FdFlag::from_bits_truncate(fcntl(&f, FcntlArg::F_GETFD).unwrap());
+        assert!(fl.contains(FdFlag::FD_CLOEXEC), "{fl:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

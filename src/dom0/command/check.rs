@@ -433,4 +433,99 @@ mod tests {
         // More names than counted: refused.
         assert!(parse_spot_result(many.as_bytes(), 20).is_err());
     }
+
+    #[test]
+    fn repository_results_keep_each_archive_once_and_at_most_max_named() {
+        let r = parse_repo_result(
+            b"repository errors\narchive a-2026-11-29T18:00:00Z\narchive a-2026-11-29T18:00:00Z\narchive b-2026-11-29T18:00:00Z\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.archives,
+            ["a-2026-11-29T18:00:00Z", "b-2026-11-29T18:00:00Z"]
+        );
+        let mut many = String::from("repository errors\n");
+        for i in 0..(MAX_NAMED + 5) {
+            many += &format!("archive q{i}-2026-11-29T18:00:00Z\n");
+        }
+        let r = parse_repo_result(many.as_bytes()).unwrap();
+        assert_eq!(r.archives.len(), MAX_NAMED);
+        assert_eq!(
+            r.archives[MAX_NAMED - 1],
+            format!("q{}-2026-11-29T18:00:00Z", MAX_NAMED - 1)
+        );
+    }
+
+    const COUNTS_OK: &str = "matched 0\nchanged-count 0\nmismatch-count 0\n";
+
+    #[test]
+    fn spot_counts_are_plain_digits_of_at_most_six() {
+        for bad in ["checked +0", "checked 0000000"] {
+            let e = parse_spot_result(format!("{bad}\n{COUNTS_OK}").as_bytes(), 20)
+                .err()
+                .unwrap();
+            assert_eq!(e, format!("spot result: unexpected line '{bad}'"));
+        }
+        let r = parse_spot_result(format!("checked 000000\n{COUNTS_OK}").as_bytes(), 20).unwrap();
+        assert_eq!(r.checked, 0);
+    }
+
+    fn named(kind: &str, n: usize) -> String {
+        let (changed, mismatched) = if kind == "changed" { (n, 0) } else { (0, n) };
+        let mut s = format!(
+            "checked {n}\nmatched 0\nchanged-count {changed}\nmismatch-count {mismatched}\n"
+        );
+        for i in 0..n {
+            s += &match kind {
+                "changed" => format!("changed f{i}\n"),
+                _ => format!("mismatch mode f{i}\n"),
+            };
+        }
+        s
+    }
+
+    #[test]
+    fn spot_results_name_at_most_max_named_paths_of_each_kind() {
+        let r = parse_spot_result(named("changed", MAX_NAMED).as_bytes(), 100).unwrap();
+        assert_eq!(r.changed_paths.len(), MAX_NAMED);
+        let r = parse_spot_result(named("mismatch", MAX_NAMED).as_bytes(), 100).unwrap();
+        assert_eq!(r.mismatch_paths.len(), MAX_NAMED);
+        assert_eq!(
+            parse_spot_result(named("changed", MAX_NAMED + 1).as_bytes(), 100)
+                .err()
+                .unwrap(),
+            format!("spot result: unexpected line 'changed f{MAX_NAMED}'")
+        );
+        assert_eq!(
+            parse_spot_result(named("mismatch", MAX_NAMED + 1).as_bytes(), 100)
+                .err()
+                .unwrap(),
+            format!("spot result: unexpected line 'mismatch mode f{MAX_NAMED}'")
+        );
+    }
+
+    #[test]
+    fn spot_results_name_no_more_mismatches_than_counted() {
+        let e = parse_spot_result(
+            b"checked 1\nmatched 1\nchanged-count 0\nmismatch-count 0\nmismatch content a\n",
+            20,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e, "spot result: the counts do not add up");
+        let e = parse_spot_result(
+            b"checked 1\nmatched 1\nchanged-count 0\nmismatch-count 0\nchanged a\n",
+            20,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e, "spot result: the counts do not add up");
+        let e = parse_spot_result(
+            b"checked 3\nmatched 1\nchanged-count 1\nmismatch-count 0\n",
+            20,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e, "spot result: the counts do not add up");
+    }
 }
