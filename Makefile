@@ -43,7 +43,7 @@ MUTANTS_FILES := src/validate.rs src/ssh/argv.rs src/ssh/header.rs src/ssh/statu
 	src/ssh/destination.rs src/ssh/command.rs src/host_key.rs \
 	src/agent/wire.rs src/agent/filter.rs src/job/spec.rs src/job/progress.rs \
 	src/dom0/config.rs src/dom0/metadata.rs src/dom0/archives.rs src/dom0/json.rs \
-	src/job/classify.rs src/job/spot.rs src/dom0/cli.rs src/dom0/command/check.rs
+	src/job/classify.rs src/job/spot.rs src/dom0/cli.rs src/dom0/check_result.rs
 MUTANTS_ARGS := $(addprefix --file ,$(MUTANTS_FILES))
 # Fails when a mutant is missed (exit 2) or times out (exit 3).
 mutants:

@@ -10,6 +10,7 @@
 //! and `job::progress`.
 
 pub mod archives;
+pub mod check_result;
 pub mod cli;
 pub mod command;
 pub mod config;
