@@ -280,12 +280,7 @@ fn run_borg_with<W: Write>(
         Some(0) | Some(1) => {}
         _ => {
             out.send(Event::Reason(end.reason()));
-            let what = if end.last_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", end.last_error)
-            };
-            return Err(format!("borg {} failed ({status}){what}", argv[1]));
+            return Err(end.heard.failed(&argv[1], status));
         }
     }
     let json = end.json;
@@ -309,39 +304,26 @@ fn run_borg_export<W: Write>(
     env: &[(String, String)],
     out: &mut Out<W>,
 ) -> Result<(), String> {
-    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
+    let (mut cmd, pass_r) = borg_command(spec, argv, env, spec.key_file.is_some())?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
     drop(pass_r);
     let stderr = child.stderr.take().expect("piped");
     let log = std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let (mut notes, mut more, mut last_error) = (Vec::new(), 0usize, String::new());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            let level = borg::json_string(&text, "levelname").unwrap_or_default();
-            let msg =
-                borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
-            if msg.is_empty() || level == "DEBUG" || level == "INFO" || text.contains("\"progress_")
+        let (mut heard, mut notes) = (Heard::default(), Vec::new());
+        for line in borg::log_lines(stderr) {
+            if let borg::LogLine::Message {
+                level,
+                message,
+                msgid,
+            } = line
             {
-                continue;
-            }
-            if level == "ERROR" || level == "CRITICAL" {
-                last_error = msg.clone();
-            }
-            if notes.len() < MAX_FORWARDED {
-                notes.push(msg);
-            } else {
-                more += 1;
+                if heard.hear(&level, &message, msgid.as_deref()) {
+                    notes.push(message);
+                }
             }
         }
-        (notes, more, last_error)
+        (notes, heard)
     });
     let mut stdout = child.stdout.take().expect("piped");
     let mut buf = vec![0u8; super::progress::MAX_CHUNK];
@@ -368,37 +350,28 @@ fn run_borg_export<W: Write>(
     }
     drop(stdout);
     let status = child.wait().map_err(|e| format!("borg: {e}"))?;
-    let (notes, more, last_error) = log.join().unwrap_or_default();
+    let (notes, heard) = log.join().unwrap_or_default();
     for n in notes {
         out.send(Event::Warning(format!("borg: {n}")));
     }
-    if more > 0 {
-        out.send(Event::Warning(format!(
-            "borg: {more} more messages not shown"
-        )));
-    }
+    heard.tell_not_shown(out);
     if gone {
         return Err("dom0 stopped reading the stream".into());
     }
     match status.code() {
         Some(0) | Some(1) => Ok(()),
-        _ => Err(format!(
-            "borg export-tar failed ({status}){}",
-            if last_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {last_error}")
-            }
-        )),
+        _ => Err(heard.failed("export-tar", status)),
     }
 }
 
 /// borg's command with the passphrase on an inherited pipe (the returned read end: drop it
-/// once borg started), the environment, the key file; stdin closed.
+/// once borg started), the environment, `BORG_KEY_FILE` = KEY_FILE when `key_file`; stdin
+/// closed.
 fn borg_command(
     spec: &Spec,
     argv: &[String],
     env: &[(String, String)],
+    key_file: bool,
 ) -> Result<(Command, std::os::fd::OwnedFd), String> {
     // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
     let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -413,14 +386,71 @@ fn borg_command(
         .env_remove("BORG_PASSPHRASE")
         .env_remove("BORG_PASSCOMMAND")
         .env_remove("BORG_NEW_PASSPHRASE")
+        .env_remove("BORG_KEY_FILE")
         .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    if spec.key_file.is_some() {
+    if key_file {
         cmd.env("BORG_KEY_FILE", KEY_FILE);
     }
     Ok((cmd, pass_r))
+}
+
+/// What one borg run's warnings and errors left: how many there were (dom0 sees the first
+/// MAX_FORWARDED), the last error and its msgid, and the last MAX_KEPT messages (bounded).
+#[derive(Default)]
+struct Heard {
+    count: usize,
+    last_error: String,
+    msgid: String,
+    kept: Vec<String>,
+}
+
+impl Heard {
+    /// Takes one log message; true when it is one dom0 is to see (a warning or an error,
+    /// among the first MAX_FORWARDED).
+    fn hear(&mut self, level: &str, message: &str, msgid: Option<&str>) -> bool {
+        if message.is_empty() || level == "DEBUG" || level == "INFO" {
+            return false;
+        }
+        if borg::is_error(level) {
+            self.last_error = message.to_string();
+            if let Some(id) = msgid.filter(|i| !i.is_empty()) {
+                self.msgid = id.chars().take(64).collect();
+            }
+        }
+        if self.kept.len() >= MAX_KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push(message.chars().take(1024).collect());
+        self.count += 1;
+        self.count <= MAX_FORWARDED
+    }
+
+    /// Tells dom0 how many messages it did not see.
+    fn tell_not_shown<W: Write>(&self, out: &mut Out<W>) {
+        if self.count > MAX_FORWARDED {
+            out.send(Event::Warning(format!(
+                "borg: {} more messages not shown",
+                self.count - MAX_FORWARDED
+            )));
+        }
+    }
+
+    /// `borg WHAT failed (STATUS): LAST ERROR`.
+    fn failed(&self, what: &str, status: std::process::ExitStatus) -> String {
+        format!("borg {what} failed ({status}){}", self.error_suffix())
+    }
+
+    /// `": LAST ERROR"`, or nothing when borg logged no error.
+    fn error_suffix(&self) -> String {
+        if self.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", self.last_error)
+        }
+    }
 }
 
 /// How one borg run ended, with what its failure is classified from.
@@ -428,16 +458,13 @@ struct BorgEnd {
     status: std::process::ExitStatus,
     /// borg's stdout (bounded).
     json: String,
-    last_error: String,
-    /// The msgid of its last error, and its last messages (bounded).
-    msgid: String,
-    kept: Vec<String>,
+    heard: Heard,
 }
 
 impl BorgEnd {
     /// The bounded category of a failure, the only part of it dom0 acts on.
     fn reason(&self) -> super::progress::Reason {
-        super::classify::classify(self.status.code(), &self.msgid, &self.kept)
+        super::classify::classify(self.status.code(), &self.heard.msgid, &self.heard.kept)
     }
 }
 
@@ -452,7 +479,7 @@ fn run_borg_logged<W: Write>(
     stdout_to: Option<fs::File>,
     on_log: &mut dyn FnMut(&str, &str),
 ) -> Result<BorgEnd, String> {
-    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
+    let (mut cmd, pass_r) = borg_command(spec, argv, env, spec.key_file.is_some())?;
     let to_file = stdout_to.is_some();
     cmd.stdout(match stdout_to {
         Some(f) => Stdio::from(f),
@@ -473,68 +500,36 @@ fn run_borg_logged<W: Write>(
         }
         s
     });
-    let stderr = child.stderr.take().expect("piped");
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
     let mut last = Instant::now() - Duration::from_secs(10);
-    let mut forwarded = 0usize;
-    let mut last_error = String::new();
-    let mut msgid = String::new();
-    let mut kept: Vec<String> = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.contains("\"archive_progress\"") {
-            if let Some(n) = borg::json_number(&text, "original_size") {
+    let mut heard = Heard::default();
+    for line in borg::log_lines(child.stderr.take().expect("piped")) {
+        match line {
+            borg::LogLine::Progress(Some(n)) => {
                 if last.elapsed() >= Duration::from_millis(500) {
                     out.send(Event::Progress(n));
                     last = Instant::now();
                 }
             }
-            continue;
-        }
-        if text.contains("\"progress_percent\"") || text.contains("\"progress_message\"") {
-            continue;
-        }
-        let level = borg::json_string(&text, "levelname").unwrap_or_default();
-        let msg = borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
-        on_log(&level, &msg);
-        if msg.is_empty() || level == "DEBUG" || level == "INFO" {
-            continue;
-        }
-        if level == "ERROR" || level == "CRITICAL" {
-            last_error = msg.clone();
-            if let Some(id) = borg::json_string(&text, "msgid").filter(|i| !i.is_empty()) {
-                msgid = id.chars().take(64).collect();
+            borg::LogLine::Progress(None) | borg::LogLine::Status => {}
+            borg::LogLine::Message {
+                level,
+                message,
+                msgid,
+            } => {
+                on_log(&level, &message);
+                if heard.hear(&level, &message, msgid.as_deref()) {
+                    out.send(Event::Warning(format!("borg: {message}")));
+                }
             }
-        }
-        if kept.len() >= MAX_KEPT {
-            kept.remove(0);
-        }
-        kept.push(msg.chars().take(1024).collect());
-        forwarded += 1;
-        if forwarded <= MAX_FORWARDED {
-            out.send(Event::Warning(format!("borg: {msg}")));
         }
     }
     let status = child.wait().map_err(|e| format!("borg: {e}"))?;
     let json = json.join().unwrap_or_default();
-    if forwarded > MAX_FORWARDED {
-        out.send(Event::Warning(format!(
-            "borg: {} more messages not shown",
-            forwarded - MAX_FORWARDED
-        )));
-    }
+    heard.tell_not_shown(out);
     Ok(BorgEnd {
         status,
         json,
-        last_error,
-        msgid,
-        kept,
+        heard,
     })
 }
 
@@ -576,7 +571,7 @@ fn check<W: Write>(
         }
         // Only errors: warnings include the remote side's notes (e.g. the agent's login
         // notice relayed as "Remote: ..."), which are no problem of the repository.
-        if level == "ERROR" || level == "CRITICAL" {
+        if borg::is_error(level) {
             problems = true;
             if let Some(a) = &current {
                 if !named.contains(a) && named.len() < MAX_CHECK_ARCHIVES {
@@ -593,9 +588,8 @@ fn check<W: Write>(
         _ => {
             out.send(Event::Reason(end.reason()));
             return Err(format!(
-                "borg check could not run ({status}){}{}",
-                if end.last_error.is_empty() { "" } else { ": " },
-                end.last_error
+                "borg check could not run ({status}){}",
+                end.heard.error_suffix()
             ));
         }
     };
@@ -808,46 +802,25 @@ fn run_borg_quiet(
     env: &[(String, String)],
     key_file: bool,
 ) -> Result<Quiet, String> {
-    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    {
-        let mut w = fs::File::from(pass_w);
-        w.write_all(&spec.passphrase)
-            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
-    }
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("BORG_PASSPHRASE")
-        .env_remove("BORG_PASSCOMMAND")
-        .env_remove("BORG_NEW_PASSPHRASE")
-        .env_remove("BORG_KEY_FILE")
-        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if key_file {
-        cmd.env("BORG_KEY_FILE", KEY_FILE);
-    }
+    let (mut cmd, pass_r) = borg_command(spec, argv, env, key_file)?;
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
     drop(pass_r);
-    let mut reader = BufReader::new(child.stderr.take().expect("piped"));
     let (mut error, mut msgid) = (None, None);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line);
-        let level = borg::json_string(&text, "levelname").unwrap_or_default();
-        if level == "ERROR" || level == "CRITICAL" {
-            error = borg::json_string(&text, "message");
-            msgid = borg::json_string(&text, "msgid");
-        } else if level.is_empty() && !text.trim().is_empty() {
-            error = Some(text.trim().to_string());
+    for line in borg::log_lines(child.stderr.take().expect("piped")) {
+        let borg::LogLine::Message {
+            level,
+            message,
+            msgid: id,
+        } = line
+        else {
+            continue;
+        };
+        if borg::is_error(&level) {
+            error = Some(message);
+            msgid = id;
+        } else if level.is_empty() && !message.is_empty() {
+            error = Some(message);
         }
     }
     let status = child.wait().map_err(|e| format!("borg: {e}"))?;
@@ -875,5 +848,41 @@ mod tests {
             .collect();
         assert!(matches!(&evs[0], Event::Error(t) if t.contains("not a qubes-borg-job/1")));
         assert_eq!(evs[1], Event::Done(false));
+    }
+
+    #[test]
+    fn heard_forwards_the_first_64_warnings_and_keeps_the_last_32_and_the_last_error() {
+        let mut h = Heard::default();
+        assert!(!h.hear("INFO", "noted", None));
+        assert!(!h.hear("DEBUG", "noted", None));
+        assert!(!h.hear("WARNING", "", None));
+        assert_eq!(h.count, 0);
+        assert!(h.hear("ERROR", "first", Some("Lock.Timeout")));
+        assert!(h.hear("CRITICAL", "second", Some("")));
+        assert_eq!(
+            (h.last_error.as_str(), h.msgid.as_str()),
+            ("second", "Lock.Timeout")
+        );
+        for i in 2..MAX_FORWARDED {
+            assert!(h.hear("WARNING", &format!("w{i}"), None));
+        }
+        assert!(!h.hear("", "not json", None));
+        assert_eq!(h.count, MAX_FORWARDED + 1);
+        assert_eq!(h.kept.len(), MAX_KEPT);
+        assert_eq!(h.kept.last().unwrap(), "not json");
+        assert_eq!(h.last_error, "second");
+        let mut out = Vec::new();
+        h.tell_not_shown(&mut Out { w: &mut out });
+        let evs: Vec<Event> = read_all(&mut &out[..])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            evs,
+            [Event::Warning("borg: 1 more messages not shown".into())]
+        );
+        assert_eq!(h.error_suffix(), ": second");
+        assert_eq!(Heard::default().error_suffix(), "");
     }
 }
