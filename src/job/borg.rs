@@ -114,13 +114,18 @@ pub fn extract_argv(repo: &str, archive: &str) -> Vec<String> {
 /// `borg extract --stdout` of an image-mode archive's one file (`dev/xvdi`, as create stored
 /// the device path).
 pub fn extract_image_argv(repo: &str, archive: &str, device: &str) -> Vec<String> {
+    extract_stdout_argv(repo, archive, device.trim_start_matches('/').into())
+}
+
+/// `borg extract --stdout` of one item (`item`: as borg is to read it) of an archive.
+fn extract_stdout_argv(repo: &str, archive: &str, item: String) -> Vec<String> {
     vec![
         "borg".into(),
         "extract".into(),
         "--log-json".into(),
         "--stdout".into(),
         format!("{repo}::{archive}"),
-        device.trim_start_matches('/').into(),
+        item,
     ]
 }
 
@@ -203,14 +208,7 @@ pub fn spot_list_argv(repo: &str, archive: &str) -> Vec<String> {
 /// One file of an archive on stdout. The `pp:` prefix makes the path literal (a file named
 /// `re:...` or `-x` is never a pattern or an option).
 pub fn spot_extract_argv(repo: &str, archive: &str, path: &str) -> Vec<String> {
-    vec![
-        "borg".into(),
-        "extract".into(),
-        "--log-json".into(),
-        "--stdout".into(),
-        format!("{repo}::{archive}"),
-        format!("pp:{path}"),
-    ]
+    extract_stdout_argv(repo, archive, format!("pp:{path}"))
 }
 
 pub fn compact_argv(repo: &str) -> Vec<String> {
@@ -444,6 +442,21 @@ mod tests {
         assert_eq!(
             info_archive_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z")[4],
             "ssh://b/./r::w-2026-11-29T18:00:00Z"
+        );
+    }
+
+    #[test]
+    fn an_image_is_extracted_to_stdout_as_the_device_path_create_stored() {
+        assert_eq!(
+            extract_image_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z", "/dev/xvdi"),
+            [
+                "borg",
+                "extract",
+                "--log-json",
+                "--stdout",
+                "ssh://b/./r::w-2026-11-29T18:00:00Z",
+                "dev/xvdi"
+            ]
         );
     }
 

@@ -108,7 +108,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     let m = mount::mount(&c.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)
                         .inspect_err(|_| out.send(Event::Reason(Reason::Mount)))?;
                     out.send(Event::Phase(Phase::Create));
-                    let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, true);
+                    let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, Stdout::Stats);
                     out.send(Event::Phase(Phase::Unmount));
                     let u = m.unmount();
                     r?;
@@ -116,7 +116,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 }
                 Mode::Image => {
                     out.send(Event::Phase(Phase::Create));
-                    run_borg(spec, &argv, &env, None, out, true)?;
+                    run_borg(spec, &argv, &env, None, out, Stdout::Stats)?;
                 }
             }
         }
@@ -128,7 +128,14 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     mount::make_target_fs(&r.device)?;
                     let m = mount::mount(&r.device, mount::TARGET_DIR, mount::TARGET_OPTIONS)?;
                     let argv = borg::extract_argv(&spec.repository, &r.archive);
-                    let res = run_borg_to(spec, &argv, &env, Some(mount::TARGET_DIR), out, None);
+                    let res = run_borg(
+                        spec,
+                        &argv,
+                        &env,
+                        Some(mount::TARGET_DIR),
+                        out,
+                        Stdout::Json,
+                    );
                     out.send(Event::Phase(Phase::Unmount));
                     let u = m.unmount();
                     res?;
@@ -146,13 +153,13 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                         &r.archive,
                         &format!("/dev/{}", "xvdi"),
                     );
-                    let res = run_borg_to(
+                    let res = run_borg(
                         spec,
                         &argv,
                         &env,
                         None,
                         out,
-                        Some(dev.try_clone().map_err(|e| e.to_string())?),
+                        Stdout::To(dev.try_clone().map_err(|e| e.to_string())?),
                     );
                     res?;
                     dev.sync_all()
@@ -170,7 +177,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
             let argv = borg::info_argv(&spec.repository, l.qube.as_deref());
-            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            let json = run_borg(spec, &argv, &env, None, out, Stdout::Json)?;
             for piece in json.as_bytes().chunks(super::progress::MAX_DATA) {
                 out.send(Event::Data(piece.to_vec()));
             }
@@ -179,7 +186,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
             let argv = borg::info_archive_argv(&spec.repository, &i.archive);
-            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            let json = run_borg(spec, &argv, &env, None, out, Stdout::Json)?;
             send_data(out, json.as_bytes());
         }
         Op::Check(c) => check(spec, c, base, out)?,
@@ -198,7 +205,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     &env,
                     None,
                     out,
-                    false,
+                    Stdout::Json,
                 ) {
                     out.send(Event::Error(format!("prune {q}: {e}")));
                     failed.push(q.as_str());
@@ -211,7 +218,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 &env,
                 None,
                 out,
-                false,
+                Stdout::Json,
             )?;
             if !failed.is_empty() {
                 return Err(format!("prune failed for {}", failed.join(" ")));
@@ -239,40 +246,30 @@ fn clear_stale_cache_locks<W: Write>(out: &mut Out<W>) {
 /// Most borg messages kept for classifying a failure.
 const MAX_KEPT: usize = 32;
 
-/// Runs borg with the passphrase on an inherited pipe; forwards its progress and log lines;
-/// sends `stats` from `--json` when `want_stats`.
+/// Where borg's stdout goes.
+enum Stdout {
+    /// Read (at most MAX_JSON) and returned.
+    Json,
+    /// Read and returned, and `stats` sent from it (`borg create --json`).
+    Stats,
+    /// To this file (nothing returned).
+    To(fs::File),
+}
+
+/// Runs borg with the passphrase on an inherited pipe; forwards its progress and log lines.
 fn run_borg<W: Write>(
     spec: &Spec,
     argv: &[String],
     env: &[(String, String)],
     cwd: Option<&str>,
     out: &mut Out<W>,
-    want_stats: bool,
+    stdout: Stdout,
 ) -> Result<String, String> {
-    run_borg_with(spec, argv, env, cwd, out, want_stats, None)
-}
-
-/// `run_borg` without statistics, borg's stdout going to `stdout_to` when given.
-fn run_borg_to<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    stdout_to: Option<fs::File>,
-) -> Result<(), String> {
-    run_borg_with(spec, argv, env, cwd, out, false, stdout_to).map(|_| ())
-}
-
-fn run_borg_with<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    want_stats: bool,
-    stdout_to: Option<fs::File>,
-) -> Result<String, String> {
+    let want_stats = matches!(stdout, Stdout::Stats);
+    let stdout_to = match stdout {
+        Stdout::To(f) => Some(f),
+        Stdout::Json | Stdout::Stats => None,
+    };
     let end = run_borg_logged(spec, argv, env, cwd, out, stdout_to, &mut |_, _| {})?;
     let status = end.status;
     // borg: 0 success, 1 warnings (archive made), 2 error, >=128 killed.
@@ -656,13 +653,13 @@ fn spot_files<W: Write>(
         }
         res.items
     });
-    let listed = run_borg_to(
+    let listed = run_borg(
         spec,
         &borg::spot_list_argv(&spec.repository, &s.archive),
         env,
         None,
         out,
-        Some(fs::File::from(wr)),
+        Stdout::To(fs::File::from(wr)),
     );
     let mut files = sampler.join().map_err(|_| "the sampler failed")?;
     listed?;
@@ -674,13 +671,13 @@ fn spot_files<W: Write>(
         let (rd, wr) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let cmp = std::thread::spawn(move || sp::compare(&e, volume_file, &mut fs::File::from(rd)));
-        let got = run_borg_to(
+        let got = run_borg(
             spec,
             &borg::spot_extract_argv(&spec.repository, &s.archive, &path),
             env,
             None,
             out,
-            Some(fs::File::from(wr)),
+            Stdout::To(fs::File::from(wr)),
         );
         let v = cmp.join().map_err(|_| "the comparison failed")?;
         // The archive could not give the file back: as bad as a wrong file.

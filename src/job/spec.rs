@@ -1053,38 +1053,21 @@ mod tests {
 
     #[test]
     fn hostile_values_are_refused() {
-        assert!(matches!(
-            replace("qube work", "qube -rf"),
-            Err(SpecError::Invalid(_, "qube", _))
-        ));
-        assert!(matches!(
-            replace("qube work", "qube ../x"),
-            Err(SpecError::Invalid(_, "qube", _))
-        ));
-        assert!(matches!(
-            replace("archive work-", "archive work/"),
-            Err(SpecError::Invalid(_, "archive", _))
-        ));
-        assert!(matches!(
-            replace("ssh://borgbase/./repo", "ssh://bo rg/x"),
-            Err(SpecError::Invalid(_, "repository", _))
-        ));
-        assert!(matches!(
-            replace("ssh://borgbase/./repo", "/local/repo"),
-            Err(SpecError::Invalid(_, "repository", _))
-        ));
-        assert!(matches!(
-            replace("compression zstd,3", "compression zstd;rm"),
-            Err(SpecError::Invalid(_, "compression", _))
-        ));
-        assert!(matches!(
-            replace("pp:rw/tmp x", "a\u{1b}[2J"),
-            Err(SpecError::Invalid(_, "exclude", _))
-        ));
-        assert!(matches!(
-            replace("mode files", "mode tar"),
-            Err(SpecError::Invalid(_, "mode", _))
-        ));
+        for (from, to, key) in [
+            ("qube work", "qube -rf", "qube"),
+            ("qube work", "qube ../x", "qube"),
+            ("archive work-", "archive work/", "archive"),
+            ("ssh://borgbase/./repo", "ssh://bo rg/x", "repository"),
+            ("ssh://borgbase/./repo", "/local/repo", "repository"),
+            ("compression zstd,3", "compression zstd;rm", "compression"),
+            ("pp:rw/tmp x", "a\u{1b}[2J", "exclude"),
+            ("mode files", "mode tar", "mode"),
+        ] {
+            assert!(
+                matches!(replace(from, to), Err(SpecError::Invalid(_, k, _)) if k == key),
+                "{to}"
+            );
+        }
     }
 
     #[test]
@@ -1551,7 +1534,7 @@ mod tests {
     }
 
     #[test]
-    fn prune_needs_keep_and_qubes_and_nothing_of_create() {
+    fn prune_needs_keep_and_qubes() {
         assert_eq!(
             prune_with("keep daily 7\n", ""),
             Err(SpecError::Missing("keep"))
@@ -1560,20 +1543,6 @@ mod tests {
             prune_with("qube work\n", ""),
             Err(SpecError::Missing("qube"))
         );
-        for extra in [
-            "archive work-2026-11-29T18:00:00Z\n",
-            "mode files\n",
-            "device /dev/xvdi\n",
-            "compression lz4\n",
-            "exclude x\n",
-            "setting x\n",
-        ] {
-            assert_eq!(
-                prune_with("qube work\n", &format!("qube work\n{extra}")),
-                Err(SpecError::WrongOp(5, extra.split(' ').next().unwrap())),
-                "{extra}"
-            );
-        }
     }
 
     #[test]
@@ -1644,7 +1613,7 @@ mod tests {
     }
 
     #[test]
-    fn list_takes_at_most_one_qube_and_no_other_op_key() {
+    fn list_takes_at_most_one_qube() {
         assert_eq!(
             list_with("qube work\n", "qube work\nqube other\n"),
             Err(SpecError::Repeated(5, "qube"))
@@ -1653,20 +1622,6 @@ mod tests {
             list_with("qube work\n", "qube work\nkeep daily 7\n"),
             Err(SpecError::WrongOp(5, "keep"))
         );
-        for extra in [
-            "archive work-2026-11-29T18:00:00Z\n",
-            "mode files\n",
-            "device /dev/xvdi\n",
-            "compression lz4\n",
-            "exclude x\n",
-            "setting x\n",
-        ] {
-            assert_eq!(
-                list_with("qube work\n", &format!("qube work\n{extra}")),
-                Err(SpecError::WrongOp(5, extra.split(' ').next().unwrap())),
-                "{extra}"
-            );
-        }
     }
 
     #[test]
