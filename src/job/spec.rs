@@ -1524,6 +1524,21 @@ mod tests {
     }
 
     #[test]
+    fn a_keep_is_empty_only_without_within_and_without_counts() {
+        assert!(Keep::default().is_empty());
+        let within = Keep {
+            within: Some("7d".into()),
+            counts: vec![],
+        };
+        assert!(!within.is_empty());
+        let counts = Keep {
+            within: None,
+            counts: vec![(KeepKind::Daily, 1)],
+        };
+        assert!(!counts.is_empty());
+    }
+
+    #[test]
     fn keep_within_is_1_to_6_digits_and_a_unit() {
         for ok in ["1H", "7d", "2w", "6m", "1y", "1Y", "999999d"] {
             assert_eq!(check_within(ok), Ok(()), "{ok}");
