@@ -114,13 +114,18 @@ pub fn extract_argv(repo: &str, archive: &str) -> Vec<String> {
 /// `borg extract --stdout` of an image-mode archive's one file (`dev/xvdi`, as create stored
 /// the device path).
 pub fn extract_image_argv(repo: &str, archive: &str, device: &str) -> Vec<String> {
+    extract_stdout_argv(repo, archive, device.trim_start_matches('/').into())
+}
+
+/// `borg extract --stdout` of one item (`item`: as borg is to read it) of an archive.
+fn extract_stdout_argv(repo: &str, archive: &str, item: String) -> Vec<String> {
     vec![
         "borg".into(),
         "extract".into(),
         "--log-json".into(),
         "--stdout".into(),
         format!("{repo}::{archive}"),
-        device.trim_start_matches('/').into(),
+        item,
     ]
 }
 
@@ -203,14 +208,7 @@ pub fn spot_list_argv(repo: &str, archive: &str) -> Vec<String> {
 /// One file of an archive on stdout. The `pp:` prefix makes the path literal (a file named
 /// `re:...` or `-x` is never a pattern or an option).
 pub fn spot_extract_argv(repo: &str, archive: &str, path: &str) -> Vec<String> {
-    vec![
-        "borg".into(),
-        "extract".into(),
-        "--log-json".into(),
-        "--stdout".into(),
-        format!("{repo}::{archive}"),
-        format!("pp:{path}"),
-    ]
+    extract_stdout_argv(repo, archive, format!("pp:{path}"))
 }
 
 pub fn compact_argv(repo: &str) -> Vec<String> {
@@ -278,6 +276,77 @@ pub fn json_string(text: &str, key: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Longest line read from borg's `--log-json` stderr (a longer one is read as several).
+pub const MAX_LOG_LINE: u64 = 64 * 1024;
+
+/// One line of borg's `--log-json` stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLine {
+    /// `archive_progress`: the bytes read so far (`original_size`), when the line holds them.
+    Progress(Option<u64>),
+    /// `progress_percent` or `progress_message`: nothing the job passes on.
+    Status,
+    /// A log message; any other line (not JSON, a remote's text) has an empty `level` and
+    /// itself, trimmed, as `message`.
+    Message {
+        level: String,
+        message: String,
+        /// borg's `msgid`, as written (may be empty).
+        msgid: Option<String>,
+    },
+}
+
+impl LogLine {
+    pub fn parse(text: &str) -> LogLine {
+        if text.contains("\"archive_progress\"") {
+            return LogLine::Progress(json_number(text, "original_size"));
+        }
+        if text.contains("\"progress_percent\"") || text.contains("\"progress_message\"") {
+            return LogLine::Status;
+        }
+        LogLine::Message {
+            level: json_string(text, "levelname").unwrap_or_default(),
+            message: json_string(text, "message").unwrap_or_else(|| text.trim().to_string()),
+            msgid: json_string(text, "msgid"),
+        }
+    }
+}
+
+/// Whether a log level is an error (`ERROR` or `CRITICAL`).
+pub fn is_error(level: &str) -> bool {
+    level == "ERROR" || level == "CRITICAL"
+}
+
+/// borg's stderr read line by line (each at most MAX_LOG_LINE bytes) up to its end or the
+/// first read error.
+pub fn log_lines<R: std::io::Read>(stderr: R) -> LogLines<R> {
+    LogLines {
+        reader: std::io::BufReader::new(stderr),
+        line: Vec::new(),
+    }
+}
+
+pub struct LogLines<R> {
+    reader: std::io::BufReader<R>,
+    line: Vec<u8>,
+}
+
+impl<R: std::io::Read> Iterator for LogLines<R> {
+    type Item = LogLine;
+
+    fn next(&mut self) -> Option<LogLine> {
+        use std::io::{BufRead, Read};
+        self.line.clear();
+        match (&mut self.reader)
+            .take(MAX_LOG_LINE)
+            .read_until(b'\n', &mut self.line)
+        {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(LogLine::parse(&String::from_utf8_lossy(&self.line))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +446,21 @@ mod tests {
     }
 
     #[test]
+    fn an_image_is_extracted_to_stdout_as_the_device_path_create_stored() {
+        assert_eq!(
+            extract_image_argv("ssh://b/./r", "w-2026-11-29T18:00:00Z", "/dev/xvdi"),
+            [
+                "borg",
+                "extract",
+                "--log-json",
+                "--stdout",
+                "ssh://b/./r::w-2026-11-29T18:00:00Z",
+                "dev/xvdi"
+            ]
+        );
+    }
+
+    #[test]
     fn export_paths_reach_borg_as_path_prefixes_after_the_archive_and_stdout() {
         let e = Export {
             archive: "work-2026-11-29T18:00:00Z".into(),
@@ -414,5 +498,55 @@ mod tests {
         assert_eq!(json_number(line, "nfiles"), Some(5));
         assert_eq!(json_string(line, "path").as_deref(), Some("a\"b"));
         assert_eq!(json_number(line, "missing"), None);
+    }
+
+    fn message(level: &str, message: &str, msgid: Option<&str>) -> LogLine {
+        LogLine::Message {
+            level: level.into(),
+            message: message.into(),
+            msgid: msgid.map(String::from),
+        }
+    }
+
+    #[test]
+    fn log_lines_tell_progress_status_and_messages_apart() {
+        let stderr = concat!(
+            "{\"type\": \"archive_progress\", \"original_size\": 77, \"nfiles\": 1}\n",
+            "{\"type\": \"archive_progress\", \"finished\": true}\n",
+            "{\"type\": \"progress_percent\", \"message\": \"3%\"}\n",
+            "{\"type\": \"progress_message\", \"message\": \"x\"}\n",
+            "{\"type\": \"log_message\", \"levelname\": \"ERROR\", \"msgid\": \"Repository.DoesNotExist\", \"message\": \"no repo\"}\n",
+            "  Remote: ssh: connect to host b: refused  \n",
+            "last line without newline",
+        );
+        let lines: Vec<LogLine> = log_lines(stderr.as_bytes()).collect();
+        assert_eq!(
+            lines,
+            [
+                LogLine::Progress(Some(77)),
+                LogLine::Progress(None),
+                LogLine::Status,
+                LogLine::Status,
+                message("ERROR", "no repo", Some("Repository.DoesNotExist")),
+                message("", "Remote: ssh: connect to host b: refused", None),
+                message("", "last line without newline", None),
+            ]
+        );
+        assert!(is_error("ERROR") && is_error("CRITICAL"));
+        assert!(!is_error("WARNING") && !is_error(""));
+    }
+
+    #[test]
+    fn a_log_line_longer_than_64_kib_is_read_in_pieces() {
+        let long = format!("{}\nnext\n", "a".repeat(MAX_LOG_LINE as usize + 5));
+        let lines: Vec<LogLine> = log_lines(long.as_bytes()).collect();
+        assert_eq!(
+            lines,
+            [
+                message("", &"a".repeat(MAX_LOG_LINE as usize), None),
+                message("", "aaaaa", None),
+                message("", "next", None),
+            ]
+        );
     }
 }

@@ -1,25 +1,27 @@
 //! sys-backup-mnt: one `qubes-borg.BackupJob` run: read the request from dom0 on stdin, mount,
-//! run borg, unmount, and report on stdout in the `progress` line format.
+//! run borg, unmount, and report on stdout in the `progress` line format. How borg runs as a
+//! child (its passphrase, log lines, failures): `child`; the ops with steps of their own:
+//! `check`, `export`, `init`, `spot_check`.
+
+mod check;
+mod child;
+mod export;
+mod init;
+mod spot_check;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use super::borg;
 use super::mount::{self, EPHEMERAL_DIR, PRIVATE_DIR, STATE_DIR, STATE_OPTIONS, UNTRUSTED_OPTIONS};
-use super::progress::{encode, Event, InitResult, Phase, Reason, Stats, MAX_KEY_TEXT};
+use super::progress::{encode, Event, Phase, Reason};
 use super::spec::{self, Mode, Op, Spec};
 use crate::exit;
+use child::{run_borg, Stdout};
 
 const RUN_DIR: &str = "/run/qubes-borg";
 const KEY_FILE: &str = "/run/qubes-borg/key";
-/// Most log lines from borg forwarded per run (the rest are counted).
-const MAX_FORWARDED: usize = 64;
-/// Largest `--json` output read from borg create.
-const MAX_JSON: u64 = 1 << 20;
 
 struct Out<'a, W: Write> {
     w: &'a mut W,
@@ -108,7 +110,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     let m = mount::mount(&c.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)
                         .inspect_err(|_| out.send(Event::Reason(Reason::Mount)))?;
                     out.send(Event::Phase(Phase::Create));
-                    let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, true);
+                    let r = run_borg(spec, &argv, &env, Some(PRIVATE_DIR), out, Stdout::Stats);
                     out.send(Event::Phase(Phase::Unmount));
                     let u = m.unmount();
                     r?;
@@ -116,7 +118,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 }
                 Mode::Image => {
                     out.send(Event::Phase(Phase::Create));
-                    run_borg(spec, &argv, &env, None, out, true)?;
+                    run_borg(spec, &argv, &env, None, out, Stdout::Stats)?;
                 }
             }
         }
@@ -128,7 +130,14 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     mount::make_target_fs(&r.device)?;
                     let m = mount::mount(&r.device, mount::TARGET_DIR, mount::TARGET_OPTIONS)?;
                     let argv = borg::extract_argv(&spec.repository, &r.archive);
-                    let res = run_borg_to(spec, &argv, &env, Some(mount::TARGET_DIR), out, None);
+                    let res = run_borg(
+                        spec,
+                        &argv,
+                        &env,
+                        Some(mount::TARGET_DIR),
+                        out,
+                        Stdout::Json,
+                    );
                     out.send(Event::Phase(Phase::Unmount));
                     let u = m.unmount();
                     res?;
@@ -146,13 +155,13 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                         &r.archive,
                         &format!("/dev/{}", "xvdi"),
                     );
-                    let res = run_borg_to(
+                    let res = run_borg(
                         spec,
                         &argv,
                         &env,
                         None,
                         out,
-                        Some(dev.try_clone().map_err(|e| e.to_string())?),
+                        Stdout::To(dev.try_clone().map_err(|e| e.to_string())?),
                     );
                     res?;
                     dev.sync_all()
@@ -163,27 +172,25 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
         Op::Export(e) => {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::Restore));
-            run_borg_export(spec, &borg::export_tar_argv(&spec.repository, e), &env, out)?;
+            export::run_borg_export(spec, &borg::export_tar_argv(&spec.repository, e), &env, out)?;
         }
-        Op::Init(i) => init_repository(spec, i, &borg::env(base, None), out)?,
+        Op::Init(i) => init::init_repository(spec, i, &borg::env(base, None), out)?,
         Op::List(l) => {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
             let argv = borg::info_argv(&spec.repository, l.qube.as_deref());
-            let json = run_borg(spec, &argv, &env, None, out, false)?;
-            for piece in json.as_bytes().chunks(super::progress::MAX_DATA) {
-                out.send(Event::Data(piece.to_vec()));
-            }
+            let json = run_borg(spec, &argv, &env, None, out, Stdout::Json)?;
+            send_data(out, json.as_bytes());
         }
         Op::Info(i) => {
             let env = borg::env(base, None);
             out.send(Event::Phase(Phase::List));
             let argv = borg::info_archive_argv(&spec.repository, &i.archive);
-            let json = run_borg(spec, &argv, &env, None, out, false)?;
+            let json = run_borg(spec, &argv, &env, None, out, Stdout::Json)?;
             send_data(out, json.as_bytes());
         }
-        Op::Check(c) => check(spec, c, base, out)?,
-        Op::Spot(s) => spot(spec, s, base, out)?,
+        Op::Check(c) => check::check(spec, c, base, out)?,
+        Op::Spot(s) => spot_check::spot(spec, s, base, out)?,
         Op::Prune(p) => {
             let env = borg::env(base, None);
             let mut failed = Vec::new();
@@ -198,7 +205,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                     &env,
                     None,
                     out,
-                    false,
+                    Stdout::Json,
                 ) {
                     out.send(Event::Error(format!("prune {q}: {e}")));
                     failed.push(q.as_str());
@@ -211,7 +218,7 @@ fn steps<W: Write>(spec: &Spec, out: &mut Out<W>) -> Result<(), String> {
                 &env,
                 None,
                 out,
-                false,
+                Stdout::Json,
             )?;
             if !failed.is_empty() {
                 return Err(format!("prune failed for {}", failed.join(" ")));
@@ -236,626 +243,11 @@ fn clear_stale_cache_locks<W: Write>(out: &mut Out<W>) {
     }
 }
 
-/// Most borg messages kept for classifying a failure.
-const MAX_KEPT: usize = 32;
-
-/// Runs borg with the passphrase on an inherited pipe; forwards its progress and log lines;
-/// sends `stats` from `--json` when `want_stats`.
-fn run_borg<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    want_stats: bool,
-) -> Result<String, String> {
-    run_borg_with(spec, argv, env, cwd, out, want_stats, None)
-}
-
-/// `run_borg` without statistics, borg's stdout going to `stdout_to` when given.
-fn run_borg_to<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    stdout_to: Option<fs::File>,
-) -> Result<(), String> {
-    run_borg_with(spec, argv, env, cwd, out, false, stdout_to).map(|_| ())
-}
-
-fn run_borg_with<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    want_stats: bool,
-    stdout_to: Option<fs::File>,
-) -> Result<String, String> {
-    let end = run_borg_logged(spec, argv, env, cwd, out, stdout_to, &mut |_, _| {})?;
-    let status = end.status;
-    // borg: 0 success, 1 warnings (archive made), 2 error, >=128 killed.
-    match status.code() {
-        Some(0) | Some(1) => {}
-        _ => {
-            out.send(Event::Reason(end.reason()));
-            let what = if end.last_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", end.last_error)
-            };
-            return Err(format!("borg {} failed ({status}){what}", argv[1]));
-        }
-    }
-    let json = end.json;
-    if want_stats {
-        let n = |k| borg::json_number(&json, k).unwrap_or(0);
-        out.send(Event::Stats(Stats {
-            original: n("original_size"),
-            deduplicated: n("deduplicated_size"),
-            compressed: n("compressed_size"),
-            files: n("nfiles"),
-        }));
-    }
-    Ok(json)
-}
-
-/// `borg export-tar ... -`: its stdout goes to dom0 as `chunk` frames (job::progress) as it
-/// comes; its log lines are collected meanwhile and sent after the stream.
-fn run_borg_export<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    out: &mut Out<W>,
-) -> Result<(), String> {
-    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
-    drop(pass_r);
-    let stderr = child.stderr.take().expect("piped");
-    let log = std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let (mut notes, mut more, mut last_error) = (Vec::new(), 0usize, String::new());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            let level = borg::json_string(&text, "levelname").unwrap_or_default();
-            let msg =
-                borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
-            if msg.is_empty() || level == "DEBUG" || level == "INFO" || text.contains("\"progress_")
-            {
-                continue;
-            }
-            if level == "ERROR" || level == "CRITICAL" {
-                last_error = msg.clone();
-            }
-            if notes.len() < MAX_FORWARDED {
-                notes.push(msg);
-            } else {
-                more += 1;
-            }
-        }
-        (notes, more, last_error)
-    });
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut buf = vec![0u8; super::progress::MAX_CHUNK];
-    let mut gone = false;
-    loop {
-        let n = match stdout.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let frame = encode(&Event::Chunk(buf[..n].to_vec()));
-        if out
-            .w
-            .write_all(&frame)
-            .and_then(|()| out.w.flush())
-            .is_err()
-        {
-            // dom0 stopped reading: nothing more can arrive, stop borg.
-            gone = true;
-            let _ = child.kill();
-            break;
-        }
-    }
-    drop(stdout);
-    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
-    let (notes, more, last_error) = log.join().unwrap_or_default();
-    for n in notes {
-        out.send(Event::Warning(format!("borg: {n}")));
-    }
-    if more > 0 {
-        out.send(Event::Warning(format!(
-            "borg: {more} more messages not shown"
-        )));
-    }
-    if gone {
-        return Err("dom0 stopped reading the stream".into());
-    }
-    match status.code() {
-        Some(0) | Some(1) => Ok(()),
-        _ => Err(format!(
-            "borg export-tar failed ({status}){}",
-            if last_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {last_error}")
-            }
-        )),
-    }
-}
-
-/// borg's command with the passphrase on an inherited pipe (the returned read end: drop it
-/// once borg started), the environment, the key file; stdin closed.
-fn borg_command(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-) -> Result<(Command, std::os::fd::OwnedFd), String> {
-    // Not close-on-exec: borg inherits the read end, and reads the passphrase from it.
-    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    {
-        let mut w = fs::File::from(pass_w);
-        w.write_all(&spec.passphrase)
-            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
-    }
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .env_remove("BORG_PASSPHRASE")
-        .env_remove("BORG_PASSCOMMAND")
-        .env_remove("BORG_NEW_PASSPHRASE")
-        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if spec.key_file.is_some() {
-        cmd.env("BORG_KEY_FILE", KEY_FILE);
-    }
-    Ok((cmd, pass_r))
-}
-
-/// How one borg run ended, with what its failure is classified from.
-struct BorgEnd {
-    status: std::process::ExitStatus,
-    /// borg's stdout (bounded).
-    json: String,
-    last_error: String,
-    /// The msgid of its last error, and its last messages (bounded).
-    msgid: String,
-    kept: Vec<String>,
-}
-
-impl BorgEnd {
-    /// The bounded category of a failure, the only part of it dom0 acts on.
-    fn reason(&self) -> super::progress::Reason {
-        super::classify::classify(self.status.code(), &self.msgid, &self.kept)
-    }
-}
-
-/// Runs borg and forwards its messages; `on_log(level, message)` sees every log message
-/// (INFO too).
-fn run_borg_logged<W: Write>(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: Option<&str>,
-    out: &mut Out<W>,
-    stdout_to: Option<fs::File>,
-    on_log: &mut dyn FnMut(&str, &str),
-) -> Result<BorgEnd, String> {
-    let (mut cmd, pass_r) = borg_command(spec, argv, env)?;
-    let to_file = stdout_to.is_some();
-    cmd.stdout(match stdout_to {
-        Some(f) => Stdio::from(f),
-        None => Stdio::piped(),
-    })
-    .stderr(Stdio::piped());
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
-    drop(pass_r);
-    let stdout = child.stdout.take();
-    debug_assert_eq!(stdout.is_none(), to_file);
-    let json = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = stdout {
-            let _ = o.take(MAX_JSON).read_to_string(&mut s);
-        }
-        s
-    });
-    let stderr = child.stderr.take().expect("piped");
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
-    let mut last = Instant::now() - Duration::from_secs(10);
-    let mut forwarded = 0usize;
-    let mut last_error = String::new();
-    let mut msgid = String::new();
-    let mut kept: Vec<String> = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.contains("\"archive_progress\"") {
-            if let Some(n) = borg::json_number(&text, "original_size") {
-                if last.elapsed() >= Duration::from_millis(500) {
-                    out.send(Event::Progress(n));
-                    last = Instant::now();
-                }
-            }
-            continue;
-        }
-        if text.contains("\"progress_percent\"") || text.contains("\"progress_message\"") {
-            continue;
-        }
-        let level = borg::json_string(&text, "levelname").unwrap_or_default();
-        let msg = borg::json_string(&text, "message").unwrap_or_else(|| text.trim().to_string());
-        on_log(&level, &msg);
-        if msg.is_empty() || level == "DEBUG" || level == "INFO" {
-            continue;
-        }
-        if level == "ERROR" || level == "CRITICAL" {
-            last_error = msg.clone();
-            if let Some(id) = borg::json_string(&text, "msgid").filter(|i| !i.is_empty()) {
-                msgid = id.chars().take(64).collect();
-            }
-        }
-        if kept.len() >= MAX_KEPT {
-            kept.remove(0);
-        }
-        kept.push(msg.chars().take(1024).collect());
-        forwarded += 1;
-        if forwarded <= MAX_FORWARDED {
-            out.send(Event::Warning(format!("borg: {msg}")));
-        }
-    }
-    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
-    let json = json.join().unwrap_or_default();
-    if forwarded > MAX_FORWARDED {
-        out.send(Event::Warning(format!(
-            "borg: {} more messages not shown",
-            forwarded - MAX_FORWARDED
-        )));
-    }
-    Ok(BorgEnd {
-        status,
-        json,
-        last_error,
-        msgid,
-        kept,
-    })
-}
-
 /// Sends `bytes` to dom0 in `data` lines.
 fn send_data<W: Write>(out: &mut Out<W>, bytes: &[u8]) {
     for piece in bytes.chunks(super::progress::MAX_DATA) {
         out.send(Event::Data(piece.to_vec()));
     }
-}
-
-/// Most archive names a check result names.
-const MAX_CHECK_ARCHIVES: usize = 200;
-
-/// `borg check`: the job succeeds when borg ran to the end; what it found goes to dom0 as
-/// data (`repository ok|errors`, then `archive NAME` for each archive borg was analyzing when
-/// it logged an error).
-fn check<W: Write>(
-    spec: &Spec,
-    c: &spec::Check,
-    base: &str,
-    out: &mut Out<W>,
-) -> Result<(), String> {
-    let env = borg::env(base, None);
-    out.send(Event::Phase(Phase::Check));
-    let argv = borg::check_argv(&spec.repository, c.verify_data);
-    let mut current: Option<String> = None;
-    let mut named: Vec<String> = Vec::new();
-    let mut problems = false;
-    let end = run_borg_logged(spec, &argv, &env, None, out, None, &mut |level, msg| {
-        if let Some(rest) = msg.strip_prefix("Analyzing archive ") {
-            current = rest
-                .rsplit_once(" (")
-                .map(|(n, _)| n.to_string())
-                .filter(|n| spec::check_archive(n).is_ok());
-            return;
-        }
-        if msg.contains("orphaned objects") || msg.starts_with("Archive consistency check") {
-            current = None;
-        }
-        // Only errors: warnings include the remote side's notes (e.g. the agent's login
-        // notice relayed as "Remote: ..."), which are no problem of the repository.
-        if level == "ERROR" || level == "CRITICAL" {
-            problems = true;
-            if let Some(a) = &current {
-                if !named.contains(a) && named.len() < MAX_CHECK_ARCHIVES {
-                    named.push(a.clone());
-                }
-            }
-        }
-    })?;
-    let status = end.status;
-    // borg check: 0 no problems, 1 problems found, 2 could not check.
-    let found = match status.code() {
-        Some(0) => problems,
-        Some(1) => true,
-        _ => {
-            out.send(Event::Reason(end.reason()));
-            return Err(format!(
-                "borg check could not run ({status}){}{}",
-                if end.last_error.is_empty() { "" } else { ": " },
-                end.last_error
-            ));
-        }
-    };
-    let mut text = format!("repository {}\n", if found { "errors" } else { "ok" });
-    for a in &named {
-        text += &format!("archive {a}\n");
-    }
-    send_data(out, text.as_bytes());
-    Ok(())
-}
-
-/// The spot check: mount the volume read-only, sample `count` regular files of the archive's
-/// listing, extract each to a pipe and compare it with the volume's file (`spot`).
-fn spot<W: Write>(spec: &Spec, s: &spec::Spot, base: &str, out: &mut Out<W>) -> Result<(), String> {
-    let mut env = borg::env(base, None);
-    // borg prints times in local time: UTC here, as the comparison reads them.
-    env.push(("TZ".into(), "UTC".into()));
-    out.send(Event::Phase(Phase::Mount));
-    let m = mount::mount(&s.device, PRIVATE_DIR, UNTRUSTED_OPTIONS)?;
-    out.send(Event::Phase(Phase::Spot));
-    let r = spot_files(spec, s, &env, out);
-    out.send(Event::Phase(Phase::Unmount));
-    let u = m.unmount();
-    let tally = r?;
-    u?;
-    send_data(out, tally.text().as_bytes());
-    Ok(())
-}
-
-fn spot_files<W: Write>(
-    spec: &Spec,
-    s: &spec::Spot,
-    env: &[(String, String)],
-    out: &mut Out<W>,
-) -> Result<super::spot::Tally, String> {
-    use super::spot::{self as sp, Reservoir, Tally, Verdict};
-    let (rd, wr) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let k = s.count as usize;
-    let sampler = std::thread::spawn(move || {
-        let mut res = Reservoir::new(k);
-        let mut r = BufReader::new(fs::File::from(rd));
-        let mut rec = Vec::new();
-        let mut skipping = false;
-        loop {
-            rec.clear();
-            match (&mut r)
-                .take(sp::MAX_PATH as u64 + 128)
-                .read_until(0, &mut rec)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let ended = rec.last() == Some(&0);
-            // A record longer than the bound is skipped up to its NUL.
-            if skipping || !ended {
-                skipping = !ended;
-                continue;
-            }
-            rec.pop();
-            if let Some(e) = sp::parse_record(&rec) {
-                res.push(e);
-            }
-        }
-        res.items
-    });
-    let listed = run_borg_to(
-        spec,
-        &borg::spot_list_argv(&spec.repository, &s.archive),
-        env,
-        None,
-        out,
-        Some(fs::File::from(wr)),
-    );
-    let mut files = sampler.join().map_err(|_| "the sampler failed")?;
-    listed?;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut tally = Tally::default();
-    for e in files {
-        let path = e.path.clone();
-        let volume_file = sp::open_beneath(PRIVATE_DIR, &path).ok();
-        let (rd, wr) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let cmp = std::thread::spawn(move || sp::compare(&e, volume_file, &mut fs::File::from(rd)));
-        let got = run_borg_to(
-            spec,
-            &borg::spot_extract_argv(&spec.repository, &s.archive, &path),
-            env,
-            None,
-            out,
-            Some(fs::File::from(wr)),
-        );
-        let v = cmp.join().map_err(|_| "the comparison failed")?;
-        // The archive could not give the file back: as bad as a wrong file.
-        tally.add(
-            &path,
-            if got.is_ok() {
-                v
-            } else {
-                Verdict::Mismatch("unreadable")
-            },
-        );
-    }
-    Ok(tally)
-}
-
-/// Where `init` has borg export the key (tmpfs, removed before the job ends).
-const EXPORT_FILE: &str = "/run/qubes-borg/key-export";
-const PAPER_FILE: &str = "/run/qubes-borg/key-export-paper";
-
-/// `init`: `borg init` (a repository already there is left alone and reported so), then the
-/// new key (keyfile mode: the file borg wrote, at KEY_FILE) and its two exports go to dom0 as
-/// `data` (an `InitResult`). Nothing of the key stays in the disposable.
-fn init_repository<W: Write>(
-    spec: &Spec,
-    init: &spec::Init,
-    env: &[(String, String)],
-    out: &mut Out<W>,
-) -> Result<(), String> {
-    out.send(Event::Phase(Phase::Init));
-    let keyfile = init.encryption == spec::Encryption::KeyfileBlake2;
-    for f in [KEY_FILE, EXPORT_FILE, PAPER_FILE] {
-        let _ = fs::remove_file(f);
-    }
-    let res = init_steps(spec, init, env, keyfile);
-    for f in [EXPORT_FILE, PAPER_FILE] {
-        let _ = fs::remove_file(f);
-    }
-    let r = res?;
-    for piece in r.encode().chunks(super::progress::MAX_DATA) {
-        out.send(Event::Data(piece.to_vec()));
-    }
-    Ok(())
-}
-
-fn init_steps(
-    spec: &Spec,
-    init: &spec::Init,
-    env: &[(String, String)],
-    keyfile: bool,
-) -> Result<InitResult, String> {
-    let repo = &spec.repository;
-    let q = run_borg_quiet(spec, &borg::init_argv(repo, init.encryption), env, keyfile)?;
-    if q.msgid.as_deref() == Some("Repository.AlreadyExists") {
-        return Ok(InitResult {
-            created: false,
-            key_file: None,
-            export: vec![],
-            paper: vec![],
-        });
-    }
-    q.ok("init")?;
-    run_borg_quiet(
-        spec,
-        &borg::key_export_argv(repo, false, EXPORT_FILE),
-        env,
-        keyfile,
-    )?
-    .ok("key export")?;
-    run_borg_quiet(
-        spec,
-        &borg::key_export_argv(repo, true, PAPER_FILE),
-        env,
-        keyfile,
-    )?
-    .ok("key export --paper")?;
-    let read = |p: &str| -> Result<Vec<u8>, String> {
-        let mut v = Vec::new();
-        fs::File::open(p)
-            .and_then(|f| f.take(MAX_KEY_TEXT as u64 + 1).read_to_end(&mut v))
-            .map_err(|e| format!("cannot read {p}: {e}"))?;
-        if v.len() > MAX_KEY_TEXT {
-            return Err(format!("{p} is larger than {MAX_KEY_TEXT} bytes"));
-        }
-        Ok(v)
-    };
-    Ok(InitResult {
-        created: true,
-        key_file: if keyfile { Some(read(KEY_FILE)?) } else { None },
-        export: read(EXPORT_FILE)?,
-        paper: read(PAPER_FILE)?,
-    })
-}
-
-/// How a quiet borg run ended: exit code, last error message and its msgid.
-struct Quiet {
-    code: Option<i32>,
-    error: Option<String>,
-    msgid: Option<String>,
-}
-
-impl Quiet {
-    fn ok(self, what: &str) -> Result<(), String> {
-        match self.code {
-            Some(0) => Ok(()),
-            c => Err(format!(
-                "borg {what} failed (exit {}){}",
-                c.map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
-                self.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )),
-        }
-    }
-}
-
-/// Runs borg (passphrase on an inherited pipe, `BORG_KEY_FILE` = KEY_FILE when `key_file`)
-/// without forwarding its messages: borg init's notes are about what `init` does anyway.
-fn run_borg_quiet(
-    spec: &Spec,
-    argv: &[String],
-    env: &[(String, String)],
-    key_file: bool,
-) -> Result<Quiet, String> {
-    let (pass_r, pass_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    {
-        let mut w = fs::File::from(pass_w);
-        w.write_all(&spec.passphrase)
-            .map_err(|e| format!("cannot pass the passphrase: {e}"))?;
-    }
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("BORG_PASSPHRASE")
-        .env_remove("BORG_PASSCOMMAND")
-        .env_remove("BORG_NEW_PASSPHRASE")
-        .env_remove("BORG_KEY_FILE")
-        .env("BORG_PASSPHRASE_FD", pass_r.as_raw_fd().to_string());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if key_file {
-        cmd.env("BORG_KEY_FILE", KEY_FILE);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start borg: {e}"))?;
-    drop(pass_r);
-    let mut reader = BufReader::new(child.stderr.take().expect("piped"));
-    let (mut error, mut msgid) = (None, None);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line);
-        let level = borg::json_string(&text, "levelname").unwrap_or_default();
-        if level == "ERROR" || level == "CRITICAL" {
-            error = borg::json_string(&text, "message");
-            msgid = borg::json_string(&text, "msgid");
-        } else if level.is_empty() && !text.trim().is_empty() {
-            error = Some(text.trim().to_string());
-        }
-    }
-    let status = child.wait().map_err(|e| format!("borg: {e}"))?;
-    Ok(Quiet {
-        code: status.code(),
-        error,
-        msgid,
-    })
 }
 
 #[cfg(test)]
