@@ -310,9 +310,19 @@ mod tests {
         fs::create_dir(&sub).unwrap();
         mode(&sub, 0o755);
         assert_eq!(unsafe_why(read_trusted(&sub, &t)), "is not a regular file");
+        // (opened in a thread: a reader that blocks on the FIFO fails here instead of hanging)
         let fifo = base.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        assert_eq!(unsafe_why(read_trusted(&fifo, &t)), "is not a regular file");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (fifo2, owners2) = (fifo.clone(), owners);
+        std::thread::spawn(move || {
+            let t = trusted(&owners2, NOT_WRITABLE_BY_OTHERS, true);
+            let _ = tx.send(read_trusted(&fifo2, &t));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        assert_eq!(unsafe_why(r), "is not a regular file");
         // Missing file, missing directory.
         assert!(
             matches!(read_trusted(&base.join("nope"), &t), Err(FileError::NotFound(p)) if p == base.join("nope"))
