@@ -40,7 +40,7 @@ demo:
 # Mutation testing of the security-critical files (docs/TESTING.md; needs cargo-mutants).
 # The one list of those files; .cargo/mutants.toml holds the test arguments and exclusions.
 MUTANTS_FILES := src/validate.rs src/ssh/argv.rs src/ssh/header.rs src/ssh/status.rs \
-	src/ssh/destination.rs src/ssh/command.rs src/host_key.rs \
+	src/ssh/destination.rs src/ssh/command.rs src/host_key.rs src/safe_path.rs \
 	src/agent/wire.rs src/agent/filter.rs src/job/spec.rs src/job/progress.rs \
 	src/dom0/config.rs src/dom0/metadata.rs src/dom0/archives.rs src/dom0/json.rs \
 	src/job/classify.rs src/job/spot.rs src/dom0/cli.rs src/dom0/check_result.rs

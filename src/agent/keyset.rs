@@ -18,8 +18,6 @@
 //! line: the filter then refuses to start (exit 78).
 
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{codec, validate};
@@ -105,78 +103,25 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-fn check_meta(path: &Path, meta: &std::fs::Metadata, owners: &[u32]) -> Result<(), PolicyError> {
-    let unsafe_ = |why: String| PolicyError::Unsafe {
-        path: path.to_path_buf(),
-        why,
-    };
-    if !owners.contains(&meta.uid()) {
-        return Err(unsafe_(format!(
-            "is owned by uid {}, not by the service user or root",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_(
-            "is writable by group or others (chmod go-w)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Load `dir/server.conf`, accepting files (and `dir`) owned by a uid in `owners`.
+/// Load `dir/server.conf`, accepting files (and `dir` with every directory above it) owned by
+/// a uid in `owners` and not writable by others (a sticky ancestor such as /tmp is fine).
 pub fn load(dir: &Path, owners: &[u32]) -> Result<LoginPolicy, PolicyError> {
+    use crate::safe_path::{read_trusted, FileError, Trusted, NOT_WRITABLE_BY_OTHERS};
     let path = dir.join(FILE_NAME);
-    if !dir.exists() {
-        return Err(PolicyError::NotFound(path));
-    }
-    // The directory and every one above it: owned by the service user or root, not writable
-    // by others (a sticky ancestor such as /tmp is fine).
-    crate::safe_path::check_dir_and_ancestors(dir, owners).map_err(|e| PolicyError::Unsafe {
-        path: e.path,
-        why: e.why,
-    })?;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PolicyError::NotFound(path))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(PolicyError::Unsafe {
-                path,
-                why: "is a symbolic link".into(),
-            })
-        }
-        Err(err) => return Err(PolicyError::Io { path, err }),
+    let trusted = Trusted {
+        owners,
+        forbidden_mode: NOT_WRITABLE_BY_OTHERS,
+        max_len: MAX_FILE,
+        check_dir: true,
     };
-    let meta = file.metadata().map_err(|err| PolicyError::Io {
-        path: path.clone(),
-        err,
+    let text = read_trusted(&path, &trusted).map_err(|e| match e {
+        FileError::NotFound(_) => PolicyError::NotFound(path.clone()),
+        FileError::Unsafe(u) => PolicyError::Unsafe {
+            path: u.path,
+            why: u.why,
+        },
+        FileError::Io { path, err } => PolicyError::Io { path, err },
     })?;
-    if !meta.file_type().is_file() {
-        return Err(PolicyError::Unsafe {
-            path,
-            why: "is not a regular file".into(),
-        });
-    }
-    check_meta(&path, &meta, owners)?;
-    let mut text = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut text)
-        .map_err(|err| PolicyError::Io {
-            path: path.clone(),
-            err,
-        })?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(PolicyError::Unsafe {
-            path,
-            why: format!("is larger than {MAX_FILE} bytes"),
-        });
-    }
     parse(&path, &text)
 }
 

@@ -5,7 +5,6 @@
 //! file, the line and the key. See docs/USAGE.md for the meaning of each key.
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::job::spec::{self, Keep, KeepKind, Mode};
@@ -128,7 +127,7 @@ pub enum ConfigError {
     },
     Unsafe {
         file: PathBuf,
-        why: &'static str,
+        why: String,
     },
     Line {
         file: PathBuf,
@@ -148,7 +147,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Io { file, err } => write!(f, "{}: {err}", file.display()),
             ConfigError::Unsafe { file, why } => write!(
                 f,
-                "{}: {why} (it holds backup settings: chown root:root and chmod 0600 it)",
+                "{}: {why}; it holds backup settings: chown root:root and chmod 0600 it",
                 file.display()
             ),
             ConfigError::Line {
@@ -172,38 +171,32 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and parses the file; it must be a root-owned regular file not writable by others.
+/// Reads and parses the file; it must be a regular file (not a symbolic link) owned by root
+/// (or by the caller), not writable by group or others, at most `MAX_FILE` bytes.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let io = |e: std::io::Error| ConfigError::Io {
-        file: path.to_path_buf(),
-        err: e.to_string(),
+    use crate::safe_path::{read_trusted, FileError, Trusted, NOT_WRITABLE_BY_OTHERS};
+    let me = nix::unistd::geteuid().as_raw();
+    let owners: &[u32] = if me == 0 { &[0] } else { &[0, me] };
+    let trusted = Trusted {
+        owners,
+        forbidden_mode: NOT_WRITABLE_BY_OTHERS,
+        max_len: MAX_FILE,
+        check_dir: false,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(ConfigError::Unsafe {
-            file: path.into(),
-            why: "not a regular file",
-        });
-    }
-    if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(ConfigError::Unsafe {
-            file: path.into(),
-            why: "not owned by root",
-        });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(ConfigError::Unsafe {
-            file: path.into(),
-            why: "writable by group or others",
-        });
-    }
-    if meta.len() > MAX_FILE {
-        return Err(ConfigError::Unsafe {
-            file: path.into(),
-            why: "larger than 256 KiB",
-        });
-    }
-    let text = std::fs::read(path).map_err(io)?;
+    let text = read_trusted(path, &trusted).map_err(|e| match e {
+        FileError::NotFound(file) => ConfigError::Io {
+            file,
+            err: "does not exist".into(),
+        },
+        FileError::Unsafe(u) => ConfigError::Unsafe {
+            file: u.path,
+            why: u.why,
+        },
+        FileError::Io { path, err } => ConfigError::Io {
+            file: path,
+            err: err.to_string(),
+        },
+    })?;
     parse(path, &text)
 }
 
@@ -767,10 +760,10 @@ mod tests {
         assert_eq!(
             ConfigError::Unsafe {
                 file: f.clone(),
-                why: "not owned by root"
+                why: "is owned by uid 1000, not by root".into()
             }
             .to_string(),
-            "/etc/c: not owned by root (it holds backup settings: chown root:root and chmod 0600 it)"
+            "/etc/c: is owned by uid 1000, not by root; it holds backup settings: chown root:root and chmod 0600 it"
         );
         assert_eq!(
             ConfigError::Missing {
@@ -797,7 +790,7 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn unsafe_why(path: &Path) -> &'static str {
+    fn unsafe_why(path: &Path) -> String {
         match load(path) {
             Err(ConfigError::Unsafe { why, .. }) => why,
             r => panic!("{r:?}"),
@@ -815,7 +808,7 @@ mod tests {
         assert_eq!(load(&f).unwrap().repository, "ssh://b/./r");
         text.insert(0, b'\n');
         write(&f, &text, 0o600);
-        assert_eq!(unsafe_why(&f), "larger than 256 KiB");
+        assert_eq!(unsafe_why(&f), "is larger than 262144 bytes");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -829,7 +822,11 @@ mod tests {
         }
         for mode in [0o620, 0o602, 0o660] {
             write(&f, BASE.as_bytes(), mode);
-            assert_eq!(unsafe_why(&f), "writable by group or others", "{mode:o}");
+            assert_eq!(
+                unsafe_why(&f),
+                "is writable by group or others (chmod go-w)",
+                "{mode:o}"
+            );
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -845,18 +842,26 @@ mod tests {
             eprintln!("skipped: cannot chown (not root)");
             return;
         }
-        assert_eq!(unsafe_why(&f), "not owned by root");
+        let not_root = if me == 0 { "" } else { " or uid" };
+        assert!(
+            unsafe_why(&f).starts_with(&format!("is owned by uid {other}, not by root{not_root}")),
+            "{}",
+            unsafe_why(&f)
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn load_refuses_what_is_not_a_regular_file() {
         let d = scratch("kind");
-        assert_eq!(unsafe_why(&d), "not a regular file");
+        assert_eq!(unsafe_why(&d), "is not a regular file");
         assert!(matches!(
             load(&d.join("missing")),
-            Err(ConfigError::Io { .. })
+            Err(ConfigError::Io { err, .. }) if err == "does not exist"
         ));
+        let link = d.join("link.conf");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert_eq!(unsafe_why(&link), "is a symbolic link");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

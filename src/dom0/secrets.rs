@@ -2,32 +2,32 @@
 //! asked on the terminal without echo) and the key file; both reach the job only on its stdin.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::config::Config;
 use super::session::Secrets;
 
-/// A root-only secret file: regular, owned by root (or us), not readable by group or others.
+/// A root-only secret file: regular (not a symbolic link), owned by root (or the caller), not
+/// readable or writable by group or others, at most 64 KiB.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file()
-        || meta.mode() & 0o077 != 0
-        || (meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw())
-    {
-        return Err(format!(
-            "{}: must be a regular file owned by root with mode 0600 or 0400",
-            path.display()
-        ));
-    }
-    let mut v = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024 + 1).read_to_end(&mut v))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if v.len() > 64 * 1024 {
-        return Err(format!("{}: larger than 64 KiB", path.display()));
-    }
-    Ok(v)
+    use crate::safe_path::{read_trusted, FileError, Trusted, PRIVATE};
+    let me = nix::unistd::geteuid().as_raw();
+    let owners: &[u32] = if me == 0 { &[0] } else { &[0, me] };
+    let trusted = Trusted {
+        owners,
+        forbidden_mode: PRIVATE,
+        max_len: 64 * 1024,
+        check_dir: false,
+    };
+    read_trusted(path, &trusted).map_err(|e| match e {
+        FileError::NotFound(p) => format!("{}: does not exist", p.display()),
+        FileError::Unsafe(u) => format!(
+            "{}: {}; a secret must be a regular file owned by root with mode 0600 or 0400",
+            u.path.display(),
+            u.why
+        ),
+        FileError::Io { path, err } => format!("{}: {err}", path.display()),
+    })
 }
 
 pub fn ask_passphrase() -> Result<Vec<u8>, String> {
@@ -74,4 +74,42 @@ pub fn load(cfg: &Config) -> Result<Secrets, String> {
         passphrase,
         key_file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_secret_file_others_may_read_or_a_link_to_one_is_refused() {
+        let d = std::env::temp_dir().join(format!("qubes-borg-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        let f = d.join("passphrase");
+        std::fs::write(&f, b"s3cret").unwrap();
+        let set = |m| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(m)).unwrap();
+        for ok in [0o600, 0o400] {
+            set(ok);
+            assert_eq!(read_secret(&f).unwrap(), b"s3cret", "{ok:o}");
+        }
+        for bad in [0o640, 0o604, 0o620, 0o602] {
+            set(bad);
+            let e = read_secret(&f).unwrap_err();
+            assert!(
+                e.contains("is readable or writable by group or others"),
+                "{bad:o}: {e}"
+            );
+        }
+        set(0o600);
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(read_secret(&link)
+            .unwrap_err()
+            .contains("is a symbolic link"));
+        assert!(read_secret(&d.join("none"))
+            .unwrap_err()
+            .ends_with("does not exist"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -23,10 +23,9 @@
 
 use super::argv::BorgArgv;
 pub use crate::host_key::{parse_host_key, HostKey, HOST_KEY_TYPES, MAX_KEY_BLOB};
+use crate::safe_path::{read_trusted, FileError, Trusted, NOT_WRITABLE_BY_OTHERS};
 use crate::validate::{self, Invalid};
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the destination files live in sys-backup.
@@ -120,100 +119,24 @@ pub fn load_owned_by(dir: &Path, name: &str, owners: &[u32]) -> Result<Destinati
             why: e.to_string(),
         });
     }
-    check_owner(dir, owners)?;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ConfigError::NotFound {
-                name: name.to_string(),
-                path,
-            })
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(ConfigError::Unsafe {
-                path,
-                why: "is a symbolic link".into(),
-            })
-        }
-        Err(err) => return Err(ConfigError::Io { path, err }),
+    let trusted = Trusted {
+        owners,
+        forbidden_mode: NOT_WRITABLE_BY_OTHERS,
+        max_len: MAX_FILE,
+        check_dir: true,
     };
-    let meta = file.metadata().map_err(|err| ConfigError::Io {
-        path: path.clone(),
-        err,
+    let text = read_trusted(&path, &trusted).map_err(|e| match e {
+        FileError::NotFound(_) => ConfigError::NotFound {
+            name: name.to_string(),
+            path: path.clone(),
+        },
+        FileError::Unsafe(u) => ConfigError::Unsafe {
+            path: u.path,
+            why: u.why,
+        },
+        FileError::Io { path, err } => ConfigError::Io { path, err },
     })?;
-    if !meta.file_type().is_file() {
-        return Err(ConfigError::Unsafe {
-            path,
-            why: "is not a regular file".into(),
-        });
-    }
-    check_meta(&path, &meta, owners)?;
-    if meta.len() > MAX_FILE {
-        return Err(ConfigError::Unsafe {
-            path,
-            why: format!("is larger than {MAX_FILE} bytes"),
-        });
-    }
-    let text = read_at_most_max_file(file, &path)?;
     parse(&path, name, &text)
-}
-
-/// Read the whole of `r`, refusing more than `MAX_FILE` bytes (a file that grew after its size
-/// was checked is refused, not cut).
-fn read_at_most_max_file(r: impl Read, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let mut text = Vec::new();
-    r.take(MAX_FILE + 1)
-        .read_to_end(&mut text)
-        .map_err(|err| ConfigError::Io {
-            path: path.to_path_buf(),
-            err,
-        })?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(ConfigError::Unsafe {
-            path: path.to_path_buf(),
-            why: format!("is larger than {MAX_FILE} bytes"),
-        });
-    }
-    Ok(text)
-}
-
-fn check_owner(path: &Path, owners: &[u32]) -> Result<(), ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|err| ConfigError::Io {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    if !meta.is_dir() {
-        return Err(ConfigError::Unsafe {
-            path: path.to_path_buf(),
-            why: "is not a directory".into(),
-        });
-    }
-    check_meta(path, &meta, owners)?;
-    crate::safe_path::check_dir_and_ancestors(path, owners).map_err(|e| ConfigError::Unsafe {
-        path: e.path,
-        why: e.why,
-    })?;
-    Ok(())
-}
-
-fn check_meta(path: &Path, meta: &std::fs::Metadata, owners: &[u32]) -> Result<(), ConfigError> {
-    if !owners.contains(&meta.uid()) {
-        return Err(ConfigError::Unsafe {
-            path: path.to_path_buf(),
-            why: format!("is owned by uid {}, not root", meta.uid()),
-        });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(ConfigError::Unsafe {
-            path: path.to_path_buf(),
-            why: "is writable by group or others (chmod go-w)".into(),
-        });
-    }
-    Ok(())
 }
 
 /// Parse the text of a destination file. `path` is only used in messages.
@@ -484,7 +407,7 @@ mod tests {
         ));
         assert!(matches!(
             load_owned_by(&base.join("nope"), "nas", &[me]),
-            Err(ConfigError::Io { .. })
+            Err(ConfigError::NotFound { .. })
         ));
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -849,18 +772,6 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_grew_after_its_size_was_checked_is_refused_not_cut() {
-        let p = Path::new("/t/nas.conf");
-        let at = vec![b'#'; MAX_FILE as usize];
-        assert_eq!(read_at_most_max_file(&at[..], p).unwrap(), at);
-        let over = vec![b'#'; MAX_FILE as usize + 1];
-        assert!(matches!(
-            read_at_most_max_file(&over[..], p),
-            Err(ConfigError::Unsafe { why, .. }) if why == "is larger than 65536 bytes"
-        ));
-    }
-
-    #[test]
     fn a_fifo_is_refused_without_blocking_on_it() {
         let me = nix::unistd::geteuid().as_raw();
         let dir = SafeDir::new("fifo");
@@ -927,7 +838,10 @@ mod tests {
         let other = me.wrapping_add(4242);
         assert_eq!(
             refused(&[other]),
-            (dir.0.clone(), format!("is owned by uid {me}, not root"))
+            (
+                dir.0.clone(),
+                format!("is owned by uid {me}, not by uid {other}")
+            )
         );
         assert!(load_owned_by(&dir.0, "nas", &[other, me]).is_ok());
         // The directory owned by an accepted uid, the file not (needs root to chown).
@@ -935,7 +849,7 @@ mod tests {
             nix::unistd::chown(&f, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
             assert_eq!(
                 refused(&[me]),
-                (f.clone(), "is owned by uid 4242, not root".into())
+                (f.clone(), "is owned by uid 4242, not by root".into())
             );
         }
         let not_dir = dir.write("plain", b"");

@@ -276,28 +276,40 @@ fn request_response_round_trips_flow_before_upstream_eof() {
         .client(&["nas", "borg", "serve"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut to = child.stdin.take().unwrap();
     let mut from = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for i in 0..50u32 {
-            let msg = format!("request {i}\n");
-            to.write_all(msg.as_bytes()).unwrap();
-            let mut got = vec![0u8; msg.len()];
-            from.read_exact(&mut got).unwrap();
-            assert_eq!(got, msg.as_bytes());
-        }
-        drop(to);
-        let mut rest = Vec::new();
-        from.read_to_end(&mut rest).unwrap();
-        tx.send(rest).unwrap();
+        let talk = || -> Result<Vec<u8>, String> {
+            for i in 0..50u32 {
+                let msg = format!("request {i}\n");
+                to.write_all(msg.as_bytes())
+                    .map_err(|e| format!("request {i}: {e}"))?;
+                let mut got = vec![0u8; msg.len()];
+                from.read_exact(&mut got)
+                    .map_err(|e| format!("reply {i}: {e}"))?;
+                if got != msg.as_bytes() {
+                    return Err(format!("reply {i}: {:?}", String::from_utf8_lossy(&got)));
+                }
+            }
+            drop(to);
+            let mut rest = Vec::new();
+            from.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            Ok(rest)
+        };
+        let _ = tx.send(talk());
     });
-    let rest = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("round trips did not complete: a relay holds bytes back");
-    assert!(rest.is_empty());
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(30));
+    if !matches!(outcome, Ok(Ok(_))) {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("round trips did not complete ({outcome:?}): a relay holds bytes back or the chain ended; the client's stderr:\n{err}");
+    }
+    assert_eq!(outcome.unwrap().unwrap(), b"");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
