@@ -67,11 +67,26 @@ add_data() { # QUBE MIB NAME
 # the host's pid namespace: never touch a process of another qube or of the host)
 pids_in() { # QUBE PATTERN
     local ns p
-    ns=$(readlink "/proc/$(sim_pid "$S" "$1")/ns/mnt") || return 0
+    ns=$(readlink "/proc/$(sim_pid "$S" "$1" 2>/dev/null)/ns/mnt" 2>/dev/null) || return 0  # halted
     for p in $(pgrep -f -- "$2" || true); do
         [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "$p"
     done
     return 0
+}
+
+# Waits (600 polls at most) until borg create runs in the disposable and holds its cache lock
+# (mid-backup: its session to the server open); prints its pids (none if it never did).
+borg_create_pids() {
+    local pids=""
+    for _ in $(seq 1 600); do
+        pids=$(pids_in sys-backup-mnt 'borg create')
+        if [ -n "$pids" ] && in_qube sys-backup-mnt sh -c 'ls -d /run/qubes-borg/state/.cache/borg/*/lock.exclusive' >/dev/null 2>&1; then
+            echo "$pids"
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "$pids"
 }
 
 suite_setup() {
@@ -112,16 +127,9 @@ retries = 2'
 
 test_borg_killed_mid_backup_next_run_succeeds() {
     run_backup &
-    local runner=$! pids=""
-    for _ in $(seq 1 600); do
-        pids=$(pids_in sys-backup-mnt 'borg create')
-        # mid-backup: borg holds its cache lock (killed at once: on an idle machine the whole
-        # create takes about a second)
-        if [ -n "$pids" ] && in_qube sys-backup-mnt sh -c 'ls -d /run/qubes-borg/state/.cache/borg/*/lock.exclusive' >/dev/null 2>&1; then
-            break
-        fi
-        sleep 0.05
-    done
+    local runner=$! pids
+    # (killed at once: on an idle machine the whole create takes about a second)
+    pids=$(borg_create_pids)
     [ -n "$pids" ] || fail "borg create never ran: $(log)"
     # pgrep may also list a process that ended since (a child of borg's between fork and exec):
     # at least one must be killed, the others may be gone
@@ -223,14 +231,8 @@ test_link_lost_mid_backup_is_named_retried_cleaned_up_and_the_next_run_works() {
     : > "$S/last-run.log"
     local t0=$SECONDS
     run_backup --config /etc/qubes-borg/oneretry.conf &
-    local runner=$! pids="" p
-    for _ in $(seq 1 1200); do
-        pids=$(pids_in sys-backup-mnt 'borg create')
-        if [ -n "$pids" ] && in_qube sys-backup-mnt sh -c 'ls -d /run/qubes-borg/state/.cache/borg/*/lock.exclusive' >/dev/null 2>&1; then
-            break
-        fi
-        sleep 0.05
-    done
+    local runner=$! pids p
+    pids=$(borg_create_pids)
     [ -n "$pids" ] || { wait "$runner" || true; fail "borg create never ran: $(log)"; }
     for p in $pids; do kill -STOP "$p" 2>/dev/null || true; done
     cut_link drop
