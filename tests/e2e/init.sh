@@ -138,7 +138,8 @@ test_init_without_yes_and_without_a_terminal_asks_gets_no_and_changes_nothing() 
     rc=0
     run_init_no_terminal --repository ssh://nas/./repo || rc=$?
     err=$(cat "$S/init.err")
-    [ "$rc" != 0 ] || fail "init --repository without confirmation exited 0: $err"
+    # exit 1 like every other change init may not make (not 78: backup.conf itself is fine)
+    assert_eq 1 "$rc" "exit status of the declined --repository ($err)"
     assert_contains "$err" "+repository = ssh://nas/./repo" "the diff shown"
     assert_contains "$err" "(no terminal to ask on: use --yes)" "why no answer"
     assert_contains "$err" "left unchanged: not confirmed (--yes to change it without asking)" "how to proceed"
