@@ -59,7 +59,10 @@ fn main() {
                 err,
                 now,
             )
-            .unwrap_or_else(|e| die(exit::CONFIG, &e));
+            .unwrap_or_else(|e| match e {
+                init::PrepareError::NotConfirmed(m) => die(exit::FAILED, &m),
+                init::PrepareError::Failed(m) => die(exit::CONFIG, &m),
+            });
             let mut s = setup(&config, Needs::Lock);
             match init::init(&s.cfg, &opts, &mut s.q, &mut confirm_on_tty, out, err, now) {
                 init::InitOutcome::Done(o) => finish(o, s),

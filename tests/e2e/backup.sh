@@ -7,51 +7,18 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-S=${QUBES_SIM_STATE:-}
-d0() { in_qube dom0 "$@"; }
-pass() { cat "$S/backup-pass"; }
-repo() { sed -n 's/^REPO_URL=//p' "$S/chain.env"; }
 # The dom0 tool as installed by `make install-dom0`; output in $S/last-run.log, exit status kept.
 run_backup() {
     local rc=0
     d0 qvm-backup-borg backup "$@" >"$S/last-run.log" 2>&1 || rc=$?
     return "$rc"
 }
-# borg in a fresh disposable (like a user restoring by hand, docs/USAGE.md)
-mnt_borg() {
-    d0 qvm-start --skip-if-running sys-backup-mnt
-    in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$(pass)" borg "$@"
-}
-last_archive() { mnt_borg list --short --glob-archives "$1-*" "$(repo)" | tail -n 1; }
+last_archive() { newest_archive "$1"; }
 pool() { echo "$S/dom0sim/var-lib-qubes/appvms/$1"; }
-# What must be gone after any run: attachments, the disposable, loop devices of the pool or of
-# borg's state image (the running qube work's own disk excepted), leftover mounts in dom0.
-assert_nothing_left() {
-    local att loops
-    att=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json")
-    assert_eq 0 "$att" "attachments left"
-    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
-    loops=$(python3 "$SIM_DIR/loops.py" list "$S" | grep -v 'appvms/work/private-dirty.img' || true)
-    assert_eq "" "$loops" "loop devices left"
-    case "$(d0 cat /proc/self/mounts)" in *xvd*|*/var/lib/qubes-borg/*) fail "mount left in dom0" ;; esac
-}
 
 suite_setup() {
-    "$SIM_DIR/chain-setup" "$S" offsite
-    head -c 18 /dev/urandom | base64 | tr -d '/+=' | sed 's/^/sim-pass-/' > "$S/backup-pass"
-    pass | d0 sh -c 'umask 077; mkdir -p /etc/qubes-borg; cat > /etc/qubes-borg/passphrase'
-    d0 sh -c 'umask 077; cat > /etc/qubes-borg/backup.conf' <<EOF
-# written by tests/e2e/backup.sh
-repository = $(repo)
-passphrase_file = /etc/qubes-borg/passphrase
-compression = lz4
-state_size_mib = 256
-shutdown_timeout = 30
-[qube vault-data]
-mode = image
-EOF
-    mnt_borg init --encryption=repokey-blake2 "$(repo)"
-    d0 qvm-shutdown --wait sys-backup-mnt
+    setup_repository tests/e2e/backup.sh '[qube vault-data]
+mode = image'
 }
 
 test_three_qubes_backed_up_and_extracted_byte_exact() {

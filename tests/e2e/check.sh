@@ -10,31 +10,11 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-S=${QUBES_SIM_STATE:-}
-d0() { in_qube dom0 "$@"; }
-pass() { cat "$S/backup-pass"; }
-repo() { sed -n 's/^REPO_URL=//p' "$S/chain.env"; }
-mnt_borg() {
-    d0 qvm-start --skip-if-running sys-backup-mnt
-    in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$(pass)" borg "$@"
-}
 # personal's committed private image in the simulated pool.
 image() { echo "$S/dom0sim/var-lib-qubes/appvms/personal/private.img"; }
 
 suite_setup() {
-    "$SIM_DIR/chain-setup" "$S" offsite
-    head -c 18 /dev/urandom | base64 | tr -d '/+=' | sed 's/^/sim-pass-/' > "$S/backup-pass"
-    pass | d0 sh -c 'umask 077; mkdir -p /etc/qubes-borg; cat > /etc/qubes-borg/passphrase'
-    d0 sh -c 'umask 077; cat > /etc/qubes-borg/backup.conf' <<EOC
-# written by tests/e2e/check.sh
-repository = $(repo)
-passphrase_file = /etc/qubes-borg/passphrase
-compression = lz4
-state_size_mib = 256
-shutdown_timeout = 30
-EOC
-    mnt_borg init --encryption=repokey-blake2 "$(repo)"
-    d0 qvm-shutdown --wait sys-backup-mnt
+    setup_repository tests/e2e/check.sh ""
     # personal (halted) keeps four regular files: config/rc.local and these three
     local m
     m=$(mktemp -d)

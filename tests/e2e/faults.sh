@@ -14,10 +14,6 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-S=${QUBES_SIM_STATE:-}
-d0() { in_qube dom0 "$@"; }
-pass() { cat "$S/backup-pass"; }
-repo() { sed -n 's/^REPO_URL=//p' "$S/chain.env"; }
 figure() { echo "$1: $2" | tee -a "${FAULTS_FIGURES:-/dev/null}"; }
 # qvm-backup-borg backup ARGS: output in $S/last-run.log, $took = seconds, exit status kept.
 run_backup() {
@@ -27,23 +23,10 @@ run_backup() {
     return "$rc"
 }
 log() { cat "$S/last-run.log"; }
-mnt_borg() {
-    d0 qvm-start --skip-if-running sys-backup-mnt
-    in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$(pass)" borg "$@"
-}
 # The disposable must be halted after a check, as after a run.
 borg_check_clean() {
     mnt_borg check "$(repo)" || fail "borg check found problems"
     d0 qvm-shutdown --wait sys-backup-mnt
-}
-assert_nothing_left() {
-    local att loops
-    att=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json")
-    assert_eq 0 "$att" "attachments left"
-    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
-    loops=$(python3 "$SIM_DIR/loops.py" list "$S" | grep -v 'appvms/work/private-dirty.img' || true)
-    assert_eq "" "$loops" "loop devices left"
-    case "$(d0 cat /proc/self/mounts)" in *xvd*|*/var/lib/qubes-borg/*) fail "mount left in dom0" ;; esac
 }
 after_each() { borg_check_clean; assert_nothing_left; }
 in_net() { nsenter --target "$(sim_pid "$S" sys-backup)" --net -- "$@"; }
@@ -84,15 +67,29 @@ add_data() { # QUBE MIB NAME
 # the host's pid namespace: never touch a process of another qube or of the host)
 pids_in() { # QUBE PATTERN
     local ns p
-    ns=$(readlink "/proc/$(sim_pid "$S" "$1")/ns/mnt") || return 0
+    ns=$(readlink "/proc/$(sim_pid "$S" "$1" 2>/dev/null)/ns/mnt" 2>/dev/null) || return 0  # halted
     for p in $(pgrep -f -- "$2" || true); do
         [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "$p"
     done
     return 0
 }
 
+# Waits (600 polls at most) until borg create runs in the disposable and holds its cache lock
+# (mid-backup: its session to the server open); prints its pids (none if it never did).
+borg_create_pids() {
+    local pids=""
+    for _ in $(seq 1 600); do
+        pids=$(pids_in sys-backup-mnt 'borg create')
+        if [ -n "$pids" ] && in_qube sys-backup-mnt sh -c 'ls -d /run/qubes-borg/state/.cache/borg/*/lock.exclusive' >/dev/null 2>&1; then
+            echo "$pids"
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "$pids"
+}
+
 suite_setup() {
-    "$SIM_DIR/chain-setup" "$S" offsite
     # the repository on its own small filesystem (ENOSPC for the disk-full test): a loop device
     # made here, a node for it in the internet namespace's /dev; detached at once, so the kernel
     # frees it when that namespace's mount goes away (tests/sim/down)
@@ -111,21 +108,14 @@ suite_setup() {
     in_inet sed -i -e 's/^ClientAliveInterval .*/ClientAliveInterval 5/' \
         -e 's/^ClientAliveCountMax .*/ClientAliveCountMax 3/' /etc/ssh/qubes-sim-sshd_config
     kill -HUP "$(cat "$S/internet/sshd.pid")"
-    head -c 18 /dev/urandom | base64 | tr -d '/+=' | sed 's/^/sim-pass-/' > "$S/backup-pass"
-    pass | d0 sh -c 'umask 077; mkdir -p /etc/qubes-borg; cat > /etc/qubes-borg/passphrase'
-    local conf
-    conf="repository = $(repo)
-passphrase_file = /etc/qubes-borg/passphrase
-qubes = personal
-compression = lz4
-state_size_mib = 256
-shutdown_timeout = 30
+    setup_repository tests/e2e/faults.sh 'qubes = personal
 lock_wait = 5
-retry_delay = 3"
-    printf '%s\nretries = 2\n' "$conf" | d0 sh -c 'umask 077; cat > /etc/qubes-borg/backup.conf'
-    printf '%s\nretries = 0\n' "$conf" | d0 sh -c 'umask 077; cat > /etc/qubes-borg/noretry.conf'
-    mnt_borg init --encryption=repokey-blake2 "$(repo)"
-    d0 qvm-shutdown --wait sys-backup-mnt
+retry_delay = 3
+retries = 2'
+    # the same with no retry, and with one
+    d0 sh -c 'cd /etc/qubes-borg && umask 077 &&
+        sed "s/^retries = 2\$/retries = 0/" backup.conf > noretry.conf &&
+        sed "s/^retries = 2\$/retries = 1/" backup.conf > oneretry.conf'
     # room for the data the tests add (qvm-volume resize, then the filesystem, as Qubes' own
     # qubes.ResizeDisk does inside the qube)
     d0 qvm-volume resize personal:private $((448 << 20))
@@ -137,16 +127,9 @@ retry_delay = 3"
 
 test_borg_killed_mid_backup_next_run_succeeds() {
     run_backup &
-    local runner=$! pids=""
-    for _ in $(seq 1 600); do
-        pids=$(pids_in sys-backup-mnt 'borg create')
-        # mid-backup: borg holds its cache lock (killed at once: on an idle machine the whole
-        # create takes about a second)
-        if [ -n "$pids" ] && in_qube sys-backup-mnt sh -c 'ls -d /run/qubes-borg/state/.cache/borg/*/lock.exclusive' >/dev/null 2>&1; then
-            break
-        fi
-        sleep 0.05
-    done
+    local runner=$! pids
+    # (killed at once: on an idle machine the whole create takes about a second)
+    pids=$(borg_create_pids)
     [ -n "$pids" ] || fail "borg create never ran: $(log)"
     # pgrep may also list a process that ended since (a child of borg's between fork and exec):
     # at least one must be killed, the others may be gone
@@ -238,6 +221,40 @@ test_link_kept_cut_fails_in_bounded_time_and_the_next_run_works() {
     figure "link dropped and kept cut (retries = 0)" "${took} s to FAILED"
     run_backup || fail "run after the link came back: $(log)"
     figure "link dropped: next run after restore" "${took} s, ok"
+    after_each
+}
+
+test_link_lost_mid_backup_is_named_retried_cleaned_up_and_the_next_run_works() {
+    # the link goes while borg create runs (its ssh session to the server open, the cache
+    # locked): borg is held stopped for the cut, so the cut lands mid-job whatever the speed
+    add_data personal 24 lost-1.bin
+    : > "$S/last-run.log"
+    local t0=$SECONDS
+    run_backup --config /etc/qubes-borg/oneretry.conf &
+    local runner=$! pids p
+    pids=$(borg_create_pids)
+    [ -n "$pids" ] || { wait "$runner" || true; fail "borg create never ran: $(log)"; }
+    for p in $pids; do kill -STOP "$p" 2>/dev/null || true; done
+    cut_link drop
+    for p in $pids; do kill -CONT "$p" 2>/dev/null || true; done
+    local rc=0
+    wait "$runner" || rc=$?
+    local took=$((SECONDS - t0))
+    restore_link
+    assert_eq 1 "$rc" "exit status with the link lost and kept cut ($(log))"
+    # the first attempt ends at ssh's keep-alive (the session was open), in words
+    assert_contains "$(log)" "lost: no answer for 60 s (ssh keep-alive)" "the lost link named by qubes-ssh-client"
+    assert_contains "$(log)" "personal: attempt 1 failed (link to the borg server failed)" "the first attempt's failure"
+    assert_contains "$(log)" "trying again in 3 s (1 of 1 retries)" "retried per retries and retry_delay"
+    assert_not_contains "$(log)" "attempt 2 failed" "retries = 1: no third attempt"
+    assert_contains "$(log)" "personal: the link to the borg server (qube sys-backup" "the link and the qube named"
+    grep -q 'FAILED (2 attempts): link to the borg server failed' "$S/last-run.log" || fail "summary: $(log)"
+    assert_nothing_left
+    assert_lock_free
+    figure "link lost mid-backup, kept cut (retries = 1, retry_delay = 3)" "${took} s to FAILED"
+    run_backup || fail "run after the link came back: $(log)"
+    assert_contains "$(log)" "personal" "the next run backs up personal"
+    figure "link lost mid-backup: next run after restore" "${took} s, ok"
     after_each
 }
 

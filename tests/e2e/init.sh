@@ -111,3 +111,112 @@ test_a_wrong_host_key_fingerprint_is_refused_with_77_and_nothing_changes() {
     assert_eq "$before" "$(state_digest)" "files after a refused init"
     assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable not started"
 }
+
+# init run as from a script or a timer: no controlling terminal (setsid), no --yes
+run_init_no_terminal() {
+    local rc=0
+    d0 setsid -w qvm-backup-borg init "$@" </dev/null >"$S/init.out" 2>"$S/init.err" || rc=$?
+    return "$rc"
+}
+
+test_init_without_yes_and_without_a_terminal_asks_gets_no_and_changes_nothing() {
+    local before rc=0 err
+    before=$(state_digest)
+    # another user at the server: were the host keys confirmed, sys-backup's destination and the
+    # vault's server.conf would change
+    run_init_no_terminal --host "$SIM_NET_SSHD" --user borg2 --quota 10G || rc=$?
+    err=$(cat "$S/init.err")
+    # docs/USAGE.md: host keys not confirmed, nothing written, exit 77
+    assert_eq 77 "$rc" "exit status ($err)"
+    assert_contains "$err" "$(host_fp)" "the fingerprint shown"
+    assert_contains "$err" "Pin them? (no terminal to ask on: use --yes)" "the question, and why no answer"
+    assert_contains "$err" "init REFUSED: host keys not confirmed: nothing pinned (--host-key-fingerprint SHA256:" "how to proceed"
+    assert_eq "$before" "$(state_digest)" "backup.conf, secrets, destination, server.conf, repository"
+    assert_not_contains "$(in_qube sys-backup cat /etc/qubes-borg/destinations/offsite.conf)" "borg2" "destination"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "no disposable started"
+    # another repository in backup.conf: the diff shown, asked, not confirmed, nothing written
+    rc=0
+    run_init_no_terminal --repository ssh://nas/./repo || rc=$?
+    err=$(cat "$S/init.err")
+    # exit 1 like every other change init may not make (not 78: backup.conf itself is fine)
+    assert_eq 1 "$rc" "exit status of the declined --repository ($err)"
+    assert_contains "$err" "+repository = ssh://nas/./repo" "the diff shown"
+    assert_contains "$err" "(no terminal to ask on: use --yes)" "why no answer"
+    assert_contains "$err" "left unchanged: not confirmed (--yes to change it without asking)" "how to proceed"
+    assert_eq "$before" "$(state_digest)" "files after a declined --repository"
+    # the line not confirmed as registered: init stops before the repository (nothing written)
+    rc=0
+    # shellcheck disable=SC2046 # words on purpose
+    run_init_no_terminal $(server_args) --host-key-fingerprint "$(host_fp)" || rc=$?
+    err=$(cat "$S/init.err")
+    assert_eq 1 "$rc" "exit status ($err)"
+    assert_contains "$(cat "$S/init.out")" "Register this line" "the line shown"
+    assert_contains "$err" "Initialise the repository now? (no terminal to ask on: use --yes)" "the question"
+    assert_contains "$err" "init FAILED: repository not initialised: run init again once the line is registered" "how to proceed"
+    assert_eq "$before" "$(state_digest)" "files after the unconfirmed registration"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "no disposable started"
+}
+
+test_init_admin_sets_up_the_full_access_key_set_and_its_destination() {
+    # shellcheck disable=SC2046 # words on purpose
+    run_init $(server_args) --admin --host-key-fingerprint "$(host_fp)" --yes ||
+        fail "init --admin failed: $(cat "$S/init.out" "$S/init.err")"
+    local out line hk
+    out=$(cat "$S/init.out")
+    hk=$(cut -d' ' -f1,2 "$S/internet/host_key.pub")
+    # the vault's admin key, as qubes-borg-keygen prints its full-access line (no append-only)
+    line=$(in_qube -u user ssh-backup qubes-borg-keygen --admin-server-line admin repo)
+    case "$line" in 'command="borg serve --restrict-to-repository repo",restrict ssh-ed25519 '*) ;;
+        *) fail "admin line: $line" ;; esac
+    assert_contains "$out" "$line" "the admin line printed"
+    assert_contains "$out" "$(cat "$S/registered-line")" "the routine line printed too"
+    [ "${line##* ssh-ed25519 }" != "$(sed 's/.* ssh-ed25519 //' "$S/registered-line")" ] ||
+        fail "the admin key set uses the routine key"
+    # its destination in sys-backup (agent = admin, the pinned host key), its server.conf in the vault
+    local dest
+    dest=$(in_qube sys-backup cat /etc/qubes-borg/destinations/offsite-admin.conf) ||
+        fail "no offsite-admin destination"
+    assert_contains "$dest" "agent = admin" "admin destination's key set"
+    assert_contains "$dest" "host = $SIM_NET_SSHD" "admin destination's host"
+    assert_contains "$dest" "host-key = $hk" "admin destination's pinned key"
+    assert_contains "$(in_qube -u user ssh-backup sh -c 'cat "$HOME/.ssh/qubes-borg/admin/server.conf"')" \
+        "host-key = $hk" "the vault's admin server.conf"
+    d0 grep -qx 'admin_repository = ssh://offsite-admin/./repo' /etc/qubes-borg/backup.conf ||
+        fail "admin_repository not in backup.conf: $(d0 cat /etc/qubes-borg/backup.conf)"
+    assert_contains "$(cat "$S/init.err")" "+admin_repository = ssh://offsite-admin/./repo" "backup.conf diff shown"
+    # the repository was there: left alone; the routine destination unchanged
+    assert_contains "$out" "already exists" "repository left alone"
+    assert_not_contains "$(in_qube sys-backup cat /etc/qubes-borg/destinations/offsite.conf)" "agent = admin" "routine destination"
+}
+
+test_init_repository_writes_the_url_and_its_destination() {
+    # a new repository under a new destination name: the user registered its line first (the
+    # server account now serves repo2 only); backup.conf's repository changes (diff shown),
+    # sys-backup gets destinations/nas.conf, init makes repo2 and a backup goes through nas.
+    # (The old repository under a new name would be refused by borg as relocated.)
+    local line err dest
+    line=$(in_qube -u user ssh-backup qubes-borg-keygen --server-line default repo2 10G)
+    printf '%s\n' "$line" | in_qube internet sh -c 'cat > /home/borg/.ssh/authorized_keys'
+    # shellcheck disable=SC2046 # words on purpose
+    run_init --repository ssh://nas/./repo2 $(server_args) --host-key-fingerprint "$(host_fp)" --yes ||
+        fail "init --repository failed: $(cat "$S/init.out" "$S/init.err")"
+    err=$(cat "$S/init.err")
+    assert_contains "$err" "-repository = $(repo)" "diff: old repository"
+    assert_contains "$err" "+repository = ssh://nas/./repo2" "diff: new repository"
+    d0 grep -qx 'repository = ssh://nas/./repo2' /etc/qubes-borg/backup.conf ||
+        fail "repository not written: $(d0 cat /etc/qubes-borg/backup.conf)"
+    d0 grep -qx 'key_file = /etc/qubes-borg/key' /etc/qubes-borg/backup.conf || fail "key_file lost"
+    d0 sh -c 'ls /etc/qubes-borg/backup.conf.old-* /etc/qubes-borg/key.old-*' >/dev/null ||
+        fail "the previous backup.conf and key were not kept"
+    dest=$(in_qube sys-backup cat /etc/qubes-borg/destinations/nas.conf) || fail "no destination nas"
+    assert_contains "$dest" "host = $SIM_NET_SSHD" "nas destination's host"
+    assert_contains "$dest" "user = borg" "nas destination's user"
+    assert_contains "$dest" "host-key = $(cut -d' ' -f1,2 "$S/internet/host_key.pub")" "nas pinned key"
+    assert_contains "$dest" "agent = default" "nas destination's key set"
+    assert_contains "$(cat "$S/init.out")" "$line" "the line printed is the one registered"
+    assert_contains "$(cat "$S/init.out")" "Initialised the repository ssh://nas/./repo2 (keyfile-blake2)" "made"
+    in_qube internet grep -q '^id = ' /home/borg/repo2/config || fail "no repo2 at the server"
+    d0 qvm-backup-borg backup personal >"$S/backup.log" 2>&1 || fail "backup through nas: $(cat "$S/backup.log")"
+    d0 qvm-backup-borg list personal >"$S/list.log" 2>&1 || fail "list through nas: $(cat "$S/list.log")"
+    grep -qE '^personal +[0-9]{4}-' "$S/list.log" || fail "no archive in repo2: $(cat "$S/list.log")"
+}

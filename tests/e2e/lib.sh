@@ -39,3 +39,45 @@ put_service() { # QUBE PATH BODY
 }
 
 qube_log() { cat "$QUBES_SIM_STATE/roots/$1/var/log/qubes/qrexec-services.log" 2>/dev/null; }
+
+# --- the suites of the whole chain (backup, restore, check, faults, init) ----------------------
+S=${QUBES_SIM_STATE:-}
+d0() { in_qube dom0 "$@"; }
+pass() { cat "$S/backup-pass"; }
+repo() { sed -n 's/^REPO_URL=//p' "$S/chain.env"; }
+# borg in a fresh disposable (like a user restoring by hand, docs/USAGE.md); left running
+mnt_borg() {
+    d0 qvm-start --skip-if-running sys-backup-mnt
+    in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$(pass)" borg "$@"
+}
+newest_archive() { mnt_borg list --short --glob-archives "$1-*" "$(repo)" | tail -n 1; } # QUBE
+attachments() { python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json"; }
+
+# The chain as a user sets it up (tests/sim/chain-setup, destination offsite), a random
+# passphrase in dom0, backup.conf (the common keys, then EXTRA: more keys or [qube] sections)
+# and a repokey repository made by borg in the disposable, which is halted again.
+setup_repository() { # WHO EXTRA
+    "$SIM_DIR/chain-setup" "$S" offsite
+    head -c 18 /dev/urandom | base64 | tr -d '/+=' | sed 's/^/sim-pass-/' > "$S/backup-pass"
+    pass | d0 sh -c 'umask 077; mkdir -p /etc/qubes-borg; cat > /etc/qubes-borg/passphrase'
+    printf '# written by %s\nrepository = %s\npassphrase_file = /etc/qubes-borg/passphrase\ncompression = lz4\nstate_size_mib = 256\nshutdown_timeout = 30\n%s\n' \
+        "$1" "$(repo)" "$2" | d0 sh -c 'umask 077; cat > /etc/qubes-borg/backup.conf'
+    mnt_borg init --encryption=repokey-blake2 "$(repo)"
+    d0 qvm-shutdown --wait sys-backup-mnt
+}
+
+# What must be gone after any run: attachments, the disposable, loop devices of the pool or of
+# borg's state image (the running qube work's own disk excepted), mounts in dom0.
+assert_nothing_left() {
+    local loops
+    assert_eq 0 "$(attachments)" "attachments left"
+    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
+    loops=$(python3 "$SIM_DIR/loops.py" list "$S" | grep -v 'appvms/work/private-dirty.img' || true)
+    assert_eq "" "$loops" "loop devices left"
+    case "$(d0 cat /proc/self/mounts)" in *xvd*|*/var/lib/qubes-borg/*) fail "mount left in dom0" ;; esac
+}
+# No run's lock left: nobody holds the flock, and the file names no run (an ended run empties it).
+assert_lock_free() {
+    d0 sh -c 'test ! -e /run/qubes-borg/lock || flock -n /run/qubes-borg/lock true' || fail "the lock is still held"
+    d0 sh -c 'test ! -s /run/qubes-borg/lock' || fail "the lock file still names a run: $(d0 cat /run/qubes-borg/lock)"
+}

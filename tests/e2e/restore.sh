@@ -6,31 +6,10 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-S=${QUBES_SIM_STATE:-}
-d0() { in_qube dom0 "$@"; }
-pass() { cat "$S/backup-pass"; }
-repo() { sed -n 's/^REPO_URL=//p' "$S/chain.env"; }
-mnt_borg() {
-    d0 qvm-start --skip-if-running sys-backup-mnt
-    in_qube sys-backup-mnt BORG_RSH=qubes-ssh-client BORG_PASSPHRASE="$(pass)" borg "$@"
-}
 
 suite_setup() {
-    "$SIM_DIR/chain-setup" "$S" offsite
-    head -c 18 /dev/urandom | base64 | tr -d '/+=' | sed 's/^/sim-pass-/' > "$S/backup-pass"
-    pass | d0 sh -c 'umask 077; mkdir -p /etc/qubes-borg; cat > /etc/qubes-borg/passphrase'
-    d0 sh -c 'umask 077; cat > /etc/qubes-borg/backup.conf' <<EOC
-# written by tests/e2e/restore.sh
-repository = $(repo)
-passphrase_file = /etc/qubes-borg/passphrase
-compression = lz4
-state_size_mib = 256
-shutdown_timeout = 30
-[qube vault-data]
-mode = image
-EOC
-    mnt_borg init --encryption=repokey-blake2 "$(repo)"
-    d0 qvm-shutdown --wait sys-backup-mnt
+    setup_repository tests/e2e/restore.sh '[qube vault-data]
+mode = image'
     # settings to find again in the archive
     d0 qvm-prefs personal label purple
     d0 qvm-features personal service.cups 1
@@ -77,10 +56,7 @@ test_list_with_a_wrong_passphrase_fails_and_cleans_up() {
     d0 sh -c 'mv /etc/qubes-borg/passphrase.good /etc/qubes-borg/passphrase'
     assert_eq 1 "$rc" "exit status; output: $out"
     assert_contains "$out" "list FAILED" "message"
-    assert_eq "Halted" "$(d0 qvm-ls --raw-data --fields STATE sys-backup-mnt)" "disposable state"
-    local att
-    att=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["attachments"]))' "$S/dom0sim/qubes.json")
-    assert_eq 0 "$att" "attachments left"
+    assert_nothing_left
 }
 
 # The new qube's committed private image in the simulated pool.
@@ -131,7 +107,7 @@ DATA=home/user/data
 INTO_PATHS=("$DATA/home-3" "$DATA/special/script.sh" "$DATA/special/link-rel"
     "$DATA/special/link-abs" "$DATA/special/link-dangling" "$DATA/special/hardlinked"
     "$DATA/special/hardlinked-2")
-newest() { mnt_borg list --short --glob-archives "$1-*" "$(repo)" | tail -n 1; }
+newest() { newest_archive "$1"; }
 into_args() { local p; for p in "${INTO_PATHS[@]}"; do printf -- '--path\n%s\n' "$p"; done; }
 
 test_restore_into_a_running_qube_delivers_the_paths_byte_exact() {
@@ -257,4 +233,94 @@ test_a_template_archive_comes_back_as_a_template() {
     out=$(d0 qvm-create --class TemplateVM --template debian-12 --label black tpl-x 2>&1) || rc=$?
     assert_eq 1 "$rc" "a template based on a template: $out"
     assert_contains "$out" "TemplateVM cannot be based on template" "qubesd's refusal"
+}
+
+test_a_standalone_archive_comes_back_as_a_standalone_with_its_files() {
+    # a StandaloneVM made the usual way (a copy of a template), its private volume holding
+    # personal's tree; backed up in files mode
+    d0 qvm-create --class StandaloneVM --template debian-12 --label orange sa-e2e
+    local img m
+    img=$(image sa-e2e)
+    mkfs.ext4 -q -F -d "$S/dom0sim/expected/personal" "$img"
+    local out rc=0
+    out=$(d0 qvm-backup-borg backup sa-e2e 2>&1) || fail "backup failed: $out"
+    : > "$S/sa-calls.jsonl"
+    out=$(QUBES_SIM_DOM0_CALLS=$S/sa-calls.jsonl d0 qvm-backup-borg restore sa-e2e --as sa-back 2>&1) ||
+        fail "restore failed: $out"
+    # no template is saved for a standalone: qvm-create makes it with an empty root volume
+    # (never --template: that would be a fresh copy of a template, not this qube), and says so
+    local create
+    create=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    a = json.loads(line)
+    if a[0] == "qvm-create":
+        print(" ".join(a))' "$S/sa-calls.jsonl")
+    assert_eq "qvm-create --class StandaloneVM --label orange sa-back" "$create" "qvm-create call"
+    assert_contains "$out" "sa-back: StandaloneVM with an EMPTY root volume" "warning about the root volume"
+    assert_contains "$out" "--as NAME --replace" "how to get a bootable one"
+    assert_contains "$out" "as qube sa-back" "message"
+    assert_eq "StandaloneVM" "$(d0 qvm-prefs sa-back klass)" "class"
+    assert_eq "orange" "$(d0 qvm-prefs sa-back label)" "label"
+    assert_eq "" "$(d0 qvm-tags sa-back list)" "tags (no qubes-borg-restoring left)"
+    m=$(mktemp -d)
+    mount -o ro,noload,loop "$(image sa-back)" "$m"
+    local diff
+    diff=$(python3 "$SIM_DIR/treedata.py" compare "$S/dom0sim/expected/personal" "$m" 2>&1) || rc=$?
+    umount "$m" && rmdir "$m"
+    # as for personal: only the fresh filesystem's own lost+found differs
+    [ "$rc" = 0 ] || assert_eq "extra in restore: lost+found
+1 differences" "$diff" "restored tree vs the standalone's volume"
+    assert_nothing_left
+}
+
+# --- Ctrl-C during restore --into ----------------------------------------------------------------
+
+# restore personal --path home-3 --into work, the folder it lands in emptied first; output in
+# $S/into.log, exit status kept
+into_home3() {
+    local rc=0
+    in_qube work rm -rf /home/user/QubesIncoming/borg-restore
+    d0 qvm-backup-borg restore personal --path "$DATA/home-3" --into work >"$S/into.log" 2>&1 || rc=$?
+    return "$rc"
+}
+
+test_sigint_at_every_step_of_restore_into_exits_130_and_leaves_nothing() {
+    # SIGINT (Ctrl-C: qvm-backup-borg runs its qvm-* children in their own process groups, so
+    # only it gets the terminal's signal) at each qvm-* call of one restore --into, through
+    # the stand-ins' fault hook (tests/sim/README.md)
+    d0 qvm-start --skip-if-running work
+    local total n rc a
+    : > "$S/into-count.jsonl"
+    QUBES_SIM_DOM0_CALLS=$S/into-count.jsonl into_home3 || fail "clean run: $(cat "$S/into.log")"
+    total=$(wc -l < "$S/into-count.jsonl")
+    [ "$total" -ge 5 ] || fail "only $total qvm-* calls counted"
+    n=1
+    while [ "$n" -le "$total" ]; do
+        echo "$n INT" > "$S/dom0sim/fault"
+        rc=0
+        into_home3 || rc=$?
+        rm -f "$S/dom0sim/fault"
+        # the signal at the last call may come when nothing is left to undo: 0 there only
+        if [ "$rc" != 130 ] && ! { [ "$rc" = 0 ] && [ "$n" = "$total" ]; }; then
+            fail "SIGINT at call $n of $total: exit $rc: $(cat "$S/into.log")"
+        fi
+        [ "$rc" = 0 ] || assert_contains "$(cat "$S/into.log")" "interrupted" "says it was interrupted (call $n)"
+        assert_nothing_left
+        assert_lock_free
+        assert_eq "Running" "$(d0 qvm-ls --raw-data --fields STATE work)" "target still running (call $n)"
+        n=$((n + 1))
+    done
+    echo "interrupted at each of $total calls"
+    # the next restore --into works and delivers the files
+    into_home3 || fail "restore --into after the interruptions: $(cat "$S/into.log")"
+    a=$(newest personal)
+    d0 qvm-shutdown --wait sys-backup-mnt
+    assert_contains "$(cat "$S/into.log")" "restored 1 path(s) of $a into work:" "message"
+    tar -C "$S/dom0sim/expected/personal" -cf - "$DATA/home-3" |
+        in_qube work sh -c 'rm -rf /tmp/exp && mkdir /tmp/exp && tar -xpf - -C /tmp/exp'
+    rc=0
+    out=$(in_qube work python3 -I "$SIM_DIR/treedata.py" compare "/tmp/exp/$DATA/home-3" \
+        "/home/user/QubesIncoming/borg-restore/$a/$DATA/home-3" --ignore uid,gid 2>&1) || rc=$?
+    assert_eq 0 "$rc" "files delivered after the interruptions: $out"
 }

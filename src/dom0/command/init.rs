@@ -191,6 +191,24 @@ pub fn with_repository(text: &str, url: &str) -> Option<String> {
     Some(out)
 }
 
+/// Why `prepare_config` stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareError {
+    /// The change was not confirmed: nothing written (exit 1, like every change `init` was
+    /// not allowed to make).
+    NotConfirmed(String),
+    /// backup.conf cannot be read or written (exit 78).
+    Failed(String),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::NotConfirmed(m) | PrepareError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Before `init` runs: backup.conf at `path` made (`--repository` given, no file yet) or its
 /// repository changed (diff shown, confirmed); returns the text to load.
 pub fn prepare_config(
@@ -200,14 +218,14 @@ pub fn prepare_config(
     confirm: Confirm,
     err: &mut dyn Write,
     now: u64,
-) -> Result<(), String> {
+) -> Result<(), PrepareError> {
     let Some(url) = repository else {
         return Ok(());
     };
     let old = match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(PrepareError::Failed(format!("{}: {e}", path.display()))),
     };
     let new = match &old {
         None => format!("# written by qvm-backup-borg init (docs/USAGE.md)\nrepository = {url}\n"),
@@ -225,11 +243,11 @@ pub fn prepare_config(
         textdiff::unified(&label, old.as_deref().unwrap_or(""), &new)
     );
     if old.is_some() && !yes && !confirm(&format!("Change {label}?")) {
-        return Err(format!(
+        return Err(PrepareError::NotConfirmed(format!(
             "{label} left unchanged: not confirmed (--yes to change it without asking)"
-        ));
+        )));
     }
-    install_secret(path, new.as_bytes(), now)?;
+    install_secret(path, new.as_bytes(), now).map_err(PrepareError::Failed)?;
     Ok(())
 }
 
