@@ -32,18 +32,18 @@ impl std::error::Error for Unsafe {}
 
 /// "is owned by uid 1000, not by root or uid 998".
 fn wrong_owner(uid: u32, owners: &[u32]) -> String {
-    format!(
-        "is owned by uid {uid}, not by {}",
-        owners
-            .iter()
-            .map(|o| if *o == 0 {
-                "root".to_string()
-            } else {
-                format!("uid {o}")
-            })
-            .collect::<Vec<_>>()
-            .join(" or ")
-    )
+    let mut names: Vec<String> = Vec::new();
+    for o in owners {
+        let name = if *o == 0 {
+            "root".to_string()
+        } else {
+            format!("uid {o}")
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    format!("is owned by uid {uid}, not by {}", names.join(" or "))
 }
 
 fn check_one(p: &Path, owners: &[u32], allow_sticky: bool) -> Result<(), Unsafe> {
@@ -340,6 +340,15 @@ mod tests {
             b"ok\n"
         );
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn an_owner_named_twice_is_named_once() {
+        assert_eq!(wrong_owner(7, &[0, 0]), "is owned by uid 7, not by root");
+        assert_eq!(
+            wrong_owner(7, &[0, 9, 9]),
+            "is owned by uid 7, not by root or uid 9"
+        );
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl std::error::Error for ConfigError {}
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     use crate::safe_path::{read_trusted, FileError, Trusted, NOT_WRITABLE_BY_OTHERS};
     let me = nix::unistd::geteuid().as_raw();
-    let owners: &[u32] = if me == 0 { &[0] } else { &[0, me] };
+    let owners = &[0, me];
     let trusted = Trusted {
         owners,
         forbidden_mode: NOT_WRITABLE_BY_OTHERS,

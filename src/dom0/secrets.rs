@@ -12,7 +12,7 @@ use super::session::Secrets;
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     use crate::safe_path::{read_trusted, FileError, Trusted, PRIVATE};
     let me = nix::unistd::geteuid().as_raw();
-    let owners: &[u32] = if me == 0 { &[0] } else { &[0, me] };
+    let owners = &[0, me];
     let trusted = Trusted {
         owners,
         forbidden_mode: PRIVATE,
