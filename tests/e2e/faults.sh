@@ -240,6 +240,15 @@ test_link_lost_mid_backup_is_named_retried_cleaned_up_and_the_next_run_works() {
     local rc=0
     wait "$runner" || rc=$?
     local took=$((SECONDS - t0))
+    # the server's side, link still cut: its sshd (ClientAliveInterval 15, CountMax 3, as
+    # docs/PROTOCOL.md advises) ends the dead session and borg serve exits, freeing the lock
+    local waited=0
+    while [ -n "$(pids_in internet 'borg serve')" ]; do
+        [ "$waited" -lt 60 ] || { restore_link; fail "borg serve still runs $took+$waited s after the run began"; }
+        sleep 1
+        waited=$((waited + 1))
+    done
+    in_inet grep -q 'Timeout, client not responding' /var/tmp/sshd.log || { restore_link; fail "sshd did not time the dead session out"; }
     restore_link
     assert_eq 1 "$rc" "exit status with the link lost and kept cut ($(log))"
     # the first attempt ends at ssh's keep-alive (the session was open), in words

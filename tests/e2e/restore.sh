@@ -301,11 +301,14 @@ test_sigint_at_every_step_of_restore_into_exits_130_and_leaves_nothing() {
         rc=0
         into_home3 || rc=$?
         rm -f "$S/dom0sim/fault"
-        # the signal at the last call may come when nothing is left to undo: 0 there only
-        if [ "$rc" != 130 ] && ! { [ "$rc" = 0 ] && [ "$n" = "$total" ]; }; then
-            fail "SIGINT at call $n of $total: exit $rc: $(cat "$S/into.log")"
-        fi
-        [ "$rc" = 0 ] || assert_contains "$(cat "$S/into.log")" "interrupted" "says it was interrupted (call $n)"
+        # 130 and "interrupted", or, when the signal came while the last steps were undone after
+        # the files were delivered (it reaches the tool a moment after the stand-in sends it),
+        # 0 and "restored": never a silent partial restore
+        case "$rc" in
+            130) assert_contains "$(cat "$S/into.log")" "interrupted" "says it was interrupted (call $n)" ;;
+            0) assert_contains "$(cat "$S/into.log")" "restored 1 path(s)" "exit 0 only once the files were delivered (call $n)" ;;
+            *) fail "SIGINT at call $n of $total: exit $rc: $(cat "$S/into.log")" ;;
+        esac
         assert_nothing_left
         assert_lock_free
         assert_eq "Running" "$(d0 qvm-ls --raw-data --fields STATE work)" "target still running (call $n)"
