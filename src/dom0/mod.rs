@@ -5,8 +5,9 @@
 //! tools and `facts` reads what they print; `session` holds a run's context and the steps
 //! around a job (disposable, loop devices, attach, always-undone `volumes` cleanup); `job_call`
 //! runs the job and reads its progress; `retry` (backup after transient failures), `archives`
-//! and `json` (borg's archive list), `metadata` (settings saved with each archive), `server`
-//! and `textdiff` (init) and `display` (the terminal). Meets the job only through `job::spec`
+//! and `json` (borg's archive list), `check_result` (what a check job reports), `metadata`
+//! (settings saved with each archive), `server` and `textdiff` (init) and `display` (the
+//! terminal). Meets the job only through `job::spec`
 //! and `job::progress`.
 
 pub mod archives;
