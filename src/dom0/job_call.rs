@@ -2,7 +2,7 @@
 //! the request goes in on stdin, progress lines come back and are checked one by one, shown,
 //! and summed up in a `JobReport`.
 
-use super::session::{start_disposable, stop_leftover_disposable, with_cleanup, Ctx};
+use super::session::{start_disposable, stop_leftover_disposable, with_cleanup, Ctx, Secrets};
 use crate::job::progress::{sanitize, Event, LineSplitter, Reason, Stats};
 use crate::job::spec::{self, Op, Spec};
 
@@ -197,21 +197,14 @@ impl JobReport {
 /// it said `done ok`. `what` names the job in messages.
 pub(super) fn repository_data(
     ctx: &mut Ctx,
-    passphrase: &[u8],
-    key_file: Option<&[u8]>,
+    secrets: &Secrets,
     op: Op,
     what: &str,
 ) -> Result<Vec<u8>, String> {
     stop_leftover_disposable(ctx);
     with_cleanup(ctx, |ctx, cleanup| {
         let state = start_disposable(ctx, cleanup)?;
-        let spec = Spec {
-            repository: ctx.cfg.repository.clone(),
-            state_device: state,
-            passphrase: passphrase.to_vec(),
-            key_file: key_file.map(<[u8]>::to_vec),
-            op,
-        };
+        let spec = secrets.request(&ctx.cfg.repository, state, op);
         let r = run_job(ctx, "repository", 0, &spec)?.finished(&format!("the {what} job"))?;
         if r.data_overflow {
             return Err(format!("the {what} job sent more data than allowed"));

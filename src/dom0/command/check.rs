@@ -37,13 +37,7 @@ fn repository_check(
     let op = Op::Check(Check {
         verify_data: opts.verify_data,
     });
-    let data = repository_data(
-        ctx,
-        &secrets.passphrase,
-        secrets.key_file.as_deref(),
-        op,
-        "check",
-    )?;
+    let data = repository_data(ctx, secrets, op, "check")?;
     parse_repo_result(&data)
 }
 

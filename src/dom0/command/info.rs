@@ -78,13 +78,7 @@ fn fetch_one(
     let op = Op::Info(Info {
         archive: archive.to_string(),
     });
-    let data = repository_data(
-        ctx,
-        &secrets.passphrase,
-        secrets.key_file.as_deref(),
-        op,
-        "info",
-    )?;
+    let data = repository_data(ctx, secrets, op, "info")?;
     parse(&data, archive)
 }
 

@@ -13,7 +13,7 @@ use crate::dom0::job_call::repository_data;
 use crate::dom0::qubes::Qubes;
 use crate::dom0::secrets;
 use crate::dom0::server::{self, HostKeyError, ServerOptions};
-use crate::dom0::session::{Ctx, Outcome};
+use crate::dom0::session::{Ctx, Outcome, Secrets};
 use crate::dom0::textdiff;
 use crate::job::progress::InitResult;
 use crate::job::spec::{Encryption, Init, Op};
@@ -325,7 +325,11 @@ fn run_init(ctx: &mut Ctx, opts: &InitOptions, passphrase: &[u8]) -> Result<Init
     let op = Op::Init(Init {
         encryption: opts.encryption,
     });
-    let data = repository_data(ctx, passphrase, None, op, "init")?;
+    let secrets = Secrets {
+        passphrase: passphrase.to_vec(),
+        key_file: None,
+    };
+    let data = repository_data(ctx, &secrets, op, "init")?;
     InitResult::parse(&data, opts.encryption == Encryption::KeyfileBlake2)
 }
 

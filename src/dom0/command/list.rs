@@ -21,13 +21,7 @@ pub(super) fn fetch(
     let op = Op::List(List {
         qube: qube.map(String::from),
     });
-    let data = repository_data(
-        ctx,
-        &secrets.passphrase,
-        secrets.key_file.as_deref(),
-        op,
-        "list",
-    )?;
+    let data = repository_data(ctx, secrets, op, "list")?;
     archives::parse_info(&data, qube)
 }
 
