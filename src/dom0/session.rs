@@ -301,3 +301,14 @@ pub(super) fn stop_leftover_disposable(ctx: &mut Ctx) {
         ctx.note(&e);
     }
 }
+
+/// Every qube with the fields the commands read (`qvm-ls --raw-data`), checked by
+/// `facts::parse_qvm_ls`.
+pub(super) fn list_qubes(ctx: &mut Ctx) -> Result<Vec<super::plan::QubeInfo>, String> {
+    super::facts::parse_qvm_ls(&ctx.call(&[
+        "qvm-ls",
+        "--raw-data",
+        "--fields",
+        "NAME,CLASS,STATE,include_in_backups",
+    ])?)
+}

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::dom0::config::Config;
 use crate::dom0::display::{human, Display};
-use crate::dom0::facts::parse_qvm_ls;
 use crate::dom0::job_call::{run_job, run_job_reason};
 use crate::dom0::plan::{self, Item};
 use crate::dom0::qubes::Qubes;
 use crate::dom0::retry;
+use crate::dom0::session::list_qubes;
 use crate::dom0::session::{
     committed_image, start_disposable, stop_leftover_disposable, volume_ids, volume_in_disposable,
     with_cleanup, Ctx,
@@ -242,15 +242,7 @@ pub fn backup(
             ctx.note(&n);
         }
     }
-    let listed = match ctx
-        .call(&[
-            "qvm-ls",
-            "--raw-data",
-            "--fields",
-            "NAME,CLASS,STATE,include_in_backups",
-        ])
-        .and_then(|o| parse_qvm_ls(&o))
-    {
+    let listed = match list_qubes(&mut ctx) {
         Ok(l) => l,
         Err(e) => {
             ctx.note(&e);

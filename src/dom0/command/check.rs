@@ -10,10 +10,10 @@ use super::list::fetch;
 use crate::dom0::archives::{self, Archive, Listing};
 use crate::dom0::check_result::{parse_repo_result, parse_spot_result, RepoResult, SpotResult};
 use crate::dom0::config::Config;
-use crate::dom0::facts::parse_qvm_ls;
 use crate::dom0::job_call::{repository_data, run_job};
 use crate::dom0::metadata;
 use crate::dom0::qubes::Qubes;
+use crate::dom0::session::list_qubes;
 use crate::dom0::session::{
     private_volume, volume_in_disposable, with_cleanup, Ctx, Outcome, Secrets,
 };
@@ -77,12 +77,7 @@ fn spot_targets(
     if !opts.qubes.is_empty() {
         return Ok(opts.qubes.clone());
     }
-    let listed = parse_qvm_ls(&ctx.call(&[
-        "qvm-ls",
-        "--raw-data",
-        "--fields",
-        "NAME,CLASS,STATE,include_in_backups",
-    ])?)?;
+    let listed = list_qubes(ctx)?;
     let mut with_archives: Vec<String> = listing.archives.iter().map(|a| a.qube.clone()).collect();
     with_archives.dedup();
     let mut v = Vec::new();

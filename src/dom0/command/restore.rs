@@ -10,10 +10,10 @@ use std::io::Write;
 
 use super::list::fetch_archive;
 use crate::dom0::config::Config;
-use crate::dom0::facts::parse_qvm_ls;
 use crate::dom0::job_call::run_job;
 use crate::dom0::metadata::{self, Settings};
 use crate::dom0::qubes::Qubes;
+use crate::dom0::session::list_qubes;
 use crate::dom0::session::{
     private_volume, volume_in_disposable, with_cleanup, Ctx, Outcome, Secrets,
 };
@@ -72,12 +72,7 @@ fn restore_inner(
         None => default_name(&opts.qube, &archive.date),
     };
     spec::check_qube(&target).map_err(|w| format!("qube name '{target}' {w}"))?;
-    let listed = parse_qvm_ls(&ctx.call(&[
-        "qvm-ls",
-        "--raw-data",
-        "--fields",
-        "NAME,CLASS,STATE,include_in_backups",
-    ])?)?;
+    let listed = list_qubes(ctx)?;
     match listed.iter().find(|l| l.name == target) {
         Some(_) if !opts.replace => {
             return Err(format!(

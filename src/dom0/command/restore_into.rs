@@ -10,10 +10,10 @@ use std::io::Write;
 use super::list::fetch_archive;
 use crate::dom0::config::Config;
 use crate::dom0::display::human;
-use crate::dom0::facts::parse_qvm_ls;
 use crate::dom0::job_call::run_job_into;
 use crate::dom0::metadata;
 use crate::dom0::qubes::Qubes;
+use crate::dom0::session::list_qubes;
 use crate::dom0::session::{start_disposable, with_cleanup, Ctx, Outcome, Secrets};
 use crate::job::progress::sanitize;
 use crate::job::spec::{self, Export, Mode, Op};
@@ -77,12 +77,7 @@ fn into_inner(
             "{t} cannot receive files: choose a running qube of yours (--into QUBE)"
         ));
     }
-    let listed = parse_qvm_ls(&ctx.call(&[
-        "qvm-ls",
-        "--raw-data",
-        "--fields",
-        "NAME,CLASS,STATE,include_in_backups",
-    ])?)?;
+    let listed = list_qubes(ctx)?;
     match listed.iter().find(|l| &l.name == t) {
         None => return Err(format!("no qube {t}: nothing was restored")),
         Some(l) if l.class == "AdminVM" => {
